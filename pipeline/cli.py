@@ -1,0 +1,67 @@
+"""``crowdstream`` command line: one entry point, one module per subcommand.
+
+Each subcommand module provides ``configure(parser)`` and ``main(args) -> int``. Command modules
+import nothing heavy at module level (torch, cv2, av go inside ``main``), so building the parser
+stays fast and ``crowdstream watch`` never pays for importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline.configtypes import ConfigError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("pipeline.commands.run", "count people on the configured cameras until stopped"),
+    "config": ("pipeline.commands.config", "validate a config file or print its JSON Schema"),
+    "watch": ("pipeline.commands.watch", "follow a camera's counts live from Redis"),
+    "train": ("engines.train.cli_train", "train a CLIP-EBC model on a point-annotated dataset"),
+    "eval": ("engines.train.cli_eval", "evaluate a checkpoint or engine on a dataset or video"),
+    "export": ("engines.cli_export", "build an engine (ONNX / TensorRT) from a checkpoint"),
+    "calibrate": ("calibrate.cli", "INT8 engine calibration or camera ground-plane calibration"),
+    "bench": ("engines.cli_bench", "measure engine throughput per backend and precision"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crowdstream", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                p.set_defaults(_missing=f"'{name}' is not available in this build ({module} missing)")
+                continue
+            raise
+        mod.configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pipeline.log import setup_logging
+
+    setup_logging(args.log_level)
+    if getattr(args, "_missing", None):
+        print(f"crowdstream: {args._missing}", file=sys.stderr)
+        return 2
+    mod = importlib.import_module(args._module)
+    try:
+        return int(mod.main(args) or 0)
+    except ConfigError as e:
+        print(f"crowdstream: config error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

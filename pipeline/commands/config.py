@@ -1,0 +1,33 @@
+"""``crowdstream config validate FILE`` / ``crowdstream config schema [OUT]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True)
+    v = sub.add_parser("validate", help="load and validate a config file")
+    v.add_argument("file")
+    s = sub.add_parser("schema", help="print (or write) the JSON Schema for editors")
+    s.add_argument("out", nargs="?", default=None)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.config import config_schema, load_config
+
+    if args.action == "validate":
+        cfg = load_config(args.file)
+        for name, cam in cfg.cameras.items():
+            print(f"{name}: {cam.url} (policy {cam.effective_policy})")
+        print(f"{args.file}: OK, {len(cfg.cameras)} camera(s)")
+        return 0
+    text = json.dumps(config_schema(), indent=2) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+
+from engines.tiling import TileLayout
+
+
+@pytest.mark.parametrize("h,w,overlap", [(480, 640, 0.0), (1080, 1920, 0.25), (100, 90, 0.5), (385, 777, 0.3)])
+def test_windows_cover_frame_and_stay_on_grid(h: int, w: int, overlap: float) -> None:
+    lay = TileLayout.plan(h, w, window=(224, 224), block=8, overlap=overlap)
+    covered = np.zeros((lay.padded_height, lay.padded_width), bool)
+    for y, x in lay.positions:
+        assert y % 8 == 0 and x % 8 == 0
+        assert y + 224 <= lay.padded_height and x + 224 <= lay.padded_width
+        covered[y : y + 224, x : x + 224] = True
+    assert covered[:h, :w].all()
+
+
+def test_stitch_preserves_count_of_a_consistent_map() -> None:
+    rng = np.random.default_rng(0)
+    lay = TileLayout.plan(480, 640, window=(224, 224), block=8, overlap=0.3)
+    truth = rng.random(lay.map_shape).astype(np.float32)
+    full = np.zeros((lay.padded_height // 8, lay.padded_width // 8), np.float32)
+    full[: truth.shape[0], : truth.shape[1]] = truth
+    tiles = np.stack([full[y // 8 : y // 8 + 28, x // 8 : x // 8 + 28] for y, x in lay.positions])
+    merged = lay.stitch(tiles)
+    np.testing.assert_allclose(merged, truth, rtol=1e-6)
+    assert merged.sum() == pytest.approx(truth.sum(), rel=1e-6)
+
+
+def test_cut_writes_rgb_in_unit_range_into_given_buffer() -> None:
+    frame = np.zeros((50, 60, 3), np.uint8)
+    frame[..., 0] = 255  # blue in BGR
+    lay = TileLayout.plan(50, 60, window=(64, 64), block=8)
+    buf = np.full((4, 3, 64, 64), 7.0, np.float32)
+    tiles = lay.cut(frame, out=buf, bgr=True)
+    assert tiles.shape == (1, 3, 64, 64) and np.shares_memory(tiles, buf)
+    assert tiles[0, 2, :50, :60].min() == 1.0 and tiles[0, 0].max() == 0.0
+    assert tiles[0, :, 50:, :].max() == 0.0  # padding is zero
+
+
+def test_bad_window_is_refused() -> None:
+    with pytest.raises(ValueError, match="multiple of the block size"):
+        TileLayout.plan(100, 100, window=(100, 100), block=8)
