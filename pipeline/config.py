@@ -79,6 +79,8 @@ class ZoneConfig:
     polygon: list[tuple[float, float]]
 
     def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError("zone name must not be empty")
         if len(self.polygon) < 3:
             raise ValueError(f"zone {self.name!r} needs at least 3 points")
         for x, y in self.polygon:
@@ -98,7 +100,21 @@ class AlertRuleConfig:
     min_duration_s: float = 0.0
     cooldown_s: float = 30.0
     severity: Literal["info", "warning", "critical"] = "warning"
-    update_every_s: float = 10.0
+    update_every_s: float = 10.0  # while active, an 'update' event at most this often (0: never)
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError("alert rule name must not be empty")
+        if self.clear is not None and self.clear > self.threshold:
+            raise ValueError(f"alert {self.name!r}: clear ({self.clear}) must be <= threshold "
+                             f"({self.threshold}); it is the level the alert ends below")
+        for k in ("min_duration_s", "cooldown_s", "update_every_s"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"alert {self.name!r}: {k} must be >= 0")
+
+    @property
+    def clear_level(self) -> float:
+        return self.threshold if self.clear is None else self.clear
 
 
 @dataclass
@@ -110,9 +126,25 @@ class RecordingConfig:
     segment_s: float = 10.0
     retain_hours: float = 24.0
     retain_gb: float = 10.0
-    fps: float | None = None  # default: the camera's sampled fps
+    fps: float | None = None  # at most this many recorded frames/s (default: every counted frame)
     heatmap_opacity: float = 0.45
     draw_density_m2: bool = False
+    max_width: int = 1280  # frames wider than this are downscaled before encoding
+    crf: int = 23  # libx264 quality (lower: better, bigger)
+    preset: str = "veryfast"  # libx264 speed preset
+    queue_slots: int = 4  # shared-memory frame slots; a frame is skipped when all are busy
+
+    def __post_init__(self) -> None:
+        if self.segment_s <= 0:
+            raise ValueError("segment_s must be > 0")
+        if self.retain_hours <= 0 or self.retain_gb <= 0:
+            raise ValueError("retain_hours and retain_gb must be > 0")
+        if not 0.0 <= self.heatmap_opacity <= 1.0:
+            raise ValueError("heatmap_opacity must be in [0, 1]")
+        if self.max_width < 16 or self.queue_slots < 1:
+            raise ValueError("max_width must be >= 16 and queue_slots >= 1")
+        if not 0 <= self.crf <= 51:
+            raise ValueError("crf must be in 0..51")
 
 
 @dataclass
@@ -125,14 +157,35 @@ class GroundPointConfig:
 
 @dataclass
 class CalibrationConfig:
-    """Ground-plane calibration of a camera (``crowdstream calibrate ground``)."""
+    """Ground-plane calibration of a camera (``crowdstream calibrate ground``).
+
+    Either ``points`` (>= 4 image/ground pairs; ``homography`` + ``image_size`` are written from
+    them by the calibrate command) or a ``perspective_map``. Image coordinates are pixels of an
+    ``image_size`` frame, (0, 0) the top-left corner; ground coordinates are metres.
+    """
 
     points: list[GroundPointConfig] = field(default_factory=list)
-    homography: list[list[float]] | None = None  # image -> ground, written by calibrate
-    image_size: tuple[int, int] | None = None  # (width, height) the points refer to
+    homography: list[list[float]] | None = None  # image -> ground (3x3), written by calibrate
+    image_size: tuple[int, int] | None = None  # (width, height) the points / homography refer to
     perspective_map: str | None = path_field(None)  # per-pixel scale map (.npy), alternative input
-    perspective_units_per_m: float = 1.0  # perspective-map pixels per metre at scale 1
+    # "area_weight" (the Mall / UCSD kind): p = (s_ref / s)^2, s = image pixels per ground metre,
+    #   and perspective_units_per_m = s_ref, the pixels per metre where p == 1; pixel area = p/s_ref^2.
+    # "pixels_per_unit": p = image pixels per unit of ground length, perspective_units_per_m = units
+    #   in a metre; pixel area = 1 / (p * units_per_m)^2.
+    perspective_kind: Literal["area_weight", "pixels_per_unit"] = "area_weight"
+    perspective_units_per_m: float = 1.0
     max_reprojection_error_m: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.perspective_units_per_m <= 0:
+            raise ValueError("perspective_units_per_m must be > 0")
+        if self.max_reprojection_error_m <= 0:
+            raise ValueError("max_reprojection_error_m must be > 0")
+        if self.homography is not None and (
+                len(self.homography) != 3 or any(len(r) != 3 for r in self.homography)):
+            raise ValueError("homography must be a 3x3 list of lists")
+        if self.image_size is not None and min(self.image_size) <= 0:
+            raise ValueError(f"image_size must be (width, height) > 0, got {self.image_size}")
 
 
 @dataclass
@@ -204,8 +257,25 @@ class RedisConfig:
     heatmap_ttl_s: int = 300
     heatmap_format: Literal["png", "float16"] = "png"
     heatmap_max_side: int = 160
-    buffer_max_messages: int = 20000
+    buffer_max_messages: int = 20000  # outage buffer; beyond it the oldest are dropped (counted)
+    buffer_max_mb: float = 64.0  # the same buffer's memory bound
+    batch_max: int = 256  # messages per pipelined round trip
     pubsub: bool = True
+    ssl_ca_certs: str | None = path_field(None)  # rediss://: CA bundle (default: system store)
+    ssl_certfile: str | None = path_field(None)  # rediss://: client certificate (mutual TLS)
+    ssl_keyfile: str | None = path_field(None)
+    connect_timeout_s: float = 2.0
+    embedded_port: int | None = None  # embedded server: fixed port (default: first free >= 16379)
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"url must start with redis://, rediss:// or unix://, got {self.url!r}")
+        if self.stream_maxlen < 1 or self.buffer_max_messages < 1 or self.batch_max < 1:
+            raise ValueError("stream_maxlen, buffer_max_messages and batch_max must be >= 1")
+        if self.heatmap_every_s < 0 or self.heatmap_ttl_s < 1 or self.heatmap_max_side < 2:
+            raise ValueError("need heatmap_every_s >= 0, heatmap_ttl_s >= 1, heatmap_max_side >= 2")
+        if any(c in self.namespace for c in "{} "):
+            raise ValueError(f"namespace must not contain braces or spaces: {self.namespace!r}")
 
 
 @dataclass
@@ -215,7 +285,15 @@ class WebhookConfig:
     url: str
     timeout_s: float = 5.0
     retries: int = 3
-    backoff_s: float = 1.0
+    backoff_s: float = 1.0  # doubles after each failed attempt
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. Authorization: ${HOOK_TOKEN}
+    queue_max: int = 1000  # events waiting to be sent; beyond it new events are dropped (counted)
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook url must start with http:// or https://, got {self.url!r}")
+        if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0 or self.queue_max < 1:
+            raise ValueError("need timeout_s > 0, retries >= 0, backoff_s >= 0, queue_max >= 1")
 
 
 @dataclass
