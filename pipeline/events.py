@@ -1,0 +1,35 @@
+"""Small control messages that travel between processes on ordinary queues (never frames).
+
+Example::
+
+    events.put(CameraStatus("lobby", "online", "first frame", time.time()))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+CameraState = Literal["starting", "online", "reconnecting", "offline", "finished"]
+CAMERA_STATES: tuple[str, ...] = ("starting", "online", "reconnecting", "offline", "finished")
+
+
+@dataclass(frozen=True)
+class CameraStatus:
+    """A camera's state changed (sent by ingest, relayed by the supervisor to the post stage)."""
+
+    camera: str
+    state: CameraState
+    reason: str
+    ts: float
+
+    def __post_init__(self) -> None:
+        if self.state not in CAMERA_STATES:
+            raise ValueError(f"camera state must be one of {CAMERA_STATES}, got {self.state!r}")
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """Returned by ``FrameRing.get`` once every frame before ``put_end`` has been handed out."""
+
+    reason: str = "finished"

@@ -1,0 +1,675 @@
+"""Shared-memory frame rings and tile batch buffers: frames never go through pickling.
+
+A ``FrameRing`` is a fixed pool of frame slots inside ONE shared-memory segment. The control
+channel is a pair of index FIFOs (free slots, ready slots) kept in the same segment, guarded by one
+lock and two counting semaphores, so a ``put``/``get`` moves only a slot number; the per-frame
+metadata (``FrameMeta``) is written into a fixed-size record next to the slot. Two policies:
+
+* ``lossless`` -- ``put`` blocks until a slot is free: every frame is handed out exactly once, in
+  order (files, evaluation).
+* ``latest`` -- when no slot is free, ``put`` takes back the oldest frame nobody has read yet and
+  counts it in ``drops`` (live cameras: latency never builds up).
+
+Slots handed out by ``get`` are zero-copy views; the reader gives them back with ``release``.
+
+Example (parent creates and owns the segment; a spawned child attaches through the handle)::
+
+    ring = FrameRing.create("cs_1_cam0", slots=8, max_height=1080, max_width=1920, policy="lossless")
+    child = ctx.Process(target=work, args=(ring.handle(),))      # work(): FrameRing.attach(h)
+    ring.put(frame, FrameMeta("cam0", 0, 0.0, time.time(), 1080, 1920))
+    got = ring.get(timeout=1.0)          # (slot, meta, view) | EndOfStream | None
+    ...; ring.release(slot)
+    ring.close(); ring.unlink()
+
+``BatchPool`` is the same machinery for batches of tiles (tile -> inference -> post) with the model
+outputs written back into the same slot.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import shutil
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.events import CameraStatus, EndOfStream
+
+__all__ = [
+    "BatchPool", "BatchPoolHandle", "CameraStatus", "EndOfStream", "FrameMeta", "FrameRing",
+    "FrameRingHandle", "ShmSpaceError", "check_shm_space", "shm_free_bytes",
+]
+
+Policy = Literal["lossless", "latest"]
+
+# slot states (what a slot is doing right now; used to recover after a crashed process)
+FREE, WRITING, READY, HELD, POSTED = 0, 1, 2, 3, 4
+# batch slot states
+B_FREE, B_FILLING, B_QUEUED, B_INFERRING, B_DONE, B_POSTING = 0, 1, 2, 3, 4, 5
+
+# int64 header words
+_HDR_WORDS = 64
+H_DROPS, H_PUTS, H_GETS, H_END, H_SEQ, H_TILED, H_EMITTED, H_LOST, H_EOS_SEEN, H_LAT_N = range(10)
+H_BATCHES, H_TILES, H_REQUEUED, H_INFER_NS = 10, 11, 12, 13
+_FIFO_BASE = 32  # head, tail pairs from here on
+_REASON_BYTES = 128
+LATENCY_SAMPLES = 2048
+_ALIGN = 64
+
+
+def _align(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+class ShmSpaceError(RuntimeError):
+    """/dev/shm cannot hold the segments a run needs (raised at start, not as a bus error later)."""
+
+
+def shm_free_bytes() -> int | None:
+    """Free bytes in /dev/shm (None where there is no /dev/shm, e.g. macOS)."""
+    try:
+        return shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
+
+
+def check_shm_space(need_bytes: int, what: str = "this run") -> None:
+    """Raise ``ShmSpaceError`` naming the computed need when /dev/shm is too small.
+
+    tmpfs allocates pages lazily, so an oversized segment is created fine and the process dies
+    with SIGBUS the first time it touches a page that does not fit: check up front instead.
+    """
+    free = shm_free_bytes()
+    if free is not None and need_bytes > free:
+        raise ShmSpaceError(
+            f"/dev/shm too small: {what} needs {need_bytes / 2**20:.1f} MiB of shared memory, "
+            f"only {free / 2**20:.1f} MiB free. Lower runtime.frame_slots / runtime.batch_slots / "
+            f"runtime.max_frame_width/height, or enlarge /dev/shm (docker run --shm-size=...)")
+
+
+_FRAME_META = np.dtype([
+    ("camera", "S96"), ("frame_index", "<i8"), ("pts", "<f8"), ("capture_ts", "<f8"),
+    ("height", "<i4"), ("width", "<i4"), ("seq", "<i8"),
+])
+
+_TILE_DESC = np.dtype([
+    ("cam", "<i4"), ("fslot", "<i4"), ("tile", "<i4"), ("ntiles", "<i4"), ("seq", "<i8"),
+    ("frame_index", "<i8"), ("pts", "<f8"), ("capture_ts", "<f8"), ("height", "<i4"),
+    ("width", "<i4"),
+])
+
+_BATCH_META = np.dtype([("n", "<i4"), ("pad", "<i4"), ("batch_id", "<i8"), ("t_submit", "<f8")])
+
+
+@dataclass
+class FrameMeta:
+    """What travels with a frame: camera, monotonic per-camera index, source PTS, wall-clock time."""
+
+    camera: str
+    frame_index: int
+    pts: float | None
+    capture_ts: float
+    height: int
+    width: int
+
+
+class _Queues:
+    """Slots + index FIFOs + state in one segment. All FIFO edits happen under ``lock``; each FIFO
+    has a counting semaphore holding one token per entry (plus one sticky token after an end)."""
+
+    def __init__(self, shm: shared_memory.SharedMemory, owner: bool, slots: int, nfifo: int,
+                 meta_dtype: np.dtype, extra_bytes: int, lock: Any, sems: tuple[Any, ...]) -> None:
+        self.shm = shm
+        self.owner = owner
+        self.slots = slots
+        self.cap = slots + 1
+        self.lock = lock
+        self.sems = sems
+        base = np.ndarray((shm.size,), np.uint8, buffer=shm.buf)
+        self._base = base
+        off = 0
+        self.hdr = base[off:off + _HDR_WORDS * 8].view(np.int64)
+        off += _HDR_WORDS * 8
+        self.reason = base[off:off + _REASON_BYTES]
+        off += _REASON_BYTES
+        n = nfifo * self.cap * 4
+        self.fifos = base[off:off + n].view(np.int32).reshape(nfifo, self.cap)
+        off = _align(off + n)
+        self.state = base[off:off + slots]
+        off = _align(off + slots)
+        n = slots * meta_dtype.itemsize
+        self.meta = base[off:off + n].view(meta_dtype)
+        off = _align(off + n)
+        self.extra = base[off:off + extra_bytes]
+        self.data_off = _align(off + extra_bytes)
+
+    @staticmethod
+    def header_bytes(slots: int, nfifo: int, meta_dtype: np.dtype, extra_bytes: int) -> int:
+        off = _HDR_WORDS * 8 + _REASON_BYTES
+        off = _align(off + nfifo * (slots + 1) * 4)
+        off = _align(off + slots)
+        off = _align(off + slots * meta_dtype.itemsize)
+        return _align(off + extra_bytes)
+
+    # --- FIFO primitives (caller holds the lock) ---
+    def _len(self, f: int) -> int:
+        return int(self.hdr[_FIFO_BASE + 2 * f + 1] - self.hdr[_FIFO_BASE + 2 * f])
+
+    def _push(self, f: int, slot: int, front: bool = False) -> None:
+        h = _FIFO_BASE + 2 * f
+        if front:
+            head = int(self.hdr[h]) - 1
+            self.fifos[f, head % self.cap] = slot
+            self.hdr[h] = head
+        else:
+            tail = int(self.hdr[h + 1])
+            self.fifos[f, tail % self.cap] = slot
+            self.hdr[h + 1] = tail + 1
+
+    def _pop(self, f: int) -> int:
+        h = _FIFO_BASE + 2 * f
+        head = int(self.hdr[h])
+        slot = int(self.fifos[f, head % self.cap])
+        self.hdr[h] = head + 1
+        return slot
+
+    def _acquire(self, f: int, timeout: float | None) -> bool:
+        if timeout is not None and timeout <= 0:
+            return self.sems[f].acquire(False)
+        return self.sems[f].acquire(True, timeout)
+
+    def _reset_sem(self, f: int, value: int) -> None:
+        while self.sems[f].acquire(False):
+            pass
+        for _ in range(value):
+            self.sems[f].release()
+
+    def close(self) -> None:
+        for attr in ("hdr", "reason", "fifos", "state", "meta", "extra", "_base"):
+            setattr(self, attr, None)
+        try:
+            self.shm.close()
+        except BufferError:
+            # a caller still holds a zero-copy view; the mapping goes away with the process
+            pass
+
+    def unlink(self) -> None:
+        try:
+            self.shm.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _create_segment(name: str, size: int, what: str) -> shared_memory.SharedMemory:
+    check_shm_space(size, what)
+    return shared_memory.SharedMemory(name=name, create=True, size=size)
+
+
+@dataclass
+class FrameRingHandle:
+    """Everything a spawned child needs to attach (pass it as a ``Process`` argument: the lock
+    and semaphores inside may only travel through process creation, not through a queue)."""
+
+    name: str
+    slots: int
+    max_height: int
+    max_width: int
+    policy: Policy
+    lock: Any
+    sems: tuple[Any, ...]
+
+
+class FrameRing:
+    """A fixed pool of BGR frame slots in one shared-memory segment (see the module docstring)."""
+
+    _F_FREE, _F_READY = 0, 1
+
+    def __init__(self, q: _Queues, handle: FrameRingHandle) -> None:
+        self._q = q
+        self._h = handle
+        self.slot_bytes = handle.max_height * handle.max_width * 3
+        self._lat = q.extra.view(np.float64)
+
+    @staticmethod
+    def nbytes(slots: int, max_height: int, max_width: int) -> int:
+        """Size of the segment ``create`` makes (for up-front /dev/shm checks)."""
+        return (_Queues.header_bytes(slots, 2, _FRAME_META, LATENCY_SAMPLES * 8)
+                + slots * _align(max_height * max_width * 3))
+
+    @classmethod
+    def create(cls, name: str, slots: int, max_height: int, max_width: int,
+               policy: Policy) -> FrameRing:
+        """Create (and own) a ring; raises ``ShmSpaceError`` when /dev/shm cannot hold it."""
+        if slots < 2:
+            raise ValueError(f"a frame ring needs at least 2 slots, got {slots}")
+        if policy not in ("lossless", "latest"):
+            raise ValueError(f"policy must be 'lossless' or 'latest', got {policy!r}")
+        if max_height < 1 or max_width < 1:
+            raise ValueError(f"bad frame size {max_height}x{max_width}")
+        ctx = mp.get_context("spawn")
+        size = cls.nbytes(slots, max_height, max_width)
+        shm = _create_segment(name, size, f"frame ring {name!r} ({slots} slots of "
+                                          f"{max_width}x{max_height})")
+        handle = FrameRingHandle(name, slots, max_height, max_width, policy, ctx.Lock(),
+                                 (ctx.Semaphore(0), ctx.Semaphore(0)))
+        q = _Queues(shm, True, slots, 2, _FRAME_META, LATENCY_SAMPLES * 8, handle.lock,
+                    handle.sems)
+        q.hdr[:] = 0
+        q.state[:] = FREE
+        for s in range(slots):
+            q._push(cls._F_FREE, s)
+        q._reset_sem(cls._F_FREE, slots)
+        return cls(q, handle)
+
+    def handle(self) -> FrameRingHandle:
+        return self._h
+
+    @classmethod
+    def attach(cls, handle: FrameRingHandle) -> FrameRing:
+        shm = shared_memory.SharedMemory(name=handle.name, create=False)
+        q = _Queues(shm, False, handle.slots, 2, _FRAME_META, LATENCY_SAMPLES * 8, handle.lock,
+                    handle.sems)
+        return cls(q, handle)
+
+    @property
+    def name(self) -> str:
+        return self._h.name
+
+    @property
+    def policy(self) -> Policy:
+        return self._h.policy
+
+    @property
+    def slots(self) -> int:
+        return self._h.slots
+
+    def _view(self, slot: int, h: int, w: int) -> np.ndarray:
+        off = self._q.data_off + slot * _align(self.slot_bytes)
+        return self._q._base[off:off + h * w * 3].reshape(h, w, 3)
+
+    # --- producer side ---
+    def _take_free(self, timeout: float | None) -> int | None:
+        q = self._q
+        if self._h.policy == "latest" and not q._acquire(self._F_FREE, 0):
+            # no free slot: reclaim the oldest frame nobody has read yet
+            if q._acquire(self._F_READY, 0):
+                with q.lock:
+                    if q._len(self._F_READY) > 0:
+                        slot = q._pop(self._F_READY)
+                        q.state[slot] = WRITING
+                        q.hdr[H_DROPS] += 1
+                        return slot
+                    q.sems[self._F_READY].release()  # it was the sticky end token
+            if not q._acquire(self._F_FREE, timeout):  # readers hold every slot: wait
+                return None
+        elif self._h.policy == "lossless" and not q._acquire(self._F_FREE, timeout):
+            return None
+        with q.lock:
+            slot = q._pop(self._F_FREE)
+            q.state[slot] = WRITING
+        return slot
+
+    def put(self, frame: np.ndarray, meta: FrameMeta, timeout: float | None = None) -> bool:
+        """Copy a BGR uint8 (h, w, 3) frame into a slot. ``lossless``: waits for a free slot
+        (False on timeout). ``latest``: reclaims the oldest unread slot and counts the drop."""
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"expected a BGR uint8 (h, w, 3) frame, got {frame.dtype} {frame.shape}")
+        h, w = frame.shape[:2]
+        if h > self._h.max_height or w > self._h.max_width:
+            raise ValueError(f"frame {w}x{h} is larger than the ring's slots "
+                             f"({self._h.max_width}x{self._h.max_height}); raise "
+                             f"runtime.max_frame_width/height")
+        slot = self._take_free(timeout)
+        if slot is None:
+            return False
+        np.copyto(self._view(slot, h, w), frame)
+        q = self._q
+        m = q.meta[slot]
+        m["camera"] = meta.camera.encode()[:96]
+        m["frame_index"] = meta.frame_index
+        m["pts"] = math.nan if meta.pts is None else meta.pts
+        m["capture_ts"] = meta.capture_ts
+        m["height"] = h
+        m["width"] = w
+        with q.lock:
+            q.state[slot] = READY
+            q._push(self._F_READY, slot)
+            q.hdr[H_PUTS] += 1
+        q.sems[self._F_READY].release()
+        return True
+
+    def put_end(self, reason: str = "finished") -> None:
+        """Mark the end of the stream; readers see ``EndOfStream`` after every queued frame."""
+        q = self._q
+        data = reason.encode()[:_REASON_BYTES - 1]
+        with q.lock:
+            if q.hdr[H_END]:
+                return
+            q.reason[:] = 0
+            q.reason[:len(data)] = np.frombuffer(data, np.uint8)
+            q.hdr[H_END] = 1
+        q.sems[self._F_READY].release()
+
+    # --- consumer side ---
+    def get(self, timeout: float | None = None) -> tuple[int, FrameMeta, np.ndarray] | EndOfStream | None:
+        """The oldest ready frame as ``(slot, meta, zero-copy view)``, ``EndOfStream`` once the
+        stream has ended and drained, or None on timeout. Give the slot back with ``release``."""
+        q = self._q
+        if not q._acquire(self._F_READY, timeout):
+            return None
+        with q.lock:
+            if q._len(self._F_READY) == 0:
+                if q.hdr[H_END]:
+                    q.sems[self._F_READY].release()  # sticky: every later get sees the end too
+                    return EndOfStream(bytes(q.reason).rstrip(b"\0").decode(errors="replace"))
+                return None  # token without an entry cannot happen; be safe
+            slot = q._pop(self._F_READY)
+            q.state[slot] = HELD
+            q.hdr[H_GETS] += 1
+            m = q.meta[slot].copy()
+        h, w = int(m["height"]), int(m["width"])
+        pts = float(m["pts"])
+        meta = FrameMeta(m["camera"].decode(), int(m["frame_index"]),
+                         None if math.isnan(pts) else pts, float(m["capture_ts"]), h, w)
+        return slot, meta, self._view(slot, h, w)
+
+    def frame(self, slot: int) -> np.ndarray:
+        """Zero-copy view of a slot's frame (for a later stage that was handed the slot number)."""
+        m = self._q.meta[slot]
+        return self._view(slot, int(m["height"]), int(m["width"]))
+
+    def mark_posted(self, slot: int) -> None:
+        """The tile stage is done with a slot; the post stage will ``release`` it."""
+        self._q.state[slot] = POSTED
+
+    def release(self, slot: int) -> None:
+        """Give a slot back to the free pool."""
+        q = self._q
+        with q.lock:
+            if q.state[slot] not in (HELD, POSTED):
+                raise ValueError(f"slot {slot} of ring {self.name!r} is not held by a reader")
+            q.state[slot] = FREE
+            q._push(self._F_FREE, slot)
+        q.sems[self._F_FREE].release()
+
+    # --- recovery (supervisor) ---
+    def recover_readers(self) -> int:
+        """Return every slot held by readers to the free pool (after the reading processes were
+        stopped). Returns how many frames were lost that way."""
+        q = self._q
+        n = 0
+        with q.lock:
+            for s in range(self.slots):
+                if q.state[s] in (HELD, POSTED):
+                    q.state[s] = FREE
+                    q._push(self._F_FREE, s)
+                    n += 1
+            q.hdr[H_LOST] += n
+        for _ in range(n):
+            q.sems[self._F_FREE].release()
+        return n
+
+    def recover_writer(self) -> int:
+        """Free a slot a crashed producer was writing into."""
+        q = self._q
+        n = 0
+        with q.lock:
+            for s in range(self.slots):
+                if q.state[s] == WRITING:
+                    q.state[s] = FREE
+                    q._push(self._F_FREE, s)
+                    n += 1
+        for _ in range(n):
+            q.sems[self._F_FREE].release()
+        return n
+
+    # --- counters shared by the stages (the pipeline's bookkeeping and metrics) ---
+    @property
+    def drops(self) -> int:
+        """Exact number of frames the ``latest`` policy dropped."""
+        return int(self._q.hdr[H_DROPS])
+
+    @property
+    def depth(self) -> int:
+        """Frames waiting to be read."""
+        q = self._q
+        return q._len(self._F_READY)
+
+    @property
+    def ended(self) -> bool:
+        return bool(self._q.hdr[H_END])
+
+    def next_seq(self) -> int:
+        """Per-camera sequence number for the next tiled frame (survives a tile-stage restart)."""
+        q = self._q
+        s = int(q.hdr[H_SEQ])
+        q.hdr[H_SEQ] = s + 1
+        q.hdr[H_TILED] += 1
+        return s
+
+    def set_eos_seen(self) -> None:
+        self._q.hdr[H_EOS_SEEN] = 1
+
+    def record_result(self, latency_s: float) -> None:
+        """Post stage: one frame was counted, capture->result ``latency_s`` later."""
+        q = self._q
+        n = int(q.hdr[H_LAT_N])
+        self._lat[n % LATENCY_SAMPLES] = latency_s
+        q.hdr[H_LAT_N] = n + 1
+        q.hdr[H_EMITTED] += 1
+
+    def record_lost(self, n: int = 1) -> None:
+        self._q.hdr[H_LOST] += n
+
+    def latency_samples(self) -> np.ndarray:
+        n = min(int(self._q.hdr[H_LAT_N]), LATENCY_SAMPLES)
+        return self._lat[:n].copy()
+
+    def stats(self) -> dict[str, int]:
+        h = self._q.hdr
+        return {"puts": int(h[H_PUTS]), "gets": int(h[H_GETS]), "drops": int(h[H_DROPS]),
+                "depth": self.depth, "tiled": int(h[H_TILED]), "emitted": int(h[H_EMITTED]),
+                "lost": int(h[H_LOST]), "ended": int(h[H_END]), "eos_seen": int(h[H_EOS_SEEN])}
+
+    def close(self) -> None:
+        self._lat = None  # type: ignore[assignment]
+        self._q.close()
+
+    def unlink(self) -> None:
+        self._q.unlink()
+
+
+@dataclass
+class BatchPoolHandle:
+    name: str
+    slots: int
+    max_batch: int
+    window: tuple[int, int]
+    block: int
+    lock: Any
+    sems: tuple[Any, ...]
+
+
+class BatchPool:
+    """Shared-memory batch buffers: ``max_batch`` tiles (float32 RGB, 3 x window) per slot, the
+    model's outputs for them, and a descriptor per tile (which camera / frame / tile it is).
+
+    Flow: tile ``acquire`` -> fill ``tiles(slot)`` and ``desc(slot)`` -> ``submit`` ->
+    inference ``take_infer`` -> write ``outputs(slot)`` -> ``done_infer`` -> post ``take_post`` ->
+    ``release``. Batches reach post in submission order, also across an inference restart
+    (``requeue_inference`` puts the batch a dead inference process held back at the front).
+
+    Example::
+
+        pool = BatchPool.create("cs_1_batches", slots=4, max_batch=8, window=(384, 384), block=8)
+        slot = pool.acquire(timeout=1.0); pool.tiles(slot)[:n] = ...; pool.submit(slot, n)
+    """
+
+    _F_FREE, _F_INFER, _F_POST = 0, 1, 2
+
+    def __init__(self, q: _Queues, handle: BatchPoolHandle) -> None:
+        self._q = q
+        self._h = handle
+        wh, ww = handle.window
+        b = handle.block
+        self.tile_shape = (3, wh, ww)
+        self.out_shape = (1, wh // b, ww // b)
+        self._tile_bytes = handle.max_batch * 3 * wh * ww * 4
+        self._out_bytes = handle.max_batch * (wh // b) * (ww // b) * 4
+        self._desc_bytes = handle.max_batch * _TILE_DESC.itemsize
+        self._slot_bytes = (_align(self._tile_bytes) + _align(self._out_bytes)
+                            + _align(self._desc_bytes))
+
+    @staticmethod
+    def nbytes(slots: int, max_batch: int, window: tuple[int, int], block: int) -> int:
+        wh, ww = window
+        per = (_align(max_batch * 3 * wh * ww * 4) + _align(max_batch * (wh // block)
+               * (ww // block) * 4) + _align(max_batch * _TILE_DESC.itemsize))
+        return _Queues.header_bytes(slots, 3, _BATCH_META, 0) + slots * per
+
+    @classmethod
+    def create(cls, name: str, slots: int, max_batch: int, window: tuple[int, int],
+               block: int) -> BatchPool:
+        if slots < 2 or max_batch < 1:
+            raise ValueError(f"need slots >= 2 and max_batch >= 1, got {slots}, {max_batch}")
+        if window[0] % block or window[1] % block:
+            raise ValueError(f"window {window} is not a multiple of the block size {block}")
+        ctx = mp.get_context("spawn")
+        size = cls.nbytes(slots, max_batch, window, block)
+        shm = _create_segment(name, size, f"batch pool {name!r} ({slots} x {max_batch} tiles of "
+                                          f"{window[1]}x{window[0]})")
+        handle = BatchPoolHandle(name, slots, max_batch, tuple(window), block, ctx.Lock(),
+                                 (ctx.Semaphore(0), ctx.Semaphore(0), ctx.Semaphore(0)))
+        q = _Queues(shm, True, slots, 3, _BATCH_META, 0, handle.lock, handle.sems)
+        pool = cls(q, handle)
+        pool.reset()
+        return pool
+
+    def handle(self) -> BatchPoolHandle:
+        return self._h
+
+    @classmethod
+    def attach(cls, handle: BatchPoolHandle) -> BatchPool:
+        shm = shared_memory.SharedMemory(name=handle.name, create=False)
+        return cls(_Queues(shm, False, handle.slots, 3, _BATCH_META, 0, handle.lock,
+                           handle.sems), handle)
+
+    @property
+    def max_batch(self) -> int:
+        return self._h.max_batch
+
+    def _region(self, slot: int, start: int, nbytes: int) -> np.ndarray:
+        off = self._q.data_off + slot * self._slot_bytes + start
+        return self._q._base[off:off + nbytes]
+
+    def tiles(self, slot: int) -> np.ndarray:
+        """(max_batch, 3, wh, ww) float32 view: the tile stage cuts straight into it."""
+        return self._region(slot, 0, self._tile_bytes).view(np.float32).reshape(
+            self._h.max_batch, *self.tile_shape)
+
+    def outputs(self, slot: int) -> np.ndarray:
+        """(max_batch, 1, wh/b, ww/b) float32 view the inference stage writes into."""
+        return self._region(slot, _align(self._tile_bytes), self._out_bytes).view(
+            np.float32).reshape(self._h.max_batch, *self.out_shape)
+
+    def desc(self, slot: int) -> np.ndarray:
+        """Per-tile descriptors (camera index, frame slot, tile index, seq, ...)."""
+        start = _align(self._tile_bytes) + _align(self._out_bytes)
+        return self._region(slot, start, self._desc_bytes).view(_TILE_DESC)
+
+    def count(self, slot: int) -> int:
+        return int(self._q.meta[slot]["n"])
+
+    def _take(self, f: int, state: int, timeout: float | None) -> int | None:
+        q = self._q
+        if not q._acquire(f, timeout):
+            return None
+        with q.lock:
+            slot = q._pop(f)
+            q.state[slot] = state
+        return slot
+
+    def _give(self, f: int, slot: int, state: int, front: bool = False) -> None:
+        q = self._q
+        with q.lock:
+            q.state[slot] = state
+            q._push(f, slot, front)
+        q.sems[f].release()
+
+    def acquire(self, timeout: float | None = None) -> int | None:
+        """A free batch slot for the tile stage (None on timeout)."""
+        return self._take(self._F_FREE, B_FILLING, timeout)
+
+    def submit(self, slot: int, n: int, t_submit: float = 0.0) -> None:
+        if not 1 <= n <= self._h.max_batch:
+            raise ValueError(f"batch of {n} tiles, pool holds 1..{self._h.max_batch}")
+        q = self._q
+        q.meta[slot]["n"] = n
+        q.meta[slot]["t_submit"] = t_submit
+        q.hdr[H_BATCHES] += 1
+        q.hdr[H_TILES] += n
+        self._give(self._F_INFER, slot, B_QUEUED)
+
+    def take_infer(self, timeout: float | None = None) -> int | None:
+        return self._take(self._F_INFER, B_INFERRING, timeout)
+
+    def done_infer(self, slot: int, infer_ns: int = 0) -> None:
+        self._q.hdr[H_INFER_NS] += infer_ns
+        self._give(self._F_POST, slot, B_DONE)
+
+    def take_post(self, timeout: float | None = None) -> int | None:
+        return self._take(self._F_POST, B_POSTING, timeout)
+
+    def release(self, slot: int) -> None:
+        self._give(self._F_FREE, slot, B_FREE)
+
+    def requeue_inference(self) -> int:
+        """Put the batches a dead inference process held back at the FRONT of its queue, so they
+        are run again first and results keep their order."""
+        q = self._q
+        with q.lock:
+            held = [s for s in range(self._h.slots) if q.state[s] == B_INFERRING]
+            for s in reversed(held):
+                q.state[s] = B_QUEUED
+                q._push(self._F_INFER, s, front=True)
+            q.hdr[H_REQUEUED] += len(held)
+        for _ in held:
+            q.sems[self._F_INFER].release()
+        return len(held)
+
+    def reset(self) -> None:
+        """Every slot free, queues empty (only while no stage process is using the pool)."""
+        q = self._q
+        with q.lock:
+            for f in range(3):
+                q.hdr[_FIFO_BASE + 2 * f] = 0
+                q.hdr[_FIFO_BASE + 2 * f + 1] = 0
+            q.state[:] = B_FREE
+            for s in range(self._h.slots):
+                q._push(self._F_FREE, s)
+            q._reset_sem(self._F_FREE, self._h.slots)
+            q._reset_sem(self._F_INFER, 0)
+            q._reset_sem(self._F_POST, 0)
+
+    def stats(self) -> dict[str, int]:
+        q = self._q
+        with q.lock:
+            return {"batches": int(q.hdr[H_BATCHES]), "tiles": int(q.hdr[H_TILES]),
+                    "requeued": int(q.hdr[H_REQUEUED]), "infer_ns": int(q.hdr[H_INFER_NS]),
+                    "queued_infer": q._len(self._F_INFER), "queued_post": q._len(self._F_POST)}
+
+    def close(self) -> None:
+        self._q.close()
+
+    def unlink(self) -> None:
+        self._q.unlink()
+
+
+def run_prefix() -> str:
+    """A run-unique segment name prefix (``cs_<pid>_<random>_``) so runs never collide and a
+    leftover segment names the run that made it."""
+    return f"cs_{os.getpid()}_{os.urandom(3).hex()}_"

@@ -1,0 +1,188 @@
+"""FrameRing / BatchPool across real spawned processes: order, policies, drops, end marker."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+
+import numpy as np
+import pytest
+
+from pipeline.shm import (
+    BatchPool,
+    EndOfStream,
+    FrameMeta,
+    FrameRing,
+    ShmSpaceError,
+    check_shm_space,
+    run_prefix,
+)
+
+H, W = 36, 64
+
+
+def _frame(i: int) -> np.ndarray:
+    f = np.empty((H, W, 3), np.uint8)
+    f[...] = i % 251
+    f[0, 0] = (i % 256, (i // 256) % 256, 7)
+    return f
+
+
+def _producer(handle, n: int, end: bool) -> None:
+    ring = FrameRing.attach(handle)
+    for i in range(n):
+        assert ring.put(_frame(i), FrameMeta("cam", i, i / 25.0, time.time(), H, W), timeout=10)
+    if end:
+        ring.put_end("file finished")
+    ring.close()
+
+
+@pytest.fixture
+def ring_name() -> str:
+    name = run_prefix() + "test"
+    yield name
+    assert not os.path.exists(f"/dev/shm/{name}"), "segment left behind"
+
+
+def test_lossless_across_processes_in_order(ring_name: str) -> None:
+    ring = FrameRing.create(ring_name, slots=3, max_height=H, max_width=W, policy="lossless")
+    n = 200
+    p = mp.get_context("spawn").Process(target=_producer, args=(ring.handle(), n, True))
+    p.start()
+    seen = []
+    try:
+        while True:
+            got = ring.get(timeout=20)
+            assert got is not None, "timed out"
+            if isinstance(got, EndOfStream):
+                assert got.reason == "file finished"
+                break
+            slot, meta, view = got
+            assert view.shape == (H, W, 3)
+            assert int(view[0, 0, 0]) + 256 * int(view[0, 0, 1]) == meta.frame_index
+            assert int(view[5, 5, 2]) == meta.frame_index % 251
+            assert meta.pts == pytest.approx(meta.frame_index / 25.0)
+            assert meta.camera == "cam"
+            seen.append(meta.frame_index)
+            ring.release(slot)
+        p.join(10)
+        assert p.exitcode == 0
+        assert seen == list(range(n))
+        assert ring.drops == 0
+        assert isinstance(ring.get(timeout=0), EndOfStream)  # the end is sticky
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+def test_latest_counts_drops_exactly(ring_name: str) -> None:
+    ring = FrameRing.create(ring_name, slots=4, max_height=H, max_width=W, policy="latest")
+    p = mp.get_context("spawn").Process(target=_producer, args=(ring.handle(), 50, True))
+    p.start()
+    p.join(30)
+    try:
+        assert p.exitcode == 0
+        assert ring.drops == 46 and ring.depth == 4
+        got = []
+        while not isinstance(item := ring.get(timeout=1), EndOfStream):
+            got.append(item[1].frame_index)
+            ring.release(item[0])
+        assert got == [46, 47, 48, 49]
+        # a reader holding slots: latest still never blocks while unread frames exist
+        held = [ring.get(timeout=0)]
+        assert isinstance(held[0], EndOfStream)
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+def test_latest_with_reader_holding_slots(ring_name: str) -> None:
+    ring = FrameRing.create(ring_name, slots=3, max_height=H, max_width=W, policy="latest")
+    try:
+        for i in range(3):
+            ring.put(_frame(i), FrameMeta("c", i, None, 0.0, H, W))
+        a = ring.get(0)
+        b = ring.get(0)
+        for i in range(3, 8):  # only one slot circulates: frames 2..6 dropped one by one
+            assert ring.put(_frame(i), FrameMeta("c", i, None, 0.0, H, W), timeout=0)
+        assert ring.drops == 5
+        last = ring.get(0)
+        assert last[1].frame_index == 7 and last[1].pts is None
+        # every slot held by readers: latest waits and gives up on timeout
+        assert ring.put(_frame(9), FrameMeta("c", 9, None, 0.0, H, W), timeout=0.05) is False
+        for s in (a[0], b[0], last[0]):
+            ring.release(s)
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+def test_lossless_put_times_out_when_full(ring_name: str) -> None:
+    ring = FrameRing.create(ring_name, slots=2, max_height=H, max_width=W, policy="lossless")
+    try:
+        assert ring.put(_frame(0), FrameMeta("c", 0, 0.0, 0.0, H, W))
+        assert ring.put(_frame(1), FrameMeta("c", 1, 0.0, 0.0, H, W))
+        t = time.monotonic()
+        assert ring.put(_frame(2), FrameMeta("c", 2, 0.0, 0.0, H, W), timeout=0.1) is False
+        assert time.monotonic() - t >= 0.09
+        assert ring.drops == 0 and ring.depth == 2
+        assert ring.get(timeout=0.01)[1].frame_index == 0
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+def test_bad_frames_and_recovery(ring_name: str) -> None:
+    ring = FrameRing.create(ring_name, slots=2, max_height=H, max_width=W, policy="lossless")
+    try:
+        with pytest.raises(ValueError, match="larger than the ring"):
+            ring.put(np.zeros((H + 1, W, 3), np.uint8), FrameMeta("c", 0, 0, 0, H + 1, W))
+        with pytest.raises(ValueError, match="BGR uint8"):
+            ring.put(np.zeros((H, W), np.uint8), FrameMeta("c", 0, 0, 0, H, W))
+        ring.put(_frame(0), FrameMeta("c", 0, 0.0, 0.0, H, W))
+        ring.put(_frame(1), FrameMeta("c", 1, 0.0, 0.0, H, W))
+        ring.get(0)
+        ring.get(0)
+        # both slots held by a reader that died: the supervisor gives them back
+        assert ring.recover_readers() == 2
+        assert ring.put(_frame(2), FrameMeta("c", 2, 0.0, 0.0, H, W), timeout=0)
+        assert ring.stats()["lost"] == 2
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+def test_shm_space_error_names_the_need() -> None:
+    with pytest.raises(ShmSpaceError, match=r"needs .* MiB"):
+        check_shm_space(1 << 60, "test run")
+
+
+def test_batch_pool_requeue_keeps_order() -> None:
+    name = run_prefix() + "batch"
+    pool = BatchPool.create(name, slots=3, max_batch=2, window=(16, 16), block=8)
+    try:
+        for k in range(3):
+            s = pool.acquire(timeout=0)
+            pool.tiles(s)[:2] = k
+            pool.desc(s)["seq"][:2] = k
+            pool.submit(s, 2)
+        assert pool.acquire(timeout=0) is None
+        first = pool.take_infer(0)
+        assert pool.desc(first)["seq"][0] == 0
+        assert pool.requeue_inference() == 1  # the inference process died holding batch 0
+        order = []
+        while (s := pool.take_infer(0)) is not None:
+            order.append(int(pool.desc(s)["seq"][0]))
+            pool.outputs(s)[:2] = float(pool.tiles(s)[0, 0, 0, 0])
+            pool.done_infer(s)
+        assert order == [0, 1, 2]
+        post = [pool.take_post(0) for _ in range(3)]
+        assert [float(pool.outputs(s)[0, 0, 0, 0]) for s in post] == [0.0, 1.0, 2.0]
+        for s in post:
+            pool.release(s)
+        assert pool.stats()["requeued"] == 1
+    finally:
+        pool.close()
+        pool.unlink()
+    assert not os.path.exists(f"/dev/shm/{name}")
