@@ -1,0 +1,304 @@
+"""Opening video sources with PyAV and turning their packets into timestamped frames.
+
+This module is the decode half of ingest, kept free of shared memory and processes so it can be
+tested and benchmarked on its own. It knows how each kind of source must be opened (RTSP over
+TCP or UDP, RTMP, HLS over HTTP(S), local files, V4L2 devices), which FFmpeg options make a live
+stream start fast and fail loudly, and how to sample and pace frames.
+
+Example::
+
+    src = open_source(cfg)                      # cfg: pipeline.config.CameraConfig
+    for frame in iter_video_frames(src, stall_timeout_s=10):
+        img = frame.to_ndarray(format="bgr24")  # (h, w, 3) uint8
+    src.close()
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # PyAV is imported lazily: the CLI imports this module's users cheaply
+    import av.container
+    import av.video.frame
+    import av.video.stream
+
+    from pipeline.config import CameraConfig
+
+SourceKind = Literal["rtsp", "rtmp", "http", "v4l2", "stream", "file"]
+
+# Probing a live stream with FFmpeg's defaults (5 s / 5 MB) delays the first frame by 1-3 s;
+# 32 KB is enough to find the codec parameters of an H.264/H.265 camera stream.
+LIVE_PROBESIZE = "32768"
+
+
+class SourceError(Exception):
+    """A source could not be opened or read. ``retry`` says whether reconnecting may help."""
+
+    def __init__(self, message: str, *, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class StreamStalled(SourceError):
+    """Bytes may still arrive, but no frame was decoded for ``stall_timeout_s``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry=True)
+
+
+def source_kind(url: str) -> SourceKind:
+    """Classify a camera URL: ``rtsp``, ``rtmp``, ``http`` (HLS or progressive), ``v4l2``,
+    ``stream`` (udp://, srt://) or ``file``.
+
+    Example::
+
+        source_kind("rtsp://cam/1") == "rtsp"; source_kind("/dev/video0") == "v4l2"
+    """
+    low = url.lower()
+    if low.startswith(("rtsp://", "rtsps://")):
+        return "rtsp"
+    if low.startswith(("rtmp://", "rtmps://")):
+        return "rtmp"
+    if low.startswith(("http://", "https://")):
+        return "http"
+    if low.startswith("/dev/video") or low.startswith("v4l2://"):
+        return "v4l2"
+    if low.startswith(("udp://", "srt://", "tcp://")):
+        return "stream"
+    return "file"
+
+
+@dataclass(frozen=True)
+class OpenSpec:
+    """Everything ``av.open`` needs for one source: resolved URL, demuxer, options, timeouts."""
+
+    url: str
+    kind: SourceKind
+    format: str | None
+    options: dict[str, str] = field(default_factory=dict)
+    timeout: tuple[float, float] | None = None  # (open, read) seconds, PyAV's interrupt callback
+
+    @property
+    def live(self) -> bool:
+        return self.kind != "file"
+
+
+def open_spec(cfg: CameraConfig) -> OpenSpec:
+    """Build the ``av.open`` arguments for a camera. ``cfg.options`` override every default.
+
+    Live sources get small probe sizes (first frame in ~0.1 s), ``+genpts+discardcorrupt`` and a
+    socket timeout so that a hung server raises instead of blocking forever.
+    """
+    rc = cfg.reconnect
+    kind = source_kind(cfg.url)
+    url = cfg.url
+    fmt: str | None = None
+    opts: dict[str, str] = {"fflags": "+genpts+discardcorrupt"}
+    read_timeout_us = str(int(rc.stall_timeout_s * 1e6))
+    if kind != "file":
+        opts.update(analyzeduration="0", probesize=LIVE_PROBESIZE)
+    if kind == "rtsp":
+        # 'timeout' is the RTSP demuxer's socket I/O timeout (microseconds)
+        opts.update(rtsp_transport=cfg.rtsp_transport, timeout=read_timeout_us)
+    elif kind in ("rtmp", "http", "stream"):
+        # rw_timeout is the generic protocol-level read/write timeout (microseconds)
+        opts["rw_timeout"] = read_timeout_us
+    elif kind == "v4l2":
+        fmt = "v4l2"
+        url = url.removeprefix("v4l2://")
+    opts.update({str(k): str(v) for k, v in cfg.options.items()})
+    fmt = opts.pop("format", fmt)  # a user may force a demuxer, e.g. format: mpegts
+    timeout = (rc.open_timeout_s, rc.stall_timeout_s) if kind != "file" else None
+    return OpenSpec(url=url, kind=kind, format=fmt, options=opts, timeout=timeout)
+
+
+def open_source(cfg: CameraConfig) -> av.container.InputContainer:
+    """Open a camera's source and set up its first video stream for threaded decoding.
+
+    Raises :class:`SourceError` with a message naming the source: ``retry=False`` for a file
+    that is missing, unreadable or not a video (reconnecting cannot help), ``retry=True`` for a
+    live source that refused, timed out or sent nothing usable.
+
+    Example::
+
+        container = open_source(CameraConfig(url="clip.mp4"))
+        stream = container.streams.video[0]
+    """
+    import av
+
+    spec = open_spec(cfg)
+    if not spec.live:
+        _check_file(spec.url)
+    try:
+        container = av.open(spec.url, mode="r", format=spec.format, options=spec.options,
+                            timeout=spec.timeout)
+    except av.error.InvalidDataError as e:
+        if spec.live:
+            raise SourceError(f"invalid data from {spec.url}: {_ffmsg(e)}", retry=True) from None
+        raise SourceError(f"not a video file (FFmpeg: {_ffmsg(e)}): {spec.url}",
+                          retry=False) from None
+    except (av.error.FFmpegError, OSError) as e:
+        raise SourceError(f"cannot open {spec.url}: {_ffmsg(e)}", retry=spec.live) from None
+    if not container.streams.video:
+        kinds = ", ".join(s.type for s in container.streams) or "none"
+        container.close()
+        raise SourceError(f"no video stream in {spec.url} (streams: {kinds})", retry=spec.live)
+    stream = container.streams.video[0]
+    # IP cameras send one slice per frame: slice threading then uses one core; AUTO enables
+    # frame threading as well.
+    stream.thread_type = "AUTO"
+    if cfg.decode_threads > 0:
+        stream.thread_count = cfg.decode_threads
+    return container
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise SourceError(f"file not found: {path}", retry=False)
+    if os.path.isdir(path):
+        raise SourceError(f"expected a video file, got a directory: {path}", retry=False)
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"file not readable (permission denied): {path}", retry=False)
+    if os.path.getsize(path) == 0:
+        raise SourceError(f"not a video file (empty, 0 bytes): {path}", retry=False)
+
+
+def _ffmsg(e: BaseException) -> str:
+    """FFmpeg errors repeat the URL; keep just the reason."""
+    msg = getattr(e, "strerror", None) or str(e)
+    return str(msg)
+
+
+@dataclass
+class DecodeStats:
+    """What one pass over a container produced (read by ingest to judge how it ended)."""
+
+    packets: int = 0
+    frames: int = 0
+    decode_errors: int = 0
+    last_error: str = ""
+
+
+def iter_video_frames(container: av.container.InputContainer, *, stall_timeout_s: float | None,
+                      stats: DecodeStats | None = None,
+                      progress: Callable[[], float] | None = None,
+                      ) -> Iterator[av.video.frame.VideoFrame]:
+    """Decode the first video stream until it ends, yielding frames.
+
+    A packet that fails to decode is counted in ``stats`` and skipped (a live camera's first
+    packets before a key frame, or a damaged region of a file). Demuxer errors propagate (the
+    read timeout raises ``TimeoutError``). With ``stall_timeout_s``, raises
+    :class:`StreamStalled` when packets keep coming but no frame has been decoded for that long;
+    ``progress()`` returns the monotonic time of the last progress (callers that block
+    downstream move it forward so waiting on a full queue never counts as a stall).
+    """
+    import av
+
+    stats = stats if stats is not None else DecodeStats()
+    stream = container.streams.video[0]
+    last = time.monotonic()
+    for packet in container.demux(stream):
+        stats.packets += 1
+        try:
+            frames = packet.decode()  # the final empty packet flushes the decoder
+        except av.error.FFmpegError as e:
+            # discardcorrupt drops what the demuxer knows is damaged; the rest fails here
+            stats.decode_errors += 1
+            stats.last_error = _ffmsg(e)
+            frames = []
+        for frame in frames:
+            stats.frames += 1
+            yield frame
+            last = time.monotonic()
+        if stall_timeout_s is not None:
+            ref = max(last, progress()) if progress is not None else last
+            if time.monotonic() - ref > stall_timeout_s:
+                raise StreamStalled(f"no frame decoded for {stall_timeout_s:g} s "
+                                    f"({stats.packets} packets, {stats.decode_errors} errors)")
+
+
+class FpsSampler:
+    """Keep at most ``fps`` frames per second of *source* time (PTS), evenly spaced.
+
+    Decoding still happens for every frame (inter frames depend on each other); only kept frames
+    are converted and queued. A PTS jump backwards (a restarted camera, a looped file) restarts
+    the schedule.
+
+    Example::
+
+        s = FpsSampler(5.0)
+        kept = [t for t in (i / 25 for i in range(50)) if s.keep(t)]   # 10 of 50
+    """
+
+    def __init__(self, fps: float | None) -> None:
+        if fps is not None and fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.interval = 1.0 / fps if fps else 0.0
+        self._next: float | None = None
+
+    def keep(self, t: float) -> bool:
+        if self.interval == 0.0:
+            return True
+        if self._next is None or t < self._next - 2 * self.interval - 1.0:
+            self._next = t  # first frame, or time went backwards: start over
+        if t + 1e-6 < self._next:
+            return False
+        # next slot on the fixed grid; if the source skipped ahead, re-anchor rather than burst
+        self._next += self.interval
+        if self._next <= t:
+            self._next = t + self.interval
+        return True
+
+    def reset(self) -> None:
+        self._next = None
+
+
+class Pacer:
+    """Release frames of a file at their PTS rate against the wall clock (``realtime: true``).
+
+    If the consumer falls behind by more than ``max_lag_s`` the schedule is re-anchored instead
+    of bursting to catch up, as a live camera would.
+    """
+
+    def __init__(self, max_lag_s: float = 1.0) -> None:
+        self.max_lag_s = max_lag_s
+        self._anchor: tuple[float, float] | None = None  # (pts, monotonic)
+
+    def delay(self, pts: float) -> float:
+        """Seconds to wait before releasing the frame with this PTS (0 if due)."""
+        now = time.monotonic()
+        if self._anchor is None:
+            self._anchor = (pts, now)
+            return 0.0
+        due = self._anchor[1] + (pts - self._anchor[0])
+        wait = due - now
+        if wait < -self.max_lag_s or wait > self.max_lag_s + 10.0:
+            self._anchor = (pts, now)  # fell far behind, or PTS jumped: re-anchor
+            return 0.0
+        return max(wait, 0.0)
+
+    def reset(self) -> None:
+        self._anchor = None
+
+
+def stream_frame_count(container: av.container.InputContainer) -> int:
+    """Frames the container's index announces for the video stream (0 when unknown)."""
+    stream: av.video.stream.VideoStream = container.streams.video[0]
+    return int(stream.frames or 0)
+
+
+def frame_duration_s(container: av.container.InputContainer) -> float:
+    """One frame's duration from the stream's average rate (1/25 s if unknown)."""
+    rate = container.streams.video[0].average_rate or container.streams.video[0].guessed_rate
+    return float(1 / rate) if rate else 0.04
+
+
+__all__ = [
+    "DecodeStats", "FpsSampler", "OpenSpec", "Pacer", "SourceError", "StreamStalled",
+    "frame_duration_s", "iter_video_frames", "open_source", "open_spec", "source_kind",
+    "stream_frame_count",
+]
