@@ -1,0 +1,295 @@
+"""Density alerts: rules on a camera's or zone's count / density, with hysteresis, a minimum
+duration and a cooldown, emitting ``crowdstream.alert.v1`` events (start / update / end).
+
+Per rule the state machine is::
+
+    idle --value >= threshold--> pending --(value >= clear for min_duration_s, cooldown over)-->
+    active --value < clear--> idle (end event, cooldown starts)
+
+A pending alert falls back to idle when the value drops below ``clear``; while active, ``update``
+events report changes at most every ``update_every_s``. Noise around the threshold therefore gives
+one start and one end per real crossing. Times are the frames' capture timestamps.
+
+Example::
+
+    sink = AlertSink(cfg.cameras, listeners=[redis_sink.publish_alert, webhook.send])
+    sink.write(result)              # after the zone sink filled zone counts
+    sink.active("lobby")            # alerts in progress, for overlays
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import AlertRuleConfig, CameraConfig, WebhookConfig
+from pipeline.configtypes import ConfigError
+from pipeline.log import get_logger
+from pipeline.results import FrameResult
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class _RuleState:
+    state: str = "idle"  # idle | pending | active
+    since: float = 0.0  # pending: first time at/above the threshold
+    started_ts: float = 0.0
+    alert_id: str = ""
+    last_event_ts: float = 0.0
+    last_event_value: float | None = None
+    last_end_ts: float | None = None
+    prev_value: float | None = None  # value of the previous frame (a start's "before")
+    before_start: float | None = None
+    peak: float = 0.0
+
+
+def check_rules(camera: str, cam: CameraConfig, file: str | None = None) -> None:
+    """Config errors a rule can only have in context: unknown zone, m^2 on an uncalibrated camera."""
+    names = {z.name for z in cam.zones}
+    for i, rule in enumerate(cam.alerts):
+        key = f"cameras.{camera}.alerts[{i}]"
+        if rule.zone is not None and rule.zone not in names:
+            raise ConfigError(file, f"{key}.zone", f"unknown zone {rule.zone!r}; zones of camera "
+                              f"{camera!r}: {', '.join(sorted(names)) or '(none)'}")
+        if rule.metric == "density_m2" and cam.calibration is None:
+            raise ConfigError(file, f"{key}.metric", "density_m2 needs a ground calibration "
+                              "(cameras.<name>.calibration; see 'crowdstream calibrate ground')")
+
+
+class RuleEngine:
+    """Evaluates one camera's rules frame by frame; returns the events each frame produced."""
+
+    def __init__(self, camera: str, rules: list[AlertRuleConfig]) -> None:
+        self.camera = camera
+        self.rules = rules
+        self.states = {r.name: _RuleState() for r in rules}
+
+    @staticmethod
+    def value(rule: AlertRuleConfig, r: FrameResult,
+              zone_cell_density: dict[str, float]) -> float | None:
+        """The rule's metric for this frame; None when it is not available (no event then)."""
+        if rule.zone is None:
+            if rule.metric == "count":
+                return r.count
+            if rule.metric == "density":
+                cells = r.density.size
+                return r.count / cells if cells else None
+            return r.density_m2
+        if rule.metric == "count":
+            return r.zone_counts.get(rule.zone)
+        if rule.metric == "density":
+            return zone_cell_density.get(rule.zone)
+        return r.zone_density_m2.get(rule.zone)
+
+    def _event(self, rule: AlertRuleConfig, st: _RuleState, kind: str, before: float | None,
+               after: float, ts: float, frame_index: int, reason: str | None = None) -> dict[str, Any]:
+        ev: dict[str, Any] = {
+            "schema": "crowdstream.alert.v1", "event": kind, "alert_id": st.alert_id,
+            "rule": rule.name, "camera": self.camera, "zone": rule.zone, "metric": rule.metric,
+            "severity": rule.severity, "threshold": rule.threshold, "clear": rule.clear_level,
+            "before": None if before is None else float(before), "after": float(after),
+            "peak": float(st.peak), "started_ts": st.started_ts, "ts": ts,
+            "duration_s": max(0.0, ts - st.started_ts), "frame_index": int(frame_index),
+        }
+        if reason:
+            ev["reason"] = reason
+        st.last_event_ts, st.last_event_value = ts, float(after)
+        return ev
+
+    def step(self, r: FrameResult, zone_cell_density: dict[str, float]) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        ts = r.capture_ts
+        for rule in self.rules:
+            st = self.states[rule.name]
+            v = self.value(rule, r, zone_cell_density)
+            if v is None:
+                continue
+            v = float(v)
+            clear = rule.clear_level
+            if st.state == "idle" and v >= rule.threshold:
+                st.state, st.since, st.before_start = "pending", ts, st.prev_value
+            if st.state == "pending":
+                if v < clear:
+                    st.state = "idle"
+                else:
+                    cooled = st.last_end_ts is None or ts - st.last_end_ts >= rule.cooldown_s
+                    if ts - st.since >= rule.min_duration_s and cooled:
+                        st.state, st.started_ts, st.peak = "active", ts, v
+                        st.alert_id = f"{self.camera}:{rule.name}:{int(ts * 1000)}"
+                        events.append(self._event(rule, st, "start", st.before_start, v, ts,
+                                                  r.frame_index))
+            elif st.state == "active":
+                st.peak = max(st.peak, v)
+                if v < clear:
+                    events.append(self._event(rule, st, "end", st.last_event_value, v, ts,
+                                              r.frame_index, reason="cleared"))
+                    st.state, st.last_end_ts = "idle", ts
+                elif rule.update_every_s > 0 and ts - st.last_event_ts >= rule.update_every_s \
+                        and v != st.last_event_value:
+                    events.append(self._event(rule, st, "update", st.last_event_value, v, ts,
+                                              r.frame_index))
+            st.prev_value = v
+        return events
+
+    def end_all(self, ts: float, reason: str, frame_index: int = 0) -> list[dict[str, Any]]:
+        """End every active alert (camera offline, shutdown)."""
+        events = []
+        for rule in self.rules:
+            st = self.states[rule.name]
+            if st.state == "active":
+                last = st.last_event_value if st.last_event_value is not None else st.peak
+                events.append(self._event(rule, st, "end", last, last, ts, frame_index, reason))
+                st.last_end_ts = ts
+            st.state = "idle"
+        return events
+
+    def active(self) -> list[dict[str, Any]]:
+        out = []
+        for rule in self.rules:
+            st = self.states[rule.name]
+            if st.state == "active":
+                out.append({"rule": rule.name, "zone": rule.zone, "severity": rule.severity,
+                            "metric": rule.metric, "value": st.last_event_value, "peak": st.peak,
+                            "started_ts": st.started_ts, "alert_id": st.alert_id})
+        return out
+
+
+class AlertSink:
+    """Second output sink: evaluates every camera's rules and hands events to the listeners.
+
+    ``zone_density`` gives zone name -> people per cell for the current frame (the zone sink).
+    """
+
+    wants_frames = False
+
+    def __init__(self, cameras: dict[str, CameraConfig], listeners: list[Listener] | None = None,
+                 zone_density: Callable[[str], dict[str, float]] | None = None) -> None:
+        self.engines = {name: RuleEngine(name, cam.alerts) for name, cam in cameras.items()
+                        if cam.alerts}
+        self.listeners = list(listeners or [])
+        self._zone_density = zone_density
+        self._last_frame: dict[str, int] = {}
+        self.events_emitted = 0
+
+    def open(self) -> None:
+        pass
+
+    def _emit(self, events: list[dict[str, Any]]) -> None:
+        for ev in events:
+            self.events_emitted += 1
+            get_logger("alerts", camera=ev["camera"]).info(
+                f"alert {ev['event']}", rule=ev["rule"], zone=ev["zone"], value=round(ev["after"], 3),
+                severity=ev["severity"])
+            for fn in self.listeners:
+                fn(ev)
+
+    def write(self, result: FrameResult) -> None:
+        eng = self.engines.get(result.camera)
+        if eng is None:
+            return
+        self._last_frame[result.camera] = result.frame_index
+        zd = self._zone_density(result.camera) if self._zone_density else {}
+        self._emit(eng.step(result, zd))
+
+    def write_status(self, camera: str, state: str, reason: str, ts: float) -> None:
+        """A camera going offline or finishing ends its active alerts (reason camera_<state>)."""
+        eng = self.engines.get(camera)
+        if eng is not None and state in ("offline", "finished"):
+            self._emit(eng.end_all(ts, f"camera_{state}", self._last_frame.get(camera, 0)))
+
+    def active(self, camera: str) -> list[dict[str, Any]]:
+        eng = self.engines.get(camera)
+        return eng.active() if eng else []
+
+    def close(self) -> None:
+        now = time.time()
+        for cam, eng in self.engines.items():
+            self._emit(eng.end_all(now, "shutdown", self._last_frame.get(cam, 0)))
+
+
+class WebhookNotifier:
+    """POSTs alert events as JSON from a background thread (bounded queue, retries, backoff).
+
+    A full queue drops the new event (``dropped`` counts them); 4xx answers other than 408/429 are
+    not retried (the receiver refused the event itself).
+    """
+
+    def __init__(self, cfg: WebhookConfig) -> None:
+        self.cfg = cfg
+        self.log = get_logger("webhook")
+        self._q: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=cfg.queue_max)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+
+    def open(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
+        self._thread.start()
+
+    def send(self, event: dict[str, Any]) -> None:
+        try:
+            self._q.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+            self.log.warning("queue full, event dropped", dropped_total=self.dropped)
+
+    def post(self, event: dict[str, Any]) -> bool:
+        """Deliver one event now (with retries); True when the receiver answered 2xx."""
+        body = json.dumps(event).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "crowdstream",
+                   **self.cfg.headers}
+        delay = self.cfg.backoff_s
+        for attempt in range(self.cfg.retries + 1):
+            req = urllib.request.Request(self.cfg.url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
+                    resp.read()
+                self.sent += 1
+                return True
+            except urllib.error.HTTPError as e:
+                err = f"HTTP {e.code}"
+                if 400 <= e.code < 500 and e.code not in (408, 429):
+                    self.log.error("event refused", url=self.cfg.url, status=e.code,
+                                   alert_id=event.get("alert_id"))
+                    break
+            except (urllib.error.URLError, TimeoutError, OSError) as e:
+                err = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            if attempt < self.cfg.retries:
+                self.log.warning("post failed, retrying", url=self.cfg.url, error=err,
+                                 attempt=attempt + 1, retry_in_s=delay)
+                if self._stop.wait(delay):
+                    break
+                delay *= 2
+        self.failed += 1
+        return False
+
+    def _run(self) -> None:
+        while True:
+            ev = self._q.get()
+            if ev is None:
+                return
+            self.post(ev)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued (within ``timeout``), then stop."""
+        if self._thread is None:
+            return
+        try:
+            self._q.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._stop.set()  # abandon retries' backoff waits
+            self._thread.join(self.cfg.timeout_s + 1)
+        self._thread = None
