@@ -54,7 +54,7 @@ B_FREE, B_FILLING, B_QUEUED, B_INFERRING, B_DONE, B_POSTING = 0, 1, 2, 3, 4, 5
 # int64 header words
 _HDR_WORDS = 64
 H_DROPS, H_PUTS, H_GETS, H_END, H_SEQ, H_TILED, H_EMITTED, H_LOST, H_EOS_SEEN, H_LAT_N = range(10)
-H_BATCHES, H_TILES, H_REQUEUED, H_INFER_NS = 10, 11, 12, 13
+H_BATCHES, H_TILES, H_REQUEUED, H_INFER_NS, H_LAST_INDEX = 10, 11, 12, 13, 14
 _FIFO_BASE = 32  # head, tail pairs from here on
 _REASON_BYTES = 128
 LATENCY_SAMPLES = 2048
@@ -259,6 +259,7 @@ class FrameRing:
         q = _Queues(shm, True, slots, 2, _FRAME_META, LATENCY_SAMPLES * 8, handle.lock,
                     handle.sems)
         q.hdr[:] = 0
+        q.hdr[H_LAST_INDEX] = -1
         q.state[:] = FREE
         for s in range(slots):
             q._push(cls._F_FREE, s)
@@ -454,9 +455,10 @@ class FrameRing:
     def set_eos_seen(self) -> None:
         self._q.hdr[H_EOS_SEEN] = 1
 
-    def record_result(self, latency_s: float) -> None:
-        """Post stage: one frame was counted, capture->result ``latency_s`` later."""
+    def record_result(self, latency_s: float, frame_index: int = -1) -> None:
+        """Post stage: frame ``frame_index`` was counted, capture->result ``latency_s`` later."""
         q = self._q
+        q.hdr[H_LAST_INDEX] = frame_index
         n = int(q.hdr[H_LAT_N])
         self._lat[n % LATENCY_SAMPLES] = latency_s
         q.hdr[H_LAT_N] = n + 1
@@ -473,7 +475,8 @@ class FrameRing:
         h = self._q.hdr
         return {"puts": int(h[H_PUTS]), "gets": int(h[H_GETS]), "drops": int(h[H_DROPS]),
                 "depth": self.depth, "tiled": int(h[H_TILED]), "emitted": int(h[H_EMITTED]),
-                "lost": int(h[H_LOST]), "ended": int(h[H_END]), "eos_seen": int(h[H_EOS_SEEN])}
+                "lost": int(h[H_LOST]), "ended": int(h[H_END]), "eos_seen": int(h[H_EOS_SEEN]),
+                "last_index": int(h[H_LAST_INDEX])}
 
     def close(self) -> None:
         self._lat = None  # type: ignore[assignment]
@@ -485,13 +488,16 @@ class FrameRing:
 
 @dataclass
 class BatchPoolHandle:
+    """Name + lock/semaphores of a batch pool. Made before the pool's geometry is known (the
+    inference process learns the model's window), so it can be handed to that process at spawn."""
+
     name: str
     slots: int
-    max_batch: int
-    window: tuple[int, int]
-    block: int
     lock: Any
     sems: tuple[Any, ...]
+
+
+_H_GEOM = 20  # max_batch, window h, window w, block
 
 
 class BatchPool:
@@ -502,6 +508,7 @@ class BatchPool:
     inference ``take_infer`` -> write ``outputs(slot)`` -> ``done_infer`` -> post ``take_post`` ->
     ``release``. Batches reach post in submission order, also across an inference restart
     (``requeue_inference`` puts the batch a dead inference process held back at the front).
+    The geometry lives in the segment's header: ``attach`` needs only the handle.
 
     Example::
 
@@ -514,40 +521,59 @@ class BatchPool:
     def __init__(self, q: _Queues, handle: BatchPoolHandle) -> None:
         self._q = q
         self._h = handle
-        wh, ww = handle.window
-        b = handle.block
+        mb, wh, ww, b = (int(v) for v in q.hdr[_H_GEOM:_H_GEOM + 4])
+        self.window = (wh, ww)
+        self.block = b
+        self._max_batch = mb
         self.tile_shape = (3, wh, ww)
         self.out_shape = (1, wh // b, ww // b)
-        self._tile_bytes = handle.max_batch * 3 * wh * ww * 4
-        self._out_bytes = handle.max_batch * (wh // b) * (ww // b) * 4
-        self._desc_bytes = handle.max_batch * _TILE_DESC.itemsize
+        self._tile_bytes, self._out_bytes, self._desc_bytes = self._sizes(mb, (wh, ww), b)
         self._slot_bytes = (_align(self._tile_bytes) + _align(self._out_bytes)
                             + _align(self._desc_bytes))
 
     @staticmethod
-    def nbytes(slots: int, max_batch: int, window: tuple[int, int], block: int) -> int:
+    def _sizes(max_batch: int, window: tuple[int, int], block: int) -> tuple[int, int, int]:
         wh, ww = window
-        per = (_align(max_batch * 3 * wh * ww * 4) + _align(max_batch * (wh // block)
-               * (ww // block) * 4) + _align(max_batch * _TILE_DESC.itemsize))
+        return (max_batch * 3 * wh * ww * 4, max_batch * (wh // block) * (ww // block) * 4,
+                max_batch * _TILE_DESC.itemsize)
+
+    @staticmethod
+    def nbytes(slots: int, max_batch: int, window: tuple[int, int], block: int) -> int:
+        """Size of the segment (for up-front /dev/shm checks)."""
+        per = sum(_align(n) for n in BatchPool._sizes(max_batch, window, block))
         return _Queues.header_bytes(slots, 3, _BATCH_META, 0) + slots * per
+
+    @staticmethod
+    def prepare(name: str, slots: int) -> BatchPoolHandle:
+        """The handle (name, lock, semaphores) of a pool ``create_from`` makes later."""
+        if slots < 2:
+            raise ValueError(f"a batch pool needs at least 2 slots, got {slots}")
+        ctx = mp.get_context("spawn")
+        return BatchPoolHandle(name, slots, ctx.Lock(),
+                               (ctx.Semaphore(0), ctx.Semaphore(0), ctx.Semaphore(0)))
+
+    @classmethod
+    def create_from(cls, handle: BatchPoolHandle, max_batch: int, window: tuple[int, int],
+                    block: int) -> BatchPool:
+        """Create (and own) the segment for a prepared handle."""
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if window[0] % block or window[1] % block:
+            raise ValueError(f"window {window} is not a multiple of the block size {block}")
+        size = cls.nbytes(handle.slots, max_batch, window, block)
+        shm = _create_segment(handle.name, size, f"batch pool {handle.name!r} ({handle.slots} x "
+                                                 f"{max_batch} tiles of {window[1]}x{window[0]})")
+        q = _Queues(shm, True, handle.slots, 3, _BATCH_META, 0, handle.lock, handle.sems)
+        q.hdr[:] = 0
+        q.hdr[_H_GEOM:_H_GEOM + 4] = (max_batch, window[0], window[1], block)
+        pool = cls(q, handle)
+        pool.reset()
+        return pool
 
     @classmethod
     def create(cls, name: str, slots: int, max_batch: int, window: tuple[int, int],
                block: int) -> BatchPool:
-        if slots < 2 or max_batch < 1:
-            raise ValueError(f"need slots >= 2 and max_batch >= 1, got {slots}, {max_batch}")
-        if window[0] % block or window[1] % block:
-            raise ValueError(f"window {window} is not a multiple of the block size {block}")
-        ctx = mp.get_context("spawn")
-        size = cls.nbytes(slots, max_batch, window, block)
-        shm = _create_segment(name, size, f"batch pool {name!r} ({slots} x {max_batch} tiles of "
-                                          f"{window[1]}x{window[0]})")
-        handle = BatchPoolHandle(name, slots, max_batch, tuple(window), block, ctx.Lock(),
-                                 (ctx.Semaphore(0), ctx.Semaphore(0), ctx.Semaphore(0)))
-        q = _Queues(shm, True, slots, 3, _BATCH_META, 0, handle.lock, handle.sems)
-        pool = cls(q, handle)
-        pool.reset()
-        return pool
+        return cls.create_from(cls.prepare(name, slots), max_batch, window, block)
 
     def handle(self) -> BatchPoolHandle:
         return self._h
@@ -560,7 +586,7 @@ class BatchPool:
 
     @property
     def max_batch(self) -> int:
-        return self._h.max_batch
+        return self._max_batch
 
     def _region(self, slot: int, start: int, nbytes: int) -> np.ndarray:
         off = self._q.data_off + slot * self._slot_bytes + start
@@ -569,12 +595,12 @@ class BatchPool:
     def tiles(self, slot: int) -> np.ndarray:
         """(max_batch, 3, wh, ww) float32 view: the tile stage cuts straight into it."""
         return self._region(slot, 0, self._tile_bytes).view(np.float32).reshape(
-            self._h.max_batch, *self.tile_shape)
+            self._max_batch, *self.tile_shape)
 
     def outputs(self, slot: int) -> np.ndarray:
         """(max_batch, 1, wh/b, ww/b) float32 view the inference stage writes into."""
         return self._region(slot, _align(self._tile_bytes), self._out_bytes).view(
-            np.float32).reshape(self._h.max_batch, *self.out_shape)
+            np.float32).reshape(self._max_batch, *self.out_shape)
 
     def desc(self, slot: int) -> np.ndarray:
         """Per-tile descriptors (camera index, frame slot, tile index, seq, ...)."""
@@ -605,8 +631,8 @@ class BatchPool:
         return self._take(self._F_FREE, B_FILLING, timeout)
 
     def submit(self, slot: int, n: int, t_submit: float = 0.0) -> None:
-        if not 1 <= n <= self._h.max_batch:
-            raise ValueError(f"batch of {n} tiles, pool holds 1..{self._h.max_batch}")
+        if not 1 <= n <= self._max_batch:
+            raise ValueError(f"batch of {n} tiles, pool holds 1..{self._max_batch}")
         q = self._q
         q.meta[slot]["n"] = n
         q.meta[slot]["t_submit"] = t_submit

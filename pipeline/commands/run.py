@@ -1,0 +1,50 @@
+"""``crowdstream run CONFIG``: count on every configured camera until the sources end or Ctrl-C.
+
+Example::
+
+    crowdstream run configs/demo.yaml
+    crowdstream run my.yaml --jsonl - --metrics-port none     # counts as JSON lines on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="run configuration (YAML), e.g. configs/demo.yaml")
+    p.add_argument("--random-init", metavar="NAME", default=None,
+                   help="use a small randomly initialised model (ebc-tiny-rn, ebc-tiny-vit, "
+                        "count-tiny) instead of model.checkpoint; counts are not meaningful")
+    p.add_argument("--jsonl", metavar="PATH", default=None,
+                   help="write one JSON line per counted frame to PATH ('-' = stdout)")
+    p.add_argument("--metrics-port", metavar="PORT", default=None,
+                   help="Prometheus port (overrides metrics.port; 'none' disables it)")
+    p.add_argument("--quiet", action="store_true", help="no console status line")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.configtypes import ConfigError
+    from pipeline.shm import ShmSpaceError
+    from pipeline.supervisor import PipelineError, Supervisor
+
+    overrides: dict = {}
+    if args.random_init:
+        overrides["model"] = {"random_init": args.random_init, "checkpoint": None,
+                              "engine": None}
+    if args.jsonl:
+        overrides["jsonl"] = args.jsonl
+    if args.metrics_port is not None:
+        port = None if args.metrics_port.lower() == "none" else args.metrics_port
+        if port is not None and not port.isdigit():
+            raise ConfigError(None, "--metrics-port", f"expected a port number or 'none', "
+                                                      f"got {args.metrics_port!r}")
+        overrides["metrics"] = {"port": None if port is None else int(port)}
+    cfg = load_config(args.config, overrides or None)
+    try:
+        return Supervisor(cfg, log_level=args.log_level, console=not args.quiet).run()
+    except (PipelineError, ShmSpaceError) as e:
+        print(f"crowdstream: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,39 @@
+"""What every stage process gets at spawn, and the small helpers they share."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import AppConfig
+from pipeline.shm import BatchPoolHandle, FrameRingHandle
+
+
+@dataclass
+class StageArgs:
+    """Spawn arguments of a stage: the config, the cameras (index -> name, the index is what
+    travels in tile descriptors), their ring handles, the batch pool handle and the stop event."""
+
+    cfg: AppConfig
+    cameras: list[str]
+    rings: list[FrameRingHandle]
+    pool: BatchPoolHandle
+    stop: Any  # multiprocessing Event: finish the current item and exit
+    log_level: str | None = None
+    parent_pid: int = 0
+
+
+def enter_stage(args: StageArgs) -> None:
+    """Per-process setup: logging, and leave Ctrl-C to the supervisor (a terminal's SIGINT
+    reaches the whole process group; the supervisor drains and then stops the stages)."""
+    from pipeline.log import setup_logging
+
+    setup_logging(args.log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def orphaned(args: StageArgs) -> bool:
+    """True when the supervisor is gone (SIGKILLed): the stage exits instead of running on."""
+    return args.parent_pid != 0 and os.getppid() != args.parent_pid

@@ -1,0 +1,126 @@
+"""Inference stage: the one process that imports torch / CUDA. Runs the engine on batch slots.
+
+On start it loads the engine (``model.engine`` / ``model.checkpoint`` / ``model.random_init``),
+reports its geometry to the supervisor (which then creates the batch pool to fit), and runs every
+queued batch in place: tiles are read from and density maps written to shared memory.
+
+Example (what the supervisor does)::
+
+    ctx.Process(target=pipeline.stages.inference.main, args=(stage_args, info_q, pool_ready))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import AppConfig, ModelConfig
+from pipeline.configtypes import ConfigError
+from pipeline.log import get_logger
+from pipeline.stages.common import StageArgs, enter_stage, orphaned
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model the run uses, decided before any process starts (so errors come first)."""
+
+    source: str | None
+    random_init: str | None
+    fallback_reason: str | None = None  # set when random init replaces a missing checkpoint
+
+    @property
+    def label(self) -> str:
+        if self.random_init:
+            return f"RANDOM-INIT {self.random_init} (untrained weights: counts are not meaningful)"
+        return str(self.source)
+
+
+def choose_model(cfg: AppConfig) -> ModelChoice:
+    """Resolve ``cfg.model`` to a source file or a random-init spec, or raise ``ConfigError``.
+
+    A configured but missing checkpoint falls back to ``model.random_init`` only when that key is
+    set, and the run says so; without it the run fails naming the file.
+    """
+    m: ModelConfig = cfg.model
+    file = cfg.source_file
+    if m.engine:
+        if not Path(m.engine).is_file():
+            raise ConfigError(file, "model.engine", f"engine file not found: {m.engine}")
+        return ModelChoice(m.engine, None)
+    if m.checkpoint:
+        if Path(m.checkpoint).is_file():
+            return ModelChoice(m.checkpoint, None)
+        if m.random_init:
+            return ModelChoice(None, m.random_init,
+                               f"checkpoint {m.checkpoint} not found; model.random_init is set")
+        raise ConfigError(file, "model.checkpoint",
+                          f"checkpoint file not found: {m.checkpoint} (train one with "
+                          f"'crowdstream train', or set model.random_init to run a small "
+                          f"randomly initialised model)")
+    if m.random_init:
+        return ModelChoice(None, m.random_init)
+    raise ConfigError(file, "model", "no model: set model.checkpoint, model.engine or "
+                                     "model.random_init")
+
+
+def load(cfg: AppConfig, choice: ModelChoice, text_prompt: str | None = None) -> Any:
+    """Load the engine ``choice`` names with the config's backend / precision / device / batch."""
+    from engines.backends import load_engine
+
+    m = cfg.model
+    return load_engine(choice.source, backend=m.backend, precision=m.precision, device=m.device,
+                       max_batch=m.batch, window=m.window, cache_dir=m.cache_dir,
+                       random_init=choice.random_init, text_prompt=text_prompt,
+                       threads=cfg.runtime.torch_threads)
+
+
+def engine_info(engine: Any) -> dict[str, Any]:
+    return {"window": tuple(engine.window), "block_size": int(engine.block_size),
+            "max_batch": int(engine.max_batch), "engine_id": str(engine.engine_id),
+            "description": dict(engine.description)}
+
+
+def main(args: StageArgs, choice: ModelChoice, info_q: Any, pool_ready: Any) -> None:
+    """Process entry point: load, report, then run batches until stopped."""
+    enter_stage(args)
+    log = get_logger("inference")
+    if args.cfg.runtime.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.cfg.runtime.torch_threads)
+    prompts = {c.text_prompt for c in args.cfg.cameras.values()}
+    prompt = prompts.pop() if len(prompts) == 1 else None
+    try:
+        engine = load(args.cfg, choice, prompt)
+        engine.warmup(1)
+    except Exception as e:  # reported to the supervisor, which fails the run with this message
+        info_q.put({"error": f"{type(e).__name__}: {e}"})
+        raise
+    info_q.put(engine_info(engine))
+    log.info("engine ready", engine=engine.engine_id, model=choice.label,
+             backend=engine.description.get("backend"), device=engine.description.get("device"))
+    while not pool_ready.wait(0.2):
+        if args.stop.is_set() or orphaned(args):
+            return
+    from pipeline.shm import BatchPool
+
+    pool = BatchPool.attach(args.pool)
+    if pool.window != tuple(engine.window) or pool.max_batch > engine.max_batch:
+        raise RuntimeError(f"batch pool {pool.window} x {pool.max_batch} does not fit engine "
+                           f"{engine.window} x {engine.max_batch}")
+    try:
+        while not args.stop.is_set() and not orphaned(args):
+            slot = pool.take_infer(timeout=0.2)
+            if slot is None:
+                continue
+            n = pool.count(slot)
+            t0 = time.perf_counter_ns()
+            out = engine.run(pool.tiles(slot)[:n])
+            pool.outputs(slot)[:n] = out
+            pool.done_infer(slot, time.perf_counter_ns() - t0)
+    finally:
+        log.info("stopped")
+        pool.close()
+        engine.close()

@@ -1,0 +1,219 @@
+"""Post stage: per-tile density maps -> one count-preserving map per frame -> ROI mask ->
+smoothing -> ``FrameResult`` -> sinks, in order. Also forwards camera state changes to sinks that
+have ``write_status``.
+
+Batches arrive in submission order (also across an inference restart), so a camera's frames
+complete in order. A frame whose tiles can never all arrive (its tile process died) is dropped
+and counted as lost when the camera's next frame shows up.
+
+Example (what the supervisor does)::
+
+    ctx.Process(target=pipeline.stages.post.main, args=(stage_args, engine_id, status_q))
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engines.tiling import TileLayout
+from pipeline.config import AppConfig
+from pipeline.events import CameraStatus
+from pipeline.log import get_logger
+from pipeline.results import FrameResult, Sink
+from pipeline.shm import BatchPool, FrameRing
+from pipeline.smoothing import Smoother
+from pipeline.stages.common import StageArgs, enter_stage, orphaned
+
+
+@dataclass
+class _Pending:
+    seq: int
+    fslot: int
+    ntiles: int
+    frame_index: int
+    pts: float | None
+    capture_ts: float
+    height: int
+    width: int
+    maps: np.ndarray
+    got: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+
+def load_roi_mask(path: str, map_shape: tuple[int, int]) -> np.ndarray:
+    """Share of each map cell inside the ROI (PNG, 255 inside), resized to ``map_shape``."""
+    import cv2
+
+    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise ValueError(f"roi_mask {path}: not a readable image")
+    m = cv2.resize(img.astype(np.float32) / 255.0, (map_shape[1], map_shape[0]),
+                   interpolation=cv2.INTER_AREA)
+    return np.clip(m, 0.0, 1.0)
+
+
+class PostProcessor:
+    """Assembles frames from batches and emits results to sinks (usable in-process too)."""
+
+    def __init__(self, cfg: AppConfig, cameras: list[str], rings: list[FrameRing],
+                 pool: BatchPool, sinks: list[Sink], engine_id: str) -> None:
+        self.cfg = cfg
+        self.cameras = cameras
+        self.rings = rings
+        self.pool = pool
+        self.sinks = sinks
+        self.engine_id = engine_id
+        self.log = get_logger("post")
+        self.want_frames = any(getattr(s, "wants_frames", False) for s in sinks)
+        self.pending: list[_Pending | None] = [None] * len(cameras)
+        self.smoothers = [Smoother(cfg.cameras[c].smoothing) for c in cameras]
+        self.layouts: dict[tuple[int, int], TileLayout] = {}
+        self.masks: dict[tuple[int, tuple[int, int]], np.ndarray | None] = {}
+        self.sink_errors: dict[int, int] = {}
+
+    def _layout(self, h: int, w: int) -> TileLayout:
+        lay = self.layouts.get((h, w))
+        if lay is None:
+            lay = TileLayout.plan(h, w, self.pool.window, self.pool.block, self.cfg.model.overlap)
+            self.layouts[(h, w)] = lay
+        return lay
+
+    def _mask(self, cam: int, shape: tuple[int, int]) -> np.ndarray | None:
+        key = (cam, shape)
+        if key not in self.masks:
+            path = self.cfg.cameras[self.cameras[cam]].roi_mask
+            self.masks[key] = load_roi_mask(path, shape) if path else None
+        return self.masks[key]
+
+    def _drop(self, cam: int) -> None:
+        p = self.pending[cam]
+        if p is not None:
+            self.rings[cam].release(p.fslot)
+            self.rings[cam].record_lost()
+            self.log.warning("frame lost", camera=self.cameras[cam], frame_index=p.frame_index,
+                             reason="incomplete tiles")
+            self.pending[cam] = None
+
+    def process_batch(self, slot: int) -> int:
+        """Consume one batch slot; returns how many results it completed."""
+        n = self.pool.count(slot)
+        desc = self.pool.desc(slot)[:n].copy()
+        outs = self.pool.outputs(slot)
+        done = 0
+        for j in range(n):
+            d = desc[j]
+            cam, seq, tile, ntiles = int(d["cam"]), int(d["seq"]), int(d["tile"]), int(d["ntiles"])
+            p = self.pending[cam]
+            if p is not None and p.seq != seq:
+                self._drop(cam)  # an older frame that will never complete
+                p = None
+            if p is None:
+                if tile != 0:
+                    # the start of this frame went to a post process that died: its frame slot
+                    # was given back by the supervisor's recovery; skip the rest of its tiles
+                    continue
+                mh, mw = self.pool.out_shape[1:]
+                pts = float(d["pts"])
+                p = _Pending(seq, int(d["fslot"]), ntiles, int(d["frame_index"]),
+                             None if math.isnan(pts) else pts, float(d["capture_ts"]),
+                             int(d["height"]), int(d["width"]),
+                             np.empty((ntiles, mh, mw), np.float32), np.zeros(ntiles, bool))
+                self.pending[cam] = p
+            p.maps[tile] = outs[j, 0]
+            p.got[tile] = True
+            if p.got.all():
+                self._emit(cam, p)
+                self.pending[cam] = None
+                done += 1
+        self.pool.release(slot)
+        return done
+
+    def _emit(self, cam: int, p: _Pending) -> None:
+        lay = self._layout(p.height, p.width)
+        raw = lay.stitch(p.maps)
+        mask = self._mask(cam, raw.shape)
+        if mask is not None:
+            raw = raw * mask
+        raw_count = float(raw.sum(dtype=np.float64))
+        t = p.pts if p.pts is not None else p.capture_ts
+        count, density = self.smoothers[cam].update(raw_count, raw, t)
+        ring = self.rings[cam]
+        result = FrameResult(
+            camera=self.cameras[cam], frame_index=p.frame_index, pts=p.pts,
+            capture_ts=p.capture_ts, count=count, raw_count=raw_count, density=density,
+            raw_density=raw, cell_pixels=float(self.pool.block), frame_size=(p.height, p.width),
+            engine_id=self.engine_id,
+            # a zero-copy view of the frame slot, valid only during write(): sinks that keep it
+            # must copy it
+            frame=ring.frame(p.fslot) if self.want_frames else None,
+        )
+        result.result_ts = time.time()
+        for i, sink in enumerate(self.sinks):
+            try:
+                sink.write(result)
+            except Exception as e:  # one failing sink must not stop counting or the others
+                self.sink_errors[i] = self.sink_errors.get(i, 0) + 1
+                if self.sink_errors[i] in (1, 10, 100) or self.sink_errors[i] % 1000 == 0:
+                    self.log.error("sink failed", camera=result.camera, sink=type(sink).__name__,
+                                   error=f"{type(e).__name__}: {e}", times=self.sink_errors[i])
+        result.frame = None
+        ring.record_result(time.time() - p.capture_ts, p.frame_index)
+        ring.release(p.fslot)
+
+    def status(self, st: CameraStatus) -> None:
+        for sink in self.sinks:
+            ws = getattr(sink, "write_status", None)
+            if ws is None:
+                continue
+            try:
+                ws(st.camera, st.state, st.reason, st.ts)
+            except Exception as e:
+                self.log.error("sink status failed", camera=st.camera, sink=type(sink).__name__,
+                               error=f"{type(e).__name__}: {e}")
+
+
+def main(args: StageArgs, engine_id: str, status_q: Any) -> None:
+    """Process entry point (spawned by the supervisor)."""
+    enter_stage(args)
+    log = get_logger("post")
+    from pipeline.sinks import build_sinks
+
+    rings = [FrameRing.attach(h) for h in args.rings]
+    pool = BatchPool.attach(args.pool)
+    sinks = build_sinks(args.cfg)
+    opened: list[Sink] = []
+    try:
+        for s in sinks:
+            s.open()
+            opened.append(s)
+        post = PostProcessor(args.cfg, args.cameras, rings, pool, opened, engine_id)
+        log.info("started", sinks=",".join(type(s).__name__ for s in opened) or "none")
+        while not args.stop.is_set() and not orphaned(args):
+            while True:
+                try:
+                    post.status(status_q.get_nowait())
+                except queue.Empty:
+                    break
+            slot = pool.take_post(timeout=0.1)
+            if slot is not None:
+                post.process_batch(slot)
+        while True:  # state changes that arrived during the drain still reach the sinks
+            try:
+                post.status(status_q.get_nowait())
+            except queue.Empty:
+                break
+    finally:
+        for s in opened:
+            try:
+                s.close()
+            except Exception as e:
+                log.error("sink close failed", sink=type(s).__name__, error=str(e))
+        log.info("stopped")
+        for r in rings:
+            r.close()
+        pool.close()
