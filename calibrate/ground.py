@@ -56,9 +56,10 @@ class CalibrationError(ConfigError):
     """A calibration that cannot be used; ``reason`` is a stable code, the message says why."""
 
     def __init__(self, reason: Reason, message: str, *, file: str | None = None,
-                 key: str = "calibration") -> None:
+                 key: str = "calibration", report: FitReport | None = None) -> None:
         self.reason = reason
         self.message = message
+        self.report = report  # the per-point errors, when a fit got that far
         super().__init__(file, key, message)
 
 
@@ -232,7 +233,8 @@ class GroundCalibration:
         try:
             return cls._from_config(cal, frame_size)
         except CalibrationError as e:
-            raise CalibrationError(e.reason, e.message, file=file, key=key) from None
+            raise CalibrationError(e.reason, e.message, file=file, key=key,
+                                   report=e.report) from None
 
     @classmethod
     def _from_config(cls, cal: CalibrationConfig, frame_size: tuple[int, int]) -> GroundCalibration:
@@ -353,7 +355,8 @@ class GroundCalibration:
             raise CalibrationError("reprojection_error", f"point {worst} is {err_m[worst]:.3f} m "
                                    f"from where the fitted plane puts it (bound "
                                    f"max_reprojection_error_m={max_error_m:g}, rms "
-                                   f"{self.report.rms_m:.3f} m): the points are inconsistent" + stale_hint)
+                                   f"{self.report.rms_m:.3f} m): the points are inconsistent" + stale_hint,
+                                   report=self.report)
 
     # ---- mapping ------------------------------------------------------------------------------
     def image_to_ground(self, pts_px: np.ndarray) -> np.ndarray:
