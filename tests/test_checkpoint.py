@@ -39,7 +39,8 @@ def test_loading_needs_no_text_tower(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def no_text(*_a: object, **_k: object) -> None:
         raise AssertionError("load_checkpoint must not build a text tower")
 
-    monkeypatch.setattr(bb, "open_clip_model", no_text)
+    monkeypatch.setattr(bb, "load_towers", no_text)
+    monkeypatch.setattr(bb, "text_tower", no_text)
     monkeypatch.setattr(bb, "encode_prompts", no_text)
     loaded, _ = load_checkpoint(path)
     assert loaded.spec.name == "ebc-tiny-rn"

@@ -51,9 +51,9 @@ def _tiny_vit() -> ModelSpec:
 
 
 def _tiny_count() -> ModelSpec:
-    backbone = {"name": "tiny-vit", "embed_dim": 128,
-                "vision_cfg": {"layers": 2, "width": 64, "patch_size": 16, "head_width": 32,
-                               "image_size": 224},
+    backbone = {"name": "tiny-vit3", "embed_dim": 128,
+                "vision_cfg": {"layers": 3, "width": 64, "patch_size": 16, "head_width": 32,
+                               "image_size": 64},
                 "text_cfg": dict(_TINY_TEXT)}
     return ModelSpec(family="clip_count", backbone=backbone, window=(128, 128), block_size=1,
                      mean=CLIP_MEAN, std=CLIP_STD, resize_height=128, encoder_size=64,

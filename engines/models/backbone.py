@@ -3,17 +3,16 @@
 The counting models keep only open_clip's *vision* tower; the text tower is built, used once to
 encode the prompts, and dropped. Three ways to get a tower, all driven by ``ModelSpec``:
 
-* ``open_clip_model(spec)``: the full CLIP (vision + text) with ``spec.pretrained`` weights (an
-  open_clip tag such as ``"openai"`` or a local file) or random init; used at model creation.
+* ``load_towers(spec)``: (vision tower, text model) with ``spec.pretrained`` weights (an open_clip
+  tag such as ``"openai"`` or a local file) or random init; used at model creation.
 * ``vision_tower(spec)``: the vision tower alone, random init; used when the weights come from a
   checkpoint anyway (no text tower, no download).
-* ``encode_prompts(clip, spec, prompts)``: L2-normalised text features (K, embed_dim).
+* ``encode_prompts(text, spec, prompts)``: L2-normalised text features (K, embed_dim).
 
 Example::
 
-    clip = open_clip_model(spec)
-    feats = encode_prompts(clip, spec, list(spec.prompts))
-    visual = adapt_vision(clip.visual, spec)
+    visual, text = load_towers(spec)
+    feats = encode_prompts(text, spec, list(spec.prompts))
 """
 
 from __future__ import annotations
@@ -64,37 +63,57 @@ def vision_tower(spec: ModelSpec) -> nn.Module:
     return _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], quick_gelu=_quick_gelu(spec, cfg))
 
 
-def open_clip_model(spec: ModelSpec) -> nn.Module:
-    """The full open_clip CLIP of ``spec``, with ``spec.pretrained`` weights if given.
+def text_tower(spec: ModelSpec, seed: int = 0) -> nn.Module:
+    """A random-init open_clip text tower, the same for every call with the same ``seed``.
 
-    ``pretrained`` is an open_clip tag for a named backbone, or a path to a local weights file
-    (an open_clip/OpenAI state dict) for named and inline backbones.
+    Random-init models get their text features from this; seeding keeps them reproducible
+    (a CLIP-Count prompt encoded later matches the one encoded at build).
     """
+    from open_clip.model import _build_text_tower
+
+    cfg = backbone_config(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text = _build_text_tower(cfg["embed_dim"], cfg["text_cfg"], quick_gelu=_quick_gelu(spec, cfg))
+    return text.eval()
+
+
+def load_towers(spec: ModelSpec) -> tuple[nn.Module, nn.Module]:
+    """(vision tower, text model) of ``spec``, with ``spec.pretrained`` weights if given.
+
+    ``pretrained`` is an open_clip tag (``"openai"``) for a named backbone, or a path to a local
+    weights file (an open_clip/OpenAI CLIP state dict) for named and inline backbones. Without it
+    the vision tower is random (re-randomised, see :func:`rerandomise_resnet`) and the text tower
+    random but seeded. The text model is the whole CLIP when pretrained (use it for text only).
+    """
+    if not spec.pretrained:
+        visual = vision_tower(spec)
+        rerandomise_resnet(visual)
+        return visual, text_tower(spec)
     import open_clip
 
     cfg = backbone_config(spec)
     qg = _quick_gelu(spec, cfg)
     if isinstance(spec.backbone, str):
-        if spec.pretrained and not os.path.exists(spec.pretrained):
+        if not os.path.exists(spec.pretrained):
             tags = open_clip.list_pretrained_tags_by_model(spec.backbone)
             if spec.pretrained not in tags:
                 raise ValueError(f"pretrained {spec.pretrained!r} is neither a file nor an open_clip "
                                  f"tag of {spec.backbone} (tags: {tags})")
-        model = open_clip.create_model(spec.backbone, pretrained=spec.pretrained or None,
-                                       force_quick_gelu=qg)
+        model = open_clip.create_model(spec.backbone, pretrained=spec.pretrained, force_quick_gelu=qg)
     else:
+        if not os.path.exists(spec.pretrained):
+            raise FileNotFoundError(f"pretrained weights file not found: {spec.pretrained}")
         model = open_clip.model.CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"],
                                      text_cfg=cfg["text_cfg"], quick_gelu=qg)
-        if spec.pretrained:
-            if not os.path.exists(spec.pretrained):
-                raise FileNotFoundError(f"pretrained weights file not found: {spec.pretrained}")
-            state = torch.load(spec.pretrained, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state)
+        state = torch.load(spec.pretrained, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        try:
             model.load_state_dict(state, strict=True)
-    if not spec.pretrained:
-        rerandomise_resnet(model.visual)
+        except RuntimeError as exc:
+            raise ValueError(f"{spec.pretrained}: does not fit the inline backbone: {exc}") from exc
     model.eval()
-    return model
+    return model.visual, model
 
 
 def tokenizer_for(spec: ModelSpec) -> Any:
@@ -107,12 +126,24 @@ def tokenizer_for(spec: ModelSpec) -> Any:
     return open_clip.tokenizer.SimpleTokenizer(context_length=ctx)
 
 
+def text_parts(text: nn.Module) -> nn.Module:
+    """The module holding ``token_embedding`` ... ``text_projection`` (CLIP or its ``.text``)."""
+    inner = getattr(text, "text", None)
+    return inner if isinstance(inner, nn.Module) else text
+
+
 @torch.no_grad()
-def encode_prompts(clip: nn.Module, spec: ModelSpec, prompts: list[str]) -> torch.Tensor:
+def encode_prompts(text: nn.Module, spec: ModelSpec, prompts: list[str]) -> torch.Tensor:
     """L2-normalised text features (len(prompts), embed_dim), float32 on CPU."""
     tokens = tokenizer_for(spec)(prompts)
-    feats = clip.encode_text(tokens.to(next(clip.parameters()).device), normalize=True)
-    return feats.float().cpu()
+    device = next(text.parameters()).device
+    if hasattr(text, "encode_text"):
+        feats = text.encode_text(tokens.to(device))
+    else:
+        feats = text(tokens.to(device))
+    if isinstance(feats, tuple):
+        feats = feats[0]
+    return F.normalize(feats.float(), dim=-1).cpu()
 
 
 def rerandomise_resnet(visual: nn.Module) -> None:

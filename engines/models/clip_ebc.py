@@ -167,9 +167,9 @@ class ClipEBC(nn.Module):
     @classmethod
     def build(cls, spec: ModelSpec) -> ClipEBC:
         """Full build: open_clip towers (pretrained or random), prompts encoded once."""
-        clip = bb.open_clip_model(spec)
-        feats = bb.encode_prompts(clip, spec, list(spec.prompts))
-        return cls(spec, visual=clip.visual, text_features=feats)
+        visual, text = bb.load_towers(spec)
+        feats = bb.encode_prompts(text, spec, list(spec.prompts))
+        return cls(spec, visual=visual, text_features=feats)
 
     @staticmethod
     def _adapt_resnet(visual: nn.Module) -> None:

@@ -76,7 +76,9 @@ class ModelSpec:
     CLIP-Count fields: ``text_prompt`` (class name, e.g. ``"people"``), ``density_scale`` (60),
     ``heads`` (interaction-module heads; the released checkpoint uses 4), ``vpt_depth`` and
     ``num_vpt`` (visual prompts depth x tokens), ``encoder_size`` (the CLIP input the window is
-    resized to inside the model, 224), ``n_ctx`` (learnable text context vectors).
+    resized to inside the model, 224), ``n_ctx`` (learnable text context vectors),
+    ``coop_eot_fix`` (read the text feature at the EOT token's position *after* inserting the
+    context; the released model reads it at the original index, see ``clip_count``).
 
     Provenance (not used to build): ``name``, ``dataset``, ``truncation``.
     """
@@ -108,6 +110,7 @@ class ModelSpec:
     vpt_depth: int = 0
     encoder_size: int | None = None
     n_ctx: int = 2
+    coop_eot_fix: bool = False
     # provenance
     name: str = ""
     dataset: str | None = None

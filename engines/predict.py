@@ -1,0 +1,104 @@
+"""Any-resolution prediction: resize by the model's rules, sliding windows, batched, stitched.
+
+``predict`` accepts a counting model (``engines.models``, a torch module with ``.spec``) or an
+engine (``engines.backends``: ``.run(batch)``, ``.window``, ``.block_size``, ``.max_batch``). The
+windows come from ``engines.tiling.TileLayout`` (the same tiling the pipeline and the trainer
+use): laid on the block grid, the last one shifted back to the border, overlaps averaged.
+
+Resize rules, from the model's spec: ``resize_height`` (CLIP-Count: every frame to height 384,
+keeping the aspect) or ``min_side`` (frames whose shorter side is smaller are upscaled, bicubic).
+Otherwise frames keep their size (frames smaller than the window are zero-padded by the tiling).
+
+Example::
+
+    model, _ = load_checkpoint("model.pt")
+    dm = predict(model, frame_rgb, overlap=0.25)
+    print(dm.count, dm.map.shape, dm.cell_pixels)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from engines.density import DensityMap
+from engines.tiling import TileLayout
+
+
+def _geometry(model: Any) -> tuple[tuple[int, int], int, Any]:
+    spec = getattr(model, "spec", None)
+    window = getattr(model, "window", None) or (spec.window if spec is not None else None)
+    block = getattr(model, "block_size", None) or (spec.block_size if spec is not None else None)
+    if window is None or block is None:
+        raise TypeError(f"{type(model).__name__} has no window/block_size (not a counting model or engine)")
+    return (int(window[0]), int(window[1])), int(block), spec
+
+
+def resize_for(spec: Any, height: int, width: int) -> tuple[int, int]:
+    """The (h, w) a frame of ``height x width`` is resized to before tiling, by the spec's rules."""
+    if spec is None:
+        return height, width
+    target = getattr(spec, "resize_height", None)
+    if target:
+        return int(target), max(1, round(width * target / height))
+    min_side = getattr(spec, "min_side", None)
+    if min_side and min(height, width) < min_side:
+        s = min_side / min(height, width)
+        return max(min_side, round(height * s)), max(min_side, round(width * s))
+    return height, width
+
+
+def _run_torch(model: Any, tiles: np.ndarray) -> np.ndarray:
+    import torch
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    with torch.inference_mode():
+        out = model(torch.from_numpy(tiles).to(device))
+    return out.float().cpu().numpy()
+
+
+def predict(model_or_engine: Any, image: np.ndarray, overlap: float = 0.0, *,
+            batch_size: int | None = None) -> DensityMap:
+    """Count ``image`` (H x W x 3 uint8 RGB, any size) with a model or engine.
+
+    ``overlap`` is the share of a window shared with its neighbour (0 <= overlap < 1); windows
+    run ``batch_size`` at a time (default: the engine's ``max_batch``, or 8). Returns a
+    ``DensityMap`` whose ``scale`` is the resize factor, so ``cell_pixels`` is in the original
+    image's pixels.
+    """
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be an H x W x 3 array, got shape {getattr(image, 'shape', None)}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 RGB, got {image.dtype}")
+    window, block, spec = _geometry(model_or_engine)
+    h, w = image.shape[:2]
+    nh, nw = resize_for(spec, h, w)
+    if (nh, nw) != (h, w):
+        import cv2
+
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_CUBIC)
+    scale = nh / h
+    layout = TileLayout.plan(nh, nw, window=window, block=block, overlap=overlap)
+    tiles = layout.cut(np.ascontiguousarray(image))
+    is_engine = hasattr(model_or_engine, "run") and not hasattr(model_or_engine, "parameters")
+    bs = batch_size or (int(getattr(model_or_engine, "max_batch", 8)) if is_engine else 8)
+    if bs < 1:
+        raise ValueError(f"batch_size must be >= 1, got {bs}")
+    training = bool(getattr(model_or_engine, "training", False))
+    if training:
+        model_or_engine.eval()  # BN/dropout in eval mode for prediction; restored below
+    try:
+        outs = []
+        for i in range(0, layout.count, bs):
+            chunk = tiles[i : i + bs]
+            if is_engine:
+                outs.append(np.asarray(model_or_engine.run(chunk), dtype=np.float32))
+            else:
+                outs.append(_run_torch(model_or_engine, chunk))
+    finally:
+        if training:
+            model_or_engine.train()
+    maps = np.concatenate(outs, axis=0)
+    return DensityMap(layout.stitch(maps), block_size=block, scale=scale)

@@ -1,0 +1,106 @@
+"""engines.predict: any image size, resize rules, windows batched and stitched keeping the count."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engines.models import create_model, small_spec
+from engines.predict import predict, resize_for
+
+torch.set_num_threads(1)
+
+
+class LocalCounter(nn.Module):
+    """A purely local counting model: count per 8x8 block = mean brightness of the block.
+
+    Its output for a block does not depend on the rest of the window, so tiling with any overlap
+    must give exactly what the whole image gives.
+    """
+
+    block_size = 8
+    window = (64, 96)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.avg_pool2d(x.mean(dim=1, keepdim=True), 8)
+
+
+class NumpyEngine:
+    """An engine-shaped wrapper (``run`` on numpy batches) recording the batch sizes it saw."""
+
+    def __init__(self, model: nn.Module, max_batch: int) -> None:
+        self.model, self.window, self.block_size, self.max_batch = model, model.window, 8, max_batch
+        self.batches: list[int] = []
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        assert batch.dtype == np.float32 and batch.shape[0] <= self.max_batch
+        self.batches.append(batch.shape[0])
+        with torch.no_grad():
+            return self.model(torch.from_numpy(batch)).numpy()
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+@pytest.mark.parametrize("shape", [(200, 333), (64, 96), (40, 50), (517, 130)])
+def test_tiling_count_equals_whole_image(shape: tuple[int, int], overlap: float) -> None:
+    rng = np.random.default_rng(shape[0] + shape[1])
+    image = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    dm = predict(LocalCounter(), image, overlap=overlap, batch_size=3)
+    h, w = shape
+    ph, pw = -(-h // 8) * 8, -(-w // 8) * 8
+    padded = np.zeros((ph, pw, 3), np.float32)
+    padded[:h, :w] = image / 255.0
+    whole = LocalCounter()(torch.from_numpy(padded).permute(2, 0, 1)[None])[0, 0].numpy()
+    assert dm.map.shape == (ph // 8, pw // 8) and dm.block_size == 8 and dm.scale == 1.0
+    np.testing.assert_allclose(dm.map, whole, rtol=1e-5, atol=1e-6)
+    assert dm.count == pytest.approx(float(whole.sum()), rel=1e-5)
+
+
+def test_engine_batches_respect_max_batch() -> None:
+    image = np.random.default_rng(0).integers(0, 256, size=(300, 500, 3), dtype=np.uint8)
+    engine = NumpyEngine(LocalCounter(), max_batch=4)
+    dm = predict(engine, image, overlap=0.25)
+    ref = predict(LocalCounter(), image, overlap=0.25, batch_size=100)
+    assert max(engine.batches) == 4 and sum(engine.batches) > 4
+    np.testing.assert_allclose(dm.map, ref.map, rtol=1e-6)
+
+
+def test_tiny_ebc_any_size_and_training_mode_restored() -> None:
+    model = create_model(small_spec("ebc-tiny-rn"))
+    model.train()
+    image = np.random.default_rng(1).integers(0, 256, size=(300, 450, 3), dtype=np.uint8)
+    dm = predict(model, image, overlap=0.25)
+    assert model.training  # predict ran in eval mode and restored the mode
+    assert dm.map.shape == (38, 57) and dm.map.dtype == np.float32
+    assert np.isfinite(dm.count) and dm.count > 0 and dm.cell_pixels == 8.0
+    # one window exactly: same as calling the model
+    crop = image[:224, :224]
+    with torch.no_grad():
+        model.eval()
+        direct = model(torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255.0)[0, 0].numpy()
+    np.testing.assert_allclose(predict(model, crop).map, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_clip_count_resizes_to_its_height() -> None:
+    model = create_model(small_spec("count-tiny")).eval()
+    assert resize_for(model.spec, 64, 200) == (128, 400)
+    image = np.random.default_rng(2).integers(0, 256, size=(64, 200, 3), dtype=np.uint8)
+    dm = predict(model, image, overlap=0.5)
+    assert dm.map.shape == (128, 400) and dm.block_size == 1
+    assert dm.scale == 2.0 and dm.cell_pixels == 0.5
+
+
+def test_min_side_upscales() -> None:
+    spec = small_spec("ebc-tiny-rn").replace(min_side=224)
+    assert resize_for(spec, 100, 300) == (224, 672)
+    assert resize_for(spec, 400, 300) == (400, 300)
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="H x W x 3"):
+        predict(LocalCounter(), np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        predict(LocalCounter(), np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(TypeError, match="window/block_size"):
+        predict(object(), np.zeros((10, 10, 3), np.uint8))
