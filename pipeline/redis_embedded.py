@@ -173,22 +173,28 @@ def embedded_data_dir(cfg: AppConfig) -> Path:
     return Path(cfg.run_dir) / "redis"
 
 
-def ensure_redis(cfg: AppConfig, announce: bool = True) -> tuple[str, EmbeddedRedis | None]:
-    """The Redis URL to publish to: ``cfg.redis.url``, else a running embedded server of this
-    run, else a newly started one (returned so the caller can stop it; ``None`` otherwise).
-
-    The run command calls this once in the main process and stores the URL in
-    ``cfg.redis.url`` before starting workers, so every process connects to the same server.
-    """
-    if cfg.redis.url:
-        return cfg.redis.url, None
-    data_dir = embedded_data_dir(cfg)
+def ensure_embedded(data_dir: str | Path, port: int | None = None,
+                    announce: bool = True) -> tuple[str, EmbeddedRedis | None]:
+    """URL of the embedded server for ``data_dir``: the running one, else a newly started one
+    (returned so the caller can stop it; ``None`` when an existing server was reused)."""
     url = find_running(data_dir)
     server = None
     if url is None:
-        server = EmbeddedRedis(data_dir, port=cfg.redis.embedded_port)
+        server = EmbeddedRedis(data_dir, port=port)
         url = server.start()
     if announce:
         print(f"crowdstream: embedded Redis at {url} (data in {data_dir}); connect with: "
               f"{connect_hint(url)}", file=sys.stderr)
     return url, server
+
+
+def ensure_redis(cfg: AppConfig, announce: bool = True) -> tuple[str, EmbeddedRedis | None]:
+    """The Redis URL to publish to: ``cfg.redis.url``, else a running embedded server of this
+    run, else a newly started one (returned so the caller can stop it; ``None`` otherwise).
+
+    The run command should call this once in the main process and store the URL in
+    ``cfg.redis.url`` before starting workers, so the server outlives a restarted post stage.
+    """
+    if cfg.redis.url:
+        return cfg.redis.url, None
+    return ensure_embedded(embedded_data_dir(cfg), cfg.redis.embedded_port, announce)

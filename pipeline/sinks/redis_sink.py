@@ -168,13 +168,10 @@ class RedisSink:
         if self.url is None:
             from pathlib import Path
 
-            from pipeline.redis_embedded import EmbeddedRedis, find_running
+            from pipeline.redis_embedded import ensure_embedded
 
             data_dir = Path(self._run_dir or "runs/default") / "redis"
-            self.url = find_running(data_dir)
-            if self.url is None:
-                self._embedded = EmbeddedRedis(data_dir, port=self.cfg.embedded_port)
-                self.url = self._embedded.start()
+            self.url, self._embedded = ensure_embedded(data_dir, self.cfg.embedded_port)
         self._client = connect(self.url, self.cfg)
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="redis-publisher", daemon=True)
@@ -240,6 +237,8 @@ class RedisSink:
             self._buf.clear()
             self._uncertain.clear()
             self._buf_bytes = 0
+        log.info("closed", url=self.url, published=self.published, dropped=self.dropped,
+                 duplicates_avoided=self.duplicates, refused=self.failed, reconnects=self.reconnects)
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -346,8 +345,9 @@ class RedisSink:
                 with self._cond:
                     self._inflight = False
                     if _is_conn_error(e):
+                        batch = [it for it in batch if it.commands]  # unencodable: counted failed
                         for it in batch:
-                            it.attempted = it.attempted or bool(it.commands)
+                            it.attempted = True
                         self._uncertain = batch + self._uncertain
                     else:  # a bug or bad data, not an outage: do not retry forever
                         self.failed += len(batch)
@@ -433,7 +433,9 @@ class RedisSink:
         xadd = ("xadd", (it.stream, {"schema": json.loads(text)["schema"], "data": text}),
                 {"id": it.entry_id, "maxlen": maxlen, "approximate": True})
         cmds.insert(0, xadd)
-        cmds.append(("hset", (k.latest(cam),), {"mapping": {key: str(v) for key, v in latest.items()}}))
+        if latest:
+            cmds.append(("hset", (k.latest(cam),),
+                         {"mapping": {key: str(v) for key, v in latest.items()}}))
         if cam not in self._known_cameras:
             cmds.append(("sadd", (k.cameras(), cam), {}))
         if self.cfg.pubsub:
@@ -443,9 +445,20 @@ class RedisSink:
     def _send(self, batch: list[_Item]) -> None:
         if not batch:
             return
+        ok: list[_Item] = []
         for it in batch:
             if not it.commands:
-                self._build(it)
+                try:
+                    self._build(it)
+                except Exception as e:  # noqa: BLE001 - bad data in one message, not an outage
+                    self.failed += 1
+                    log.error("message not encodable", camera=it.camera, kind=it.kind,
+                              error=f"{type(e).__name__}: {e}")
+                    continue
+            ok.append(it)
+        batch = ok
+        if not batch:
+            return
         pipe = self._client.pipeline(transaction=False)
         spans = []
         for it in batch:
