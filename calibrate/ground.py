@@ -7,7 +7,8 @@ its four mapped corners. Cells touching or above the horizon (the image line ``H
 have no finite ground area: they get area 0 and are excluded, never divided by.
 
 The alternative input is a perspective map (per-pixel scale), e.g. the Mall dataset's
-``perspective_map.npy``; see :func:`perspective_pixel_area_m2` for what its values mean.
+``perspective_map.npy``; see :func:`perspective_pixel_area_m2` for what its values mean (the Mall
+one scales people, and a pixel's floor area goes as its value to the power 1.5).
 
 Coordinates: image points are continuous pixel coordinates of a ``(width, height)`` frame, (0, 0) the
 top-left corner of the top-left pixel; a density cell ``(i, j)`` with side ``c`` pixels covers
@@ -41,6 +42,8 @@ Reason = Literal[
     "reprojection_error", "image_size_mismatch", "no_calibration", "bad_homography",
     "above_horizon", "bad_perspective_map", "ambiguous_calibration",
 ]
+
+PerspectiveKind = Literal["area_weight", "ground_area_weight", "pixels_per_unit"]
 
 # Distance from the line through two points, as a fraction of the triple's longest side, under which
 # three points count as collinear: such a set pins no homography down (the fit is ill-conditioned).
@@ -313,7 +316,7 @@ class GroundCalibration:
     @classmethod
     def from_perspective_map(cls, pmap: np.ndarray, frame_size: tuple[int, int], *,
                              units_per_m: float,
-                             kind: Literal["area_weight", "pixels_per_unit"] = "area_weight",
+                             kind: PerspectiveKind = "area_weight",
                              ) -> GroundCalibration:
         """Use a per-pixel scale map (any resolution with the frame's aspect ratio)."""
         pmap = np.asarray(pmap)
@@ -492,22 +495,32 @@ class GroundCalibration:
 
 
 def perspective_pixel_area_m2(pmap: np.ndarray, units_per_m: float,
-                              kind: Literal["area_weight", "pixels_per_unit"]) -> np.ndarray:
-    """Ground area in m^2 of each pixel of a perspective map; 0 where the map is not > 0.
+                              kind: PerspectiveKind) -> np.ndarray:
+    """Floor area in m^2 of each pixel of a perspective map; 0 where the map is not > 0.
 
-    ``kind="area_weight"`` (Mall, UCSD): the value is a relative *area* weight,
-    ``p = (s_ref / s)^2`` with ``s`` the image scale in pixels per ground metre at that pixel and
-    ``s_ref`` its value where ``p == 1`` (``units_per_m``). Pixel area = ``p / s_ref^2``. The Mall
-    map is of this kind: ``1/sqrt(p)`` is linear in the row (as ``s`` is for a flat floor seen
-    through a pinhole), ``p`` grows to 14.8 at the far top rows and is 1 near row 405.
+    ``kind="area_weight"`` (Mall, UCSD): ``p = (s_ref / s)^2`` where ``s`` is the image scale
+    (pixels per metre) of an upright person standing at that pixel, interpolated linearly between
+    reference people, and ``s_ref`` its value where ``p == 1``. It normalises the image area of
+    people, not of floor: a floor patch is also foreshortened along the view. For a flat floor seen
+    by a pinhole camera, ``s`` is proportional to 1/depth and a pixel's floor area to depth^3 (the
+    Jacobian of the image -> floor homography is det(H) / w^3 with w proportional to 1/depth), so
+    floor area = ``A_ref * p^1.5``: one constant, ``A_ref = 1 / units_per_m^2``, the floor area of
+    one pixel where ``p == 1`` (``units_per_m`` = square root of the pixels covered by 1 m^2 of
+    floor there). The Mall map is of this kind: constant along rows, ``1/sqrt(p)`` linear in the
+    row to 3e-5 (horizon near row -142), p = 1 near row 405 and 14.8 on the top row.
 
-    ``kind="pixels_per_unit"``: ``p`` = image pixels spanned by one unit of ground length at that
-    pixel, ``units_per_m`` = units per metre. Pixel area = ``1 / (p * units_per_m)^2``.
+    ``kind="ground_area_weight"``: ``p`` is proportional to a pixel's floor area; area = p / u^2.
+
+    ``kind="pixels_per_unit"``: ``p`` = image pixels spanned by one unit of floor length at that
+    pixel, the same in every direction (ignores foreshortening), ``units_per_m`` = units per
+    metre. Pixel area = ``1 / (p * units_per_m)^2``.
     """
     p = np.asarray(pmap, np.float64)
     good = np.isfinite(p) & (p > 0)
     out = np.zeros(p.shape, np.float64)
     if kind == "area_weight":
+        out[good] = p[good] ** 1.5 / units_per_m ** 2
+    elif kind == "ground_area_weight":
         out[good] = p[good] / units_per_m ** 2
     elif kind == "pixels_per_unit":
         out[good] = 1.0 / (p[good] * units_per_m) ** 2

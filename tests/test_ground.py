@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_ground_camera import analytic_cell_areas, ground_to_image_matrix, project
+from test_ground_camera import (
+    analytic_cell_areas,
+    ground_to_image_matrix,
+    pixel_depths,
+    project,
+)
 
 from calibrate.ground import (
     CalibrationError,
@@ -270,18 +275,38 @@ def test_image_and_ground_mapping_round_trip() -> None:
 
 # ---- perspective maps ------------------------------------------------------------------------------
 
-def test_perspective_map_from_a_known_camera_gives_its_cell_areas(tmp_path: object) -> None:
+def test_people_scale_map_of_a_known_camera_gives_its_floor_areas() -> None:
+    # a Mall-style map built the way such maps are: p = (s_ref / s)^2 from the image scale s of
+    # upright people, proportional to 1 / depth; floor area must follow as A_ref * p^1.5
+    pose = {"tilt_deg": 35.0, "roll_deg": 3.0}
+    depth = pixel_depths(FRAME, **pose)
+    ref = (405, 320)
+    pmap = (depth / depth[ref]) ** 2
+    g = ground_to_image_matrix(**pose)
+    a_ref = float(analytic_cell_areas(g, FRAME, 1.0, FRAME)[ref])  # m^2 of the reference pixel
+    cal = GroundCalibration.from_perspective_map(pmap, FRAME, units_per_m=1 / np.sqrt(a_ref))
+    want = analytic_cell_areas(g, SHAPE, CELL, FRAME)
+    assert _rel_err(cal.cell_area_m2(SHAPE, CELL), want).max() < 0.01
+    # the isotropic reading of the same map (area = p * A_ref) is off by the foreshortening
+    flat = GroundCalibration.from_perspective_map(pmap, FRAME, units_per_m=1 / np.sqrt(a_ref),
+                                                  kind="ground_area_weight")
+    assert _rel_err(flat.cell_area_m2(SHAPE, CELL), want).max() > 0.2
+
+
+def test_floor_area_map_from_a_known_camera_gives_its_cell_areas() -> None:
     g = ground_to_image_matrix(tilt_deg=35.0, roll_deg=2.0)
     pixel = analytic_cell_areas(g, FRAME, 1.0, FRAME)  # m^2 of every pixel
     ref = float(pixel[405, 320])
-    pmap = (pixel / ref).astype(np.float64)  # area weight, 1 at the reference pixel
-    s_ref = 1.0 / np.sqrt(ref)  # pixels per metre there
-    cal = GroundCalibration.from_perspective_map(pmap, FRAME, units_per_m=s_ref)
+    pmap = (pixel / ref).astype(np.float64)  # floor-area weight, 1 at the reference pixel
+    s_ref = 1.0 / np.sqrt(ref)  # sqrt(pixels per m^2) there
+    cal = GroundCalibration.from_perspective_map(pmap, FRAME, units_per_m=s_ref,
+                                                 kind="ground_area_weight")
     want = analytic_cell_areas(g, SHAPE, CELL, FRAME)
     assert _rel_err(cal.cell_area_m2(SHAPE, CELL), want).max() < 1e-9
     # the same map at half resolution, cells not on map-pixel boundaries: within 1%
     half = pmap.reshape(240, 2, 320, 2).mean(axis=(1, 3))
-    cal2 = GroundCalibration.from_perspective_map(half, FRAME, units_per_m=s_ref / 2)
+    cal2 = GroundCalibration.from_perspective_map(half, FRAME, units_per_m=s_ref / 2,
+                                                  kind="ground_area_weight")
     want5 = analytic_cell_areas(g, (96, 128), 5.0, FRAME)
     assert _rel_err(cal2.cell_area_m2((96, 128), 5.0), want5).max() < 0.01
     # zone area: the integral over the polygon equals the homography's exact area
@@ -301,8 +326,10 @@ def test_pixels_per_unit_map_and_excluded_pixels() -> None:
     assert np.all(dens[0] == 0) and np.allclose(dens[1:], 2500 / 64)
     tri = [(0.0, 0.5), (1.0, 0.5), (0.0, 1.0)]  # 64 x 24 px / 2
     assert cal.polygon_area_m2(tri) == pytest.approx(768 / 2500, rel=1e-3)
-    np.testing.assert_allclose(perspective_pixel_area_m2(np.array([[4.0, -1.0]]), 2.0, "area_weight"),
-                               [[1.0, 0.0]])
+    four = np.array([[4.0, -1.0, np.nan]])
+    np.testing.assert_allclose(perspective_pixel_area_m2(four, 2.0, "area_weight"), [[2.0, 0, 0]])
+    np.testing.assert_allclose(perspective_pixel_area_m2(four, 2.0, "ground_area_weight"),
+                               [[1.0, 0, 0]])
     with pytest.raises(CalibrationError) as e:
         GroundCalibration.from_perspective_map(pmap, (480, 480), units_per_m=1.0)
     assert e.value.reason == "image_size_mismatch"
@@ -324,6 +351,6 @@ def test_mall_perspective_map_is_an_area_weight(shared_data: object) -> None:
         CalibrationConfig(perspective_map=str(path), perspective_units_per_m=40.0), FRAME)
     area = cal.cell_area_m2(SHAPE, CELL)
     assert np.all(area > 0) and np.all(np.diff(area[:, 0]) < 0)  # far (top) cells are larger
-    assert area.sum() == pytest.approx(p.sum() / 40.0 ** 2, rel=1e-9)
+    assert area.sum() == pytest.approx((p ** 1.5).sum() / 40.0 ** 2, rel=1e-9)
     whole = cal.polygon_area_m2([(0, 0), (1, 0), (1, 1), (0, 1)])
     assert whole == pytest.approx(area.sum(), rel=1e-9)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def ground_to_image_matrix(f: float = 600.0, cx: float = 320.0, cy: float = 240.0,
-                           height: float = 5.0, tilt_deg: float = 30.0,
-                           yaw_deg: float = 0.0, roll_deg: float = 0.0) -> np.ndarray:
-    """3x3 G with image ~ G @ (X, Y, 1): K [r1 r2 t] of the camera above."""
+def camera_pose(f: float = 600.0, cx: float = 320.0, cy: float = 240.0, height: float = 5.0,
+                tilt_deg: float = 30.0, yaw_deg: float = 0.0,
+                roll_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(K, R, centre): intrinsics, world -> camera rotation, camera position (metres)."""
     t, a = np.radians(tilt_deg), np.radians(yaw_deg)
     c, s = np.cos(t), np.sin(t)
     # rows: camera x (world X), camera y (image down), camera z (optical axis), before the yaw
@@ -24,7 +24,24 @@ def ground_to_image_matrix(f: float = 600.0, cx: float = 320.0, cy: float = 240.
     r = roll @ tilt @ yaw
     centre = np.array([0.0, 0.0, height])
     k = np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
+    return k, r, centre
+
+
+def ground_to_image_matrix(**pose: float) -> np.ndarray:
+    """3x3 G with image ~ G @ (X, Y, 1): K [r1 r2 t] of the camera of :func:`camera_pose`."""
+    k, r, centre = camera_pose(**pose)
     return k @ np.column_stack([r[:, 0], r[:, 1], -r @ centre])
+
+
+def pixel_depths(frame: tuple[int, int], **pose: float) -> np.ndarray:
+    """Depth along the optical axis (metres) of the floor point under each pixel centre, by
+    intersecting the pixel's ray with the floor (NaN where the ray misses it)."""
+    k, r, centre = camera_pose(**pose)
+    ys, xs = np.mgrid[0 : frame[0], 0 : frame[1]] + 0.5
+    rays_cam = np.stack([xs, ys, np.ones_like(xs)], axis=-1) @ np.linalg.inv(k).T  # z = 1
+    rays = rays_cam @ r  # world directions (camera -> world is R^T)
+    lam = -centre[2] / rays[..., 2]  # reach Z = 0
+    return np.where(lam > 0, lam, np.nan)  # camera-z of the ray is 1, so depth = lambda
 
 
 def project(g: np.ndarray, ground: np.ndarray) -> np.ndarray:

@@ -168,8 +168,8 @@ def test_cli_perspective_map_camera(tmp_path: Path, capsys: pytest.CaptureFixtur
                    "      perspective_units_per_m: 2.0\n")
     assert cli(["calibrate", "ground", "c", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
-    # area weight 4 at 2 px/m: 1 m^2 per map pixel, 48 x 64 of them
-    assert "ground in view 3072.0 m²" in out and "zone all: 3072.00 m²" in out
+    # area weight 4, 2 px/m where p = 1: 4^1.5 / 2^2 = 2 m^2 per map pixel, 48 x 64 of them
+    assert "ground in view 6144.0 m²" in out and "zone all: 6144.00 m²" in out
 
 
 # ---- the YAML store ---------------------------------------------------------------------------------
