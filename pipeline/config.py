@@ -168,11 +168,13 @@ class CalibrationConfig:
     homography: list[list[float]] | None = None  # image -> ground (3x3), written by calibrate
     image_size: tuple[int, int] | None = None  # (width, height) the points / homography refer to
     perspective_map: str | None = path_field(None)  # per-pixel scale map (.npy), alternative input
-    # "area_weight" (the Mall / UCSD kind): p = (s_ref / s)^2, s = image pixels per ground metre,
-    #   and perspective_units_per_m = s_ref, the pixels per metre where p == 1; pixel area = p/s_ref^2.
-    # "pixels_per_unit": p = image pixels per unit of ground length, perspective_units_per_m = units
-    #   in a metre; pixel area = 1 / (p * units_per_m)^2.
-    perspective_kind: Literal["area_weight", "pixels_per_unit"] = "area_weight"
+    # What the map's value p means (u = perspective_units_per_m; see calibrate/ground.py):
+    # "area_weight" (Mall / UCSD): p = (s_ref / s)^2, s = image scale of upright people; floor area
+    #   of a pixel = p^1.5 / u^2, u = sqrt(pixels covered by 1 m^2 of floor) where p == 1.
+    # "ground_area_weight": p proportional to a pixel's floor area; floor area = p / u^2.
+    # "pixels_per_unit": p = image pixels per unit of floor length (isotropic), u = units per metre;
+    #   floor area = 1 / (p * u)^2.
+    perspective_kind: Literal["area_weight", "ground_area_weight", "pixels_per_unit"] = "area_weight"
     perspective_units_per_m: float = 1.0
     max_reprojection_error_m: float = 0.25
 
