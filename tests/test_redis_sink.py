@@ -187,3 +187,79 @@ def test_outage_mid_run_resumes_and_counts_drops_exactly(tmp_path) -> None:
         client.close()
     finally:
         srv2.stop()
+
+
+class _CuttingProxy:
+    """TCP proxy to the real server that, when armed, forwards the next XADD request and then
+    cuts the connection before the reply comes back: the server applied the writes, the client
+    cannot know."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.target = target_port
+        self.armed = False
+        self.cuts = 0
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            s = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(c, s, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(s, c, False), daemon=True).start()
+
+    def _pump(self, src, dst, upstream: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                if upstream and self.armed and b"XADD" in data.upper():
+                    self.armed = False
+                    self.cuts += 1
+                    time.sleep(0.2)  # let the server apply the batch
+                    src.close()
+                    dst.close()
+                    return
+        except OSError:
+            pass
+        finally:
+            for sk in (src, dst):
+                try:
+                    sk.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.lsock.close()
+
+
+def test_lost_reply_is_resent_without_duplicates(server: EmbeddedRedis) -> None:
+    proxy = _CuttingProxy(server.port)
+    cfg = RedisConfig(url=f"redis://127.0.0.1:{proxy.port}", namespace="t6", heatmap_every_s=3600)
+    sink = RedisSink(cfg)
+    sink.open()
+    for i in range(10):
+        sink.write(make_result("p", i))
+    assert sink.flush()
+    proxy.armed = True
+    for i in range(10, 30):
+        sink.write(make_result("p", i))
+    assert wait_for(lambda: proxy.cuts == 1)
+    assert sink.flush(15)
+    client = CrowdClient(server.url, namespace="t6")
+    got = [m["frame_index"] for _, m in client.counts("p")]
+    assert got == list(range(30))  # nothing lost, nothing twice
+    st = sink.stats()
+    assert st["duplicates"] >= 1 and st["published"] == 30 and st["dropped"] == 0
+    assert st["reconnects"] == 1
+    sink.close()
+    proxy.close()

@@ -58,6 +58,16 @@ class _Item:
     entry_id: str = ""
     commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
     attempted: bool = False
+    auto_id: bool = False  # re-send with id "*": the stream was ahead of our ID clock
+
+
+class _Unresolved(Exception):
+    """The connection broke while these items were in flight: their outcome is unknown."""
+
+    def __init__(self, items: list[_Item], cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.items = items
+        self.cause = cause
 
 
 def downscale_sum(density: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
@@ -341,20 +351,19 @@ class RedisSink:
             batch = self._take()
             try:
                 self._send(batch)
-            except Exception as e:  # noqa: BLE001
+            except _Unresolved as u:
                 with self._cond:
                     self._inflight = False
-                    if _is_conn_error(e):
-                        batch = [it for it in batch if it.commands]  # unencodable: counted failed
-                        for it in batch:
-                            it.attempted = True
-                        self._uncertain = batch + self._uncertain
-                    else:  # a bug or bad data, not an outage: do not retry forever
-                        self.failed += len(batch)
-                        log.error("publish failed", error=f"{type(e).__name__}: {e}",
-                                  messages=len(batch))
-                        continue
-                self._set_state(False, e)
+                    for it in u.items:
+                        it.attempted = True
+                    self._uncertain = u.items + self._uncertain
+                self._set_state(False, u.cause)
+                continue
+            except Exception as e:  # noqa: BLE001 - a bug, not an outage: do not retry forever
+                with self._cond:
+                    self._inflight = False
+                    self.failed += len(batch)
+                log.error("publish failed", error=f"{type(e).__name__}: {e}", messages=len(batch))
                 continue
             with self._cond:
                 self._inflight = False
@@ -463,12 +472,19 @@ class RedisSink:
         spans = []
         for it in batch:
             spans.append(len(it.commands))
-            for name, args, kwargs in it.commands:
+            for i, (name, args, kwargs) in enumerate(it.commands):
+                if i == 0 and it.auto_id:
+                    kwargs = {**kwargs, "id": "*"}
                 getattr(pipe, name)(*args, **kwargs)
-        results = pipe.execute(raise_on_error=False)
+        try:
+            results = pipe.execute(raise_on_error=False)
+        except Exception as e:
+            if _is_conn_error(e):
+                raise _Unresolved(batch, e) from e
+            raise
         for r in results:
             if isinstance(r, BaseException) and _is_conn_error(r):
-                raise r
+                raise _Unresolved(batch, r)
         pos = 0
         retry_auto: list[_Item] = []
         for it, n in zip(batch, spans, strict=True):
@@ -476,7 +492,7 @@ class RedisSink:
             pos += n
             first = res[0]
             if isinstance(first, BaseException):
-                if "equal or smaller" in str(first):
+                if "equal or smaller" in str(first) and not it.auto_id:
                     if it.attempted:
                         self.duplicates += 1  # applied before the connection broke
                         self.published += 1
@@ -490,12 +506,22 @@ class RedisSink:
             self.published += 1
             self._known_cameras.add(it.camera)
         if retry_auto:
+            for it in retry_auto:
+                it.auto_id = True  # at-least-once from here: Redis assigns the ID
             pipe = self._client.pipeline(transaction=False)
             for it in retry_auto:
                 name, args, kwargs = it.commands[0]
                 pipe.xadd(*args, **{**kwargs, "id": "*"})
-            for it, r in zip(retry_auto, pipe.execute(raise_on_error=False), strict=True):
+            try:
+                replies = pipe.execute(raise_on_error=False)
+            except Exception as e:
+                if _is_conn_error(e):
+                    raise _Unresolved(retry_auto, e) from e
+                raise
+            for it, r in zip(retry_auto, replies, strict=True):
                 if isinstance(r, BaseException):
+                    if _is_conn_error(r):
+                        raise _Unresolved(retry_auto, r)
                     self.failed += 1
                     log.error("message refused", camera=it.camera, error=str(r)[:200])
                 else:

@@ -1,0 +1,81 @@
+"""``crowdstream watch``: reads a real server's streams, prints JSON lines or human lines, no torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _outputs_helpers import make_result
+
+from pipeline.config import RedisConfig
+from pipeline.redis_embedded import EmbeddedRedis
+from pipeline.schema import validate
+from pipeline.sinks.redis_sink import RedisSink
+
+REPO = Path(__file__).resolve().parent.parent
+
+RUN = """
+import sys
+from pipeline.cli import main
+rc = main(sys.argv[1:])
+print("TORCH_IMPORTED", "torch" in sys.modules, file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory):
+    srv = EmbeddedRedis(tmp_path_factory.mktemp("watch") / "redis")
+    srv.start()
+    sink = RedisSink(RedisConfig(url=srv.url, namespace="w", heatmap_every_s=3600))
+    sink.open()
+    sink.write_status("hall", "online", "first frame", time.time())
+    for i in range(6):
+        r = make_result("hall", i)
+        r.zone_counts = {"stage": 1.5}
+        sink.write(r)
+    sink.publish_alert({"schema": "crowdstream.alert.v1", "event": "start", "alert_id": "a1",
+                        "rule": "busy", "camera": "hall", "zone": None, "metric": "count",
+                        "severity": "warning", "threshold": 5.0, "clear": 5.0, "before": 4.0,
+                        "after": 12.0, "started_ts": 1.0, "ts": 1.0, "frame_index": 3})
+    assert sink.flush()
+    sink.close()
+    yield srv
+    srv.stop()
+
+
+def _watch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", RUN, "watch", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_watch_json_replays_and_never_imports_torch(published: EmbeddedRedis) -> None:
+    p = _watch("hall", "--url", published.url, "--namespace", "w", "--json", "--from-start",
+               "--count", "6")
+    assert p.returncode == 0, p.stderr
+    assert "TORCH_IMPORTED False" in p.stderr
+    msgs = [json.loads(line) for line in p.stdout.splitlines()]
+    for m in msgs:
+        validate(m)
+    kinds = [m["schema"].split(".")[1] for m in msgs]
+    assert kinds.count("count") == 6 and "status" in kinds
+    assert [m["frame_index"] for m in msgs if m["schema"] == "crowdstream.count.v1"] == list(range(6))
+
+
+def test_watch_human_lines(published: EmbeddedRedis) -> None:
+    p = _watch("hall", "--url", published.url, "--namespace", "w", "--from-start", "--count", "6",
+               "--interval", "0")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "status: online" in out and "-- status online: first frame" in out
+    assert "!! ALERT start warning busy: count 4.0 -> 12.00" in out
+    assert "frame       5" in out and "zones stage=1.5" in out
+
+
+def test_watch_unreachable_server_says_so() -> None:
+    p = _watch("hall", "--url", "redis://127.0.0.1:1")
+    assert p.returncode == 1 and "cannot reach Redis at redis://127.0.0.1:1" in p.stderr
