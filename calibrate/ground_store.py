@@ -75,6 +75,17 @@ def _key_line(line: str, key: str) -> str | None:
     return "" if rest.startswith("#") else rest
 
 
+def _trailing_comment(line: str) -> str:
+    """The ``  # ...`` at the end of a key line (with its spacing), or ''; a '#' inside a quoted
+    string (an odd number of quotes before it) is not a comment."""
+    body = line.rstrip("\n")
+    for m in re.finditer(r"\s+#", body):
+        head = body[: m.start()]
+        if head.count('"') % 2 == 0 and head.count("'") % 2 == 0:
+            return body[m.start():]
+    return ""
+
+
 def _block_end(lines: list[str], start: int, parent_indent: int) -> int:
     """Index after the last content line of the block opened at ``start`` (deeper than parent)."""
     end = start + 1
@@ -168,6 +179,9 @@ def update_calibration_text(text: str, camera: str, updates: dict[str, Any],
             if found is not None:
                 s = found[0]
                 e = _value_end(lines, s, kind)
+                kept = _trailing_comment(lines[s])
+                if kept and k not in comments:  # keep the user's note on the replaced key
+                    new[0] = new[0].rstrip("\n") + kept + "\n"
                 lines[s:e] = new
                 cal_end += len(new) - (e - s)
             else:

@@ -40,7 +40,7 @@ def _site(tmp_path: Path, points: str, url: str = "frame.png") -> Path:
         "      # measured with a tape\n"
         "      points:\n"
         f"{points}"
-        "      image_size: [640, 480]\n"
+        "      image_size: [640, 480]  # the camera's frame\n"
         "      max_reprojection_error_m: 0.3  # metres\n"
         "  other: {url: other.mp4}\n"
     )
@@ -74,6 +74,7 @@ def test_cli_fits_stores_in_place_and_previews(tmp_path: Path, capsys: pytest.Ca
     # everything but the new keys is kept byte for byte, comments included
     assert after.startswith(before.split("      image_size:")[0])
     assert "# measured with a tape" in after and "max_reprojection_error_m: 0.3  # metres" in after
+    assert "      image_size: [640, 480]  # the camera's frame\n" in after
     assert "  other: {url: other.mp4}\n" in after and after.count("image_size:") == 1
     cam = load_config(cfg).cameras["lobby"]
     assert cam.calibration is not None and cam.calibration.homography is not None
