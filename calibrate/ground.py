@@ -219,6 +219,7 @@ class GroundCalibration:
     report: FitReport | None = None
     image_points: np.ndarray | None = None  # in frame pixels
     ground_points: np.ndarray | None = None
+    max_m_per_px: float | None = None  # coarser cells are outside the ground region (area 0)
     _ground_sign: float = 1.0
     _cache: dict[tuple[tuple[int, int], float], np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -234,10 +235,12 @@ class GroundCalibration:
         """
         key = f"cameras.{camera}.calibration" if camera else "calibration"
         try:
-            return cls._from_config(cal, frame_size)
+            out = cls._from_config(cal, frame_size)
         except CalibrationError as e:
             raise CalibrationError(e.reason, e.message, file=file, key=key,
                                    report=e.report) from None
+        out.max_m_per_px = cal.max_metres_per_pixel
+        return out
 
     @classmethod
     def _from_config(cls, cal: CalibrationConfig, frame_size: tuple[int, int]) -> GroundCalibration:
@@ -403,8 +406,9 @@ class GroundCalibration:
         """Ground area (m^2, float64) of every cell of a ``map_shape`` density map.
 
         Cells are clipped to the frame (the last row/column may be partial). A cell touching or
-        above the horizon, or with any excluded perspective-map pixel, gets 0: excluded, never
-        divided by. Results are cached per (shape, cell size).
+        above the horizon, with any excluded perspective-map pixel, or (homography) whose floor is
+        seen coarser than ``max_m_per_px`` metres per pixel along the image rows gets 0:
+        excluded, never divided by. Cached per (shape, cell size).
         """
         key = ((int(map_shape[0]), int(map_shape[1])), float(cell_pixels))
         hit = self._cache.get(key)
@@ -439,7 +443,15 @@ class GroundCalibration:
             y0, y1, y2, y3 = Y[:-1, :-1], Y[:-1, 1:], Y[1:, 1:], Y[1:, :-1]
             a = 0.5 * np.abs((x0 * y1 - x1 * y0) + (x1 * y2 - x2 * y1)
                              + (x2 * y3 - x3 * y2) + (x3 * y0 - x0 * y3))
-        return np.where(ok & np.isfinite(a), a, 0.0)
+            keep = ok & np.isfinite(a)
+            if self.max_m_per_px is not None:
+                # metres per pixel along the image rows (mean of the cell's top and bottom edges):
+                # the scale people appear at, what decides whether they can be counted at all
+                top = np.hypot(x1 - x0, y1 - y0)
+                bottom = np.hypot(x2 - x3, y2 - y3)
+                across = 0.5 * (top + bottom) / np.maximum(np.diff(xs), 1e-12)[None, :]
+                keep &= across <= self.max_m_per_px
+        return np.where(keep, a, 0.0)
 
     def _cell_area_map(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         assert self.pixel_area is not None

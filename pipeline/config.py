@@ -177,8 +177,14 @@ class CalibrationConfig:
     perspective_kind: Literal["area_weight", "ground_area_weight", "pixels_per_unit"] = "area_weight"
     perspective_units_per_m: float = 1.0
     max_reprojection_error_m: float = 0.25
+    # homography: density cells whose floor is seen coarser than this (metres per pixel along the
+    # image rows, the scale people appear at) are outside the usable ground region: area 0, no
+    # p/m² (the far field under a horizon: people too small to count). None: only the horizon cuts.
+    max_metres_per_pixel: float | None = 0.1
 
     def __post_init__(self) -> None:
+        if self.max_metres_per_pixel is not None and self.max_metres_per_pixel <= 0:
+            raise ValueError("max_metres_per_pixel must be > 0 (or null for no limit)")
         if self.perspective_units_per_m <= 0:
             raise ValueError("perspective_units_per_m must be > 0")
         if self.max_reprojection_error_m <= 0:

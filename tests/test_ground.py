@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from test_ground_camera import (
     analytic_cell_areas,
+    camera_pose,
     ground_to_image_matrix,
     pixel_depths,
     project,
@@ -89,6 +90,30 @@ def test_cells_at_or_above_the_horizon_have_no_area_and_no_density() -> None:
         cal.polygon_area_m2([(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)])
     assert e.value.reason == "above_horizon" and "horizon" in str(e.value)
     assert cal.polygon_area_m2([(0.0, 0.6), (1.0, 0.6), (1.0, 1.0), (0.0, 1.0)]) > 0
+
+
+def test_far_field_cells_coarser_than_the_limit_are_cut() -> None:
+    pose = {"tilt_deg": 15.0, "height": 5.0, "f": 600.0}
+    g = ground_to_image_matrix(**pose)
+    k, r, centre = camera_pose(**pose)
+    ys = np.arange(SHAPE[0] + 1) * CELL
+    # depth of the floor seen on each row boundary (same along a row for a camera without roll);
+    # a pixel there spans depth / f metres across
+    rays = np.stack([np.zeros_like(ys), (ys - 240.0) / 600.0, np.ones_like(ys)], axis=1) @ r
+    depth = -centre[2] / rays[:, 2]
+    across = 0.5 * (depth[:-1] + depth[1:]) / 600.0
+    row_ok = (depth[:-1] > 0) & (depth[1:] > 0) & (across <= 0.1)
+    cal = GroundCalibration.from_config(
+        CalibrationConfig(homography=np.linalg.inv(g).tolist(), image_size=(640, 480)), FRAME)
+    assert cal.max_m_per_px == 0.1
+    area = cal.cell_area_m2(SHAPE, CELL)
+    np.testing.assert_array_equal(area > 0, np.repeat(row_ok[:, None], SHAPE[1], axis=1))
+    want = analytic_cell_areas(g, SHAPE, CELL, FRAME)
+    assert 0 < (want[~row_ok] > 0).sum() and _rel_err(area, want * row_ok[:, None]).max() < 1e-9
+    uncut = GroundCalibration.from_config(CalibrationConfig(
+        homography=np.linalg.inv(g).tolist(), image_size=(640, 480), max_metres_per_pixel=None),
+        FRAME)
+    np.testing.assert_array_equal(uncut.cell_area_m2(SHAPE, CELL) > 0, want > 0)
 
 
 def _refusal(img: list[list[float]], gnd: list[list[float]], **kw: object) -> CalibrationError:

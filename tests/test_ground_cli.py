@@ -82,8 +82,9 @@ def test_cli_fits_stores_in_place_and_previews(tmp_path: Path, capsys: pytest.Ca
     assert cal.report is not None and cal.report.max_m < 1e-4
     want = analytic_cell_areas(CAMERA, SHAPE, 8.0, FRAME)
     got = cal.cell_area_m2(SHAPE, 8.0)
-    np.testing.assert_array_equal(got > 0, want > 0)
-    assert np.abs(got - want)[want > 0].max() / want[want > 0].min() < 1e-3
+    # the far field under the horizon (row 45) is cut by max_metres_per_pixel (0.1 by default)
+    assert np.all(want[got > 0] > 0) and 0 < np.sum((want > 0) & (got == 0)) < 20 * 80
+    assert np.abs(got - want)[got > 0].max() / want[got > 0].min() < 1e-3
     img = cv2.imread(str(png))
     assert img is not None and img.shape == (960, 1280, 3)
     assert (img != cv2.imread(str(frame))).any(axis=2).mean() > 0.02  # a grid was drawn
