@@ -118,6 +118,9 @@ def fit_homography(image_pts: np.ndarray, ground_pts: np.ndarray, *, refine: boo
 
     The DLT minimises an algebraic error; with more than 4 points a Levenberg-Marquardt pass then
     minimises the sum of squared ground distances, the error the calibration is judged by.
+    Call :func:`check_point_set` first: this does not refuse degenerate sets.
+
+    Example: ``h = fit_homography(pixels_n_by_2, metres_n_by_2)``; ``apply_homography(h, pixels)``.
     """
     src = np.asarray(image_pts, np.float64)
     dst = np.asarray(ground_pts, np.float64)
@@ -164,6 +167,9 @@ def check_point_set(image_pts: np.ndarray, ground_pts: np.ndarray,
     Checks, in order: at least 4 pairs, no point off the ``(width, height)`` image, no duplicate
     image or ground points, and at least 4 points in general position in both planes (a set whose
     points all but one lie on one line has no 4 points with no 3 collinear).
+
+    Example: ``check_point_set(img, gnd, (640, 480))`` raises ``CalibrationError`` with
+    ``.reason == "collinear_points"`` when three of four points share a line.
     """
     n = len(image_pts)
     if n != len(ground_pts):
@@ -542,7 +548,10 @@ def perspective_pixel_area_m2(pmap: np.ndarray, units_per_m: float,
 
 
 def zone_density_m2(count: float, area_m2: float | None) -> float | None:
-    """People per m^2 of a zone: ``count / area``; None when the zone has no usable ground area."""
+    """People per m^2 of a zone: ``count / area``; None when the zone has no usable ground area.
+
+    Example: ``zone_density_m2(30.0, 15.0) == 2.0``; ``zone_density_m2(30.0, 0.0) is None``.
+    """
     if area_m2 is None or not np.isfinite(area_m2) or area_m2 <= 0:
         return None
     return float(count) / float(area_m2)

@@ -3,7 +3,8 @@
 Drawn: the calibration points (green dots, numbered) and where the fit puts their measured ground
 positions (red crosses, joined to the dot: the reprojection error in pixels), a grid every
 ``grid_m`` metres on the ground plane (the ground axes X = 0 and Y = 0 brighter), the horizon when it
-is in view, and the camera's zones with their ground areas. Needs OpenCV (imported on use).
+is in view, what lies outside the ground region darkened (no p/m² there), and the camera's zones
+with their ground areas. Needs OpenCV (imported on use).
 
 Example::
 
@@ -145,6 +146,20 @@ def draw_zones(img: np.ndarray, cal: GroundCalibration, zones: Sequence[ZoneConf
         _text(img, label, (int(np.clip(cx - 40, 2, w - 80)), int(np.clip(cy, 14, h - 4))), ZONE, 0.5)
 
 
+def shade_excluded(img: np.ndarray, cal: GroundCalibration, cell: float = 8.0) -> None:
+    """Darken what is outside the ground region (no p/m² there): sky, far field, map holes."""
+    import cv2
+
+    h, w = img.shape[:2]
+    shape = (int(np.ceil(h / cell)), int(np.ceil(w / cell)))
+    off = (cal.cell_area_m2(shape, cell) <= 0).astype(np.uint8)
+    if not off.any():
+        return
+    mask = cv2.resize(off, (shape[1] * int(cell), shape[0] * int(cell)),
+                      interpolation=cv2.INTER_NEAREST)[:h, :w].astype(bool)
+    img[mask] = (img[mask] * 0.45).astype(np.uint8)
+
+
 def render_preview(frame_bgr: np.ndarray, cal: GroundCalibration, *,
                    zones: Sequence[ZoneConfig] = (), grid_m: float = 1.0,
                    title: str = "") -> np.ndarray:
@@ -157,6 +172,7 @@ def render_preview(frame_bgr: np.ndarray, cal: GroundCalibration, *,
                          f"was built for {cal.frame_size[1]}x{cal.frame_size[0]}")
     img = np.ascontiguousarray(frame_bgr[..., :3], dtype=np.uint8).copy()
     lines = [title] if title else []
+    shade_excluded(img, cal)
     if cal.homography is not None:
         step = draw_grid(img, cal, grid_m)
         draw_horizon(img, cal)
