@@ -55,6 +55,9 @@ def test_env_interpolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_schema_accepts_shipped_configs() -> None:
     schema = config_schema()
-    for f in Path(__file__).resolve().parent.parent.joinpath("configs").glob("*.yaml"):
+    run_configs = [f for f in Path(__file__).resolve().parent.parent.joinpath("configs").glob("*.yaml")
+                   if "cameras" in (yaml.safe_load(f.read_text()) or {})]
+    assert run_configs, "no run configs found in configs/"
+    for f in run_configs:
         jsonschema.validate(yaml.safe_load(f.read_text()), schema)
         load_config(f)
