@@ -1,0 +1,44 @@
+"""``crowdstream bench``: rows per backend/precision with ratios; clear 'not run' rows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from engines.bench import bench_source, format_table  # noqa: E402
+from engines.cli_bench import parse_combos  # noqa: E402
+from pipeline.cli import main as cli  # noqa: E402
+
+
+def test_bench_rows_and_ratios() -> None:
+    rows = bench_source(None, label="tiny", random_init="ebc-tiny-rn", batch=2, iters=2,
+                        threads=1, combos=[("torch", "fp32"), ("onnx", "fp32"),
+                                           ("tensorrt", "fp16")])
+    torch_row, ort_row, trt_row = rows
+    assert torch_row["tiles_per_s"] > 0 and ort_row["tiles_per_s"] > 0
+    assert ort_row["vs_onnx_fp32"] == 1.0 and torch_row["vs_torch_fp32"] == 1.0
+    assert ort_row["vs_torch_fp32"] == pytest.approx(
+        ort_row["tiles_per_s"] / torch_row["tiles_per_s"])
+    assert "error" in trt_row and "tiles_per_s" not in trt_row  # no GPU / TensorRT here
+    table = format_table(rows)
+    assert "| tiny | onnx | fp32 | 224x224 | 2 |" in table and "not run" in table
+
+
+def test_cli_bench_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "rows.json"
+    assert cli(["bench", "--random-init", "ebc-tiny-vit", "--combos", "onnx:fp32",
+                "--batch", "2", "--iters", "1", "--threads", "1", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["backend"] == "onnx" and row["tiles_per_s"] > 0
+
+
+def test_parse_combos() -> None:
+    assert parse_combos("torch:fp32,onnx:int8") == [("torch", "fp32"), ("onnx", "int8")]
+    with pytest.raises(argparse.ArgumentTypeError, match="BACKEND:PRECISION"):
+        parse_combos("onnx")
