@@ -316,7 +316,9 @@ class FrameRing:
 
     def put(self, frame: np.ndarray, meta: FrameMeta, timeout: float | None = None) -> bool:
         """Copy a BGR uint8 (h, w, 3) frame into a slot. ``lossless``: waits for a free slot
-        (False on timeout). ``latest``: reclaims the oldest unread slot and counts the drop."""
+        (False on timeout). ``latest``: reclaims the oldest unread slot and counts the drop; when
+        readers hold every slot it waits up to ``timeout``, then drops THIS frame (counted too,
+        returns False). So under ``latest``: frames offered = read + ``drops`` (+ ``depth``)."""
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"expected a BGR uint8 (h, w, 3) frame, got {frame.dtype} {frame.shape}")
         h, w = frame.shape[:2]
@@ -326,6 +328,10 @@ class FrameRing:
                              f"runtime.max_frame_width/height")
         slot = self._take_free(timeout)
         if slot is None:
+            if self._h.policy == "latest":
+                # readers hold every slot: under `latest` this frame is the one dropped
+                with self._q.lock:
+                    self._q.hdr[H_DROPS] += 1
             return False
         np.copyto(self._view(slot, h, w), frame)
         q = self._q

@@ -151,6 +151,7 @@ class Supervisor:
         self.metrics: PipelineMetrics | None = None
         self.engine: dict[str, Any] = {}
         self.exit_reason = ""
+        self.last_snapshot: Snapshot | None = None
         self.status_stream = self.status_stream or sys.stderr
 
     # ------------------------------------------------------------------ start
@@ -270,7 +271,7 @@ class Supervisor:
         p.proc.start()
         p.started = time.monotonic()
         p.restart_at = None
-        self.log.debug("spawned", stage=key, pid=p.proc.pid)
+        self.log.info("spawned", stage=key, pid=p.proc.pid)
 
     # ------------------------------------------------------------------ watch
     def _backoff(self, p: _Proc) -> float:
@@ -450,9 +451,12 @@ class Supervisor:
                 break
         self._relay_events()
         snap = self._snapshot()
+        self.last_snapshot = snap
         self.metrics.update(snap)
         self._console(snap, final=True)
-        bad = [c.name for c in self.cams if c.state == "offline"]
+        # a camera that went offline because we stopped it is not a failure
+        bad = [] if self._signal is not None else [c.name for c in self.cams
+                                                   if c.state == "offline"]
         summary = " ".join(f"{k}={v.ring['emitted']}" for k, v in snap.cameras.items())
         print(f"crowdstream: {self.exit_reason}; results {summary}"
               + (f"; offline: {', '.join(bad)}" if bad else ""), file=self.status_stream,

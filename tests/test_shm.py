@@ -111,6 +111,7 @@ def test_latest_with_reader_holding_slots(ring_name: str) -> None:
         assert last[1].frame_index == 7 and last[1].pts is None
         # every slot held by readers: latest waits and gives up on timeout
         assert ring.put(_frame(9), FrameMeta("c", 9, None, 0.0, H, W), timeout=0.05) is False
+        assert ring.drops == 6  # ... and that frame counts as dropped
         for s in (a[0], b[0], last[0]):
             ring.release(s)
     finally:

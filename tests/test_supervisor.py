@@ -1,0 +1,141 @@
+"""The supervisor with real processes: crashes are restarted, signals drain, /dev/shm stays clean."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from test_pipeline import REPO, leftover_segments, make_clip, read_jsonl, write_config
+
+
+class RunningCli:
+    """``crowdstream run`` in a subprocess, its stderr collected line by line."""
+
+    def __init__(self, config: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "run", str(config)], cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 90.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.text())
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{pattern!r} not seen; stderr:\n{self.text()[-4000:]}")
+
+    def pid_of(self, stage: str, after: int = 0) -> int:
+        pids = re.findall(rf"spawned stage={re.escape(stage)} pid=(\d+)", self.text())
+        assert len(pids) > after, self.text()[-3000:]
+        return int(pids[after])
+
+    def finish(self, timeout: float = 60.0) -> int:
+        rc = self.proc.wait(timeout)
+        self._t.join(5)
+        return rc
+
+
+def _wait_results(path: Path, n: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and sum(1 for ln in path.read_text().splitlines()
+                                 if '"count"' in ln) >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {n} results in {path} after {timeout} s")
+
+
+def test_killed_inference_is_restarted_and_no_frame_is_lost(tmp_path: Path) -> None:
+    n = 100
+    make_clip(tmp_path / "a.mp4", n)
+    # paced like a live camera (25 fps) but lossless: the kill lands mid-file, and every frame
+    # must still be counted exactly once, in order, by the restarted inference process
+    cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "realtime": True,
+                                        "queue_policy": "lossless"}},
+                       runtime={"restart_backoff_s": 0.2})
+    run = RunningCli(cfg)
+    try:
+        run.wait_for(r"spawned stage=post")
+        _wait_results(tmp_path / "run" / "counts.jsonl", 10)
+        os.kill(run.pid_of("inference"), signal.SIGKILL)
+        run.wait_for(r"stage crashed stage=inference")
+        run.wait_for(r"restarting stage=inference")
+        rc = run.finish(120)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert rc == 0, run.text()[-3000:]
+    assert run.pid_of("inference", after=1) != run.pid_of("inference")
+    counts, _ = read_jsonl(tmp_path / "run" / "counts.jsonl")
+    assert [c["frame_index"] for c in counts] == list(range(n))
+    assert "restarts 1" in run.text()  # the status line counts the crash
+    assert not leftover_segments(run.proc.pid)
+
+
+def test_sigterm_drains_and_leaves_no_segment(tmp_path: Path) -> None:
+    make_clip(tmp_path / "a.mp4", 50)
+    cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "loop": True,
+                                        "realtime": True}})
+    run = RunningCli(cfg)
+    try:
+        run.wait_for(r"spawned stage=ingest:a")
+        _wait_results(tmp_path / "run" / "counts.jsonl", 5)
+        assert leftover_segments(run.proc.pid), "segments should exist while running"
+        t0 = time.monotonic()
+        run.proc.send_signal(signal.SIGTERM)
+        rc = run.finish(30)
+        took = time.monotonic() - t0
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert rc == 0, run.text()[-3000:]
+    assert took < 20, f"shutdown took {took:.1f} s"
+    assert "stopped by signal" in run.text()
+    assert not leftover_segments(run.proc.pid)
+    counts, _ = read_jsonl(tmp_path / "run" / "counts.jsonl")
+    idx = [c["frame_index"] for c in counts]
+    assert idx == sorted(idx) and len(idx) >= 5
+
+
+def test_sigkilled_tile_child_restarts_chain_and_leaves_no_segment(tmp_path: Path) -> None:
+    make_clip(tmp_path / "a.mp4", 50)
+    cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "loop": True,
+                                        "realtime": True}},
+                       runtime={"restart_backoff_s": 0.2})
+    out = tmp_path / "run" / "counts.jsonl"
+    run = RunningCli(cfg)
+    try:
+        run.wait_for(r"spawned stage=ingest:a")
+        _wait_results(out, 5)
+        os.kill(run.pid_of("tile"), signal.SIGKILL)
+        run.wait_for(r"stage chain restarted")
+        run.wait_for(r"spawned stage=post pid=\d+[\s\S]*spawned stage=post pid=\d+")
+        before = len(read_jsonl(out)[0])
+        _wait_results(out, before + 5)  # counting resumed after the restart
+        run.proc.send_signal(signal.SIGTERM)
+        rc = run.finish(30)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert rc == 0, run.text()[-3000:]
+    assert not leftover_segments(run.proc.pid)
