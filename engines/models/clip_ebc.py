@@ -125,7 +125,7 @@ class ClipEBC(nn.Module):
         self.vpt_layers = (n_layers if spec.deep_vpt else 1) if self.num_vpt else 0
         if self.num_vpt:
             patch = visual.conv1.kernel_size[0]
-            bound = math.sqrt(6.0 / float(3 * patch * patch + enc_channels))
+            bound = math.sqrt(6.0 / float(3 * patch + enc_channels))  # the official VPT init
             for i in range(self.vpt_layers):
                 p = nn.Parameter(torch.empty(self.num_vpt, enc_channels).uniform_(-bound, bound))
                 self.register_parameter(f"vpt_{i}", p)
@@ -144,10 +144,13 @@ class ClipEBC(nn.Module):
             layers.append(block(cin, w))
             cin = w
         self.image_decoder = nn.Sequential(*layers)
-        self.projection = nn.Conv2d(cin, embed_dim, 1)
-        for m in self.image_decoder.modules():  # the official decoder init
+        # 1x1 projection into the CLIP space; none when the widths already agree (as official)
+        self.projection = nn.Conv2d(cin, embed_dim, 1) if cin != embed_dim else nn.Identity()
+        for m in [*self.image_decoder.modules(), self.projection]:  # the official init
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
         k = len(spec.bins)
         if text_features is None:

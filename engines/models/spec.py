@@ -164,7 +164,12 @@ class ModelSpec:
         return len(self.bins)
 
     def replace(self, **changes: Any) -> ModelSpec:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again).
+
+        Changing ``bins`` or ``prompt_type`` without giving ``prompts`` regenerates the prompts.
+        """
+        if ("bins" in changes or "prompt_type" in changes) and "prompts" not in changes:
+            changes["prompts"] = ()
         return dataclasses.replace(self, **changes)
 
     def with_bins(self, bins: list[Bin] | tuple[Bin, ...], anchors: list[float] | tuple[float, ...],
