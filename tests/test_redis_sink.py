@@ -215,15 +215,23 @@ class _CuttingProxy:
             except OSError:
                 return
             s = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pump, args=(c, s, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(s, c, False), daemon=True).start()
+            state = {"cut": False}
+            threading.Thread(target=self._pump, args=(c, s, True, state), daemon=True).start()
+            threading.Thread(target=self._pump, args=(s, c, False, state), daemon=True).start()
 
-    def _pump(self, src, dst, upstream: bool) -> None:
+    def _pump(self, src, dst, upstream: bool, state: dict) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
-                if upstream and self.armed and b"XADD" in data.upper():
+                if not upstream:
+                    if not state["cut"]:  # replies after the cut never reach the client
+                        dst.sendall(data)
+                    continue
+                cut = self.armed and b"XADD" in data.upper()
+                if cut:
                     self.armed = False
+                    state["cut"] = True
+                dst.sendall(data)
+                if cut:
                     self.cuts += 1
                     time.sleep(0.2)  # let the server apply the batch
                     src.close()

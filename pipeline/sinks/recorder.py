@@ -78,18 +78,23 @@ def draw_overlay(frame: np.ndarray, density: np.ndarray | None, count: float, ca
         frame[:] = (frame * (1.0 - alpha) + colour * alpha).astype(np.uint8)
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.4, w / 1600)
     thick = max(1, round(scale * 2))
+    line = int(28 * scale / 0.6)
+    header = line + 8
     for z in zones:
         pts = (np.asarray(z.polygon, np.float64) * [w, h]).round().astype(np.int32)
         cv2.polylines(frame, [pts.reshape(-1, 1, 2)], True, (255, 255, 255), thick, cv2.LINE_AA)
         label = f"{z.name}: {zone_counts.get(z.name, 0.0):.1f}"
         if draw_m2 and z.name in zone_m2:
             label += f" ({zone_m2[z.name]:.2f}/m2)"
-        x, y = int(pts[:, 0].min()), max(int(pts[:, 1].min()) - 6, 14)
+        # above the zone, or just inside it when that would hide it under the header bar
+        x = max(int(pts[:, 0].min()) + 4, 4)
+        y = int(pts[:, 1].min()) - 6
+        if y < 2 * header:
+            y = int(pts[:, 1].min()) + header + 4
         cv2.putText(frame, label, (x, y), font, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
         cv2.putText(frame, label, (x, y), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
     head = f"{camera}  count {count:.1f}  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(ts))}Z"
-    line = int(28 * scale / 0.6)
-    cv2.rectangle(frame, (0, 0), (w, line + 8), (0, 0, 0), -1)
+    cv2.rectangle(frame, (0, 0), (w, header), (0, 0, 0), -1)
     cv2.putText(frame, head, (8, line), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
     for i, a in enumerate(alerts):
         where = f" zone {a['zone']}" if a.get("zone") else ""

@@ -59,6 +59,7 @@ class _Item:
     commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
     attempted: bool = False
     auto_id: bool = False  # re-send with id "*": the stream was ahead of our ID clock
+    latest: dict[str, str] = field(default_factory=dict)  # fields for the latest-state hash
 
 
 class _Unresolved(Exception):
@@ -439,12 +440,13 @@ class RedisSink:
             text = json.dumps(p, separators=(",", ":"))
             note.update({"alert_id": p["alert_id"], "event": p["event"]})
             maxlen = self.cfg.stream_maxlen
-        xadd = ("xadd", (it.stream, {"schema": json.loads(text)["schema"], "data": text}),
+        schema = {"count": "crowdstream.count.v1", "status": "crowdstream.status.v1",
+                  "alert": "crowdstream.alert.v1"}[it.kind]
+        xadd = ("xadd", (it.stream, {"schema": schema, "data": text}),
                 {"id": it.entry_id, "maxlen": maxlen, "approximate": True})
         cmds.insert(0, xadd)
-        if latest:
-            cmds.append(("hset", (k.latest(cam),),
-                         {"mapping": {key: str(v) for key, v in latest.items()}}))
+        # the latest-state hash is written once per camera per batch (see _send), not per item
+        it.latest = {key: str(v) for key, v in latest.items()}
         if cam not in self._known_cameras:
             cmds.append(("sadd", (k.cameras(), cam), {}))
         if self.cfg.pubsub:
@@ -476,6 +478,12 @@ class RedisSink:
                 if i == 0 and it.auto_id:
                     kwargs = {**kwargs, "id": "*"}
                 getattr(pipe, name)(*args, **kwargs)
+        merged: dict[str, dict[str, str]] = {}
+        for it in batch:  # in order, so the newest value of each field wins
+            merged.setdefault(it.camera, {}).update(it.latest)
+        for cam, mapping in merged.items():
+            if mapping:
+                pipe.hset(self.keys.latest(cam), mapping=mapping)
         try:
             results = pipe.execute(raise_on_error=False)
         except Exception as e:
@@ -485,6 +493,9 @@ class RedisSink:
         for r in results:
             if isinstance(r, BaseException) and _is_conn_error(r):
                 raise _Unresolved(batch, r)
+        for r in results[sum(spans):]:
+            if isinstance(r, BaseException):
+                log.error("latest-state update refused", error=str(r)[:200])
         pos = 0
         retry_auto: list[_Item] = []
         for it, n in zip(batch, spans, strict=True):
