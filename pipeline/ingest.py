@@ -249,6 +249,7 @@ class Ingest:
             if wait > 0 and self.stop.wait(wait):
                 raise _Stopped
             capture_ts = time.time()  # a paced file frame is "captured" when released
+        # swscale into a fresh buffer, then one copy into the shared slot (put)
         img = frame.to_ndarray(format="bgr24")
         h, w = img.shape[:2]
         meta = FrameMeta(self.camera, index, pts, capture_ts, h, w)

@@ -1,0 +1,161 @@
+"""Benchmark 1: ingest fps vs raw PyAV decode of the same file to the same pixel format.
+
+Side by side in one run, interleaved rounds (the machine is shared, so medians of alternating
+rounds are fairer than one long run of each):
+
+* ``raw``    -- PyAV alone in this process: open with ``thread_type='AUTO'``, decode,
+                ``frame.to_ndarray(format='bgr24')``; nothing else.
+* ``raw+copy`` -- the same plus one copy of each frame into a fixed buffer: what any ingest
+                that hands frames on through ``FrameRing.put`` cannot go below.
+* ``ingest`` -- the real thing: ``run_ingest`` in a spawned process writing every frame into a
+                ``lossless`` shared-memory ``FrameRing`` that this process reads and releases.
+
+Both decode the file ``--passes`` times (the ingest loops it with ``loop: true``); fps is counted
+from the first frame to the last, so process start-up is not part of either figure.
+Fps is wall-clock and noisy on a shared machine; CPU ms per frame (all threads; for ingest the
+ingest process plus the reader) is printed beside it. Target: ingest / raw >= 0.95.
+
+Example::
+
+    nice -n 10 .venv/bin/python benchmarks/bench_ingest.py --rounds 3 --passes 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import CameraConfig  # noqa: E402
+from pipeline.ingest import run_ingest  # noqa: E402
+from pipeline.shm import EndOfStream, FrameRing  # noqa: E402
+
+DEFAULT_FILE = REPO.parent / "shared" / "data" / "videos" / "street_1080p.mp4"
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raw_decode(path: str, frames: int, copy_out: bool = False) -> tuple[float, float]:
+    """PyAV alone: decode + convert to BGR24, reopening the file until ``frames`` are done.
+    Returns (fps, CPU ms per frame). ``copy_out`` adds one copy of each frame into a fixed
+    buffer: the floor for anything that hands frames on through ``FrameRing.put``."""
+    import av
+    import numpy as np
+
+    n = 0
+    t0 = c0 = 0.0
+    buf: np.ndarray | None = None
+    while n < frames:
+        with av.open(path) as c:
+            s = c.streams.video[0]
+            s.thread_type = "AUTO"
+            for f in c.decode(s):
+                img = f.to_ndarray(format="bgr24")
+                if copy_out:
+                    if buf is None:
+                        buf = np.empty_like(img)
+                    np.copyto(buf, img)
+                del img
+                n += 1
+                if n == 1:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                if n >= frames:
+                    break
+    return (frames - 1) / (time.perf_counter() - t0), \
+        1000 * (time.process_time() - c0) / (frames - 1)
+
+
+def ingest(path: str, frames: int, hw: tuple[int, int]) -> tuple[float, float]:
+    """run_ingest in its own process into a lossless ring; this process drains the ring.
+    Returns (fps, CPU ms per frame of the ingest process plus this reader)."""
+    ctx = mp.get_context("spawn")
+    ring = FrameRing.create(f"csbench_{os.getpid()}_{os.urandom(3).hex()}", 8, hw[0], hw[1],
+                            "lossless")
+    events = ctx.Queue()
+    stop = ctx.Event()
+    cfg = CameraConfig(url=path, loop=True)
+    p = ctx.Process(target=run_ingest, args=("bench", cfg, ring.handle(), events, stop))
+    p.start()
+    n = 0
+    t0 = c0 = r0 = 0.0
+    try:
+        while n < frames:
+            got = ring.get(timeout=30)
+            if got is None or isinstance(got, EndOfStream):
+                raise RuntimeError(f"ingest ended early after {n} frames: {got}")
+            ring.release(got[0])
+            n += 1
+            if n == 1:
+                t0, c0, r0 = time.perf_counter(), _cpu_s(p.pid), time.process_time()
+        dt = time.perf_counter() - t0
+        cpu = _cpu_s(p.pid) - c0 + time.process_time() - r0
+    finally:
+        stop.set()
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+        ring.close()
+        ring.unlink()
+        events.close()
+    return (frames - 1) / dt, 1000 * cpu / (frames - 1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--file", default=str(DEFAULT_FILE), help="video file (default: %(default)s)")
+    ap.add_argument("--passes", type=int, default=3, help="decode the file this many times")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating raw/ingest rounds")
+    ap.add_argument("--json", action="store_true", help="print one JSON line as well")
+    a = ap.parse_args()
+    if not Path(a.file).is_file():
+        print(f"video not found: {a.file} (pass --file, or provide ../shared/data)",
+              file=sys.stderr)
+        return 2
+    import av
+
+    with av.open(a.file) as c:
+        s = c.streams.video[0]
+        hw = (s.codec_context.height, s.codec_context.width)
+        per_pass = s.frames or sum(1 for _ in c.decode(s))
+    frames = per_pass * a.passes
+    print(f"file {a.file}: {hw[1]}x{hw[0]}, {per_pass} frames/pass, {frames} frames per round, "
+          f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    rows: dict[str, list[tuple[float, float]]] = {"raw": [], "raw+copy": [], "ingest": []}
+    raw_decode(a.file, min(per_pass, 20))  # warm the page cache and PyAV's imports
+    for r in range(a.rounds):
+        rows["raw"].append(raw_decode(a.file, frames))
+        rows["ingest"].append(ingest(a.file, frames, hw))
+        rows["raw+copy"].append(raw_decode(a.file, frames, copy_out=True))
+        print(f"round {r + 1}: " + "   ".join(
+            f"{k} {v[-1][0]:6.1f} fps {v[-1][1]:5.2f} cpu-ms/frame" for k, v in rows.items()))
+    med = {k: (statistics.median(f for f, _ in v), statistics.median(c for _, c in v))
+           for k, v in rows.items()}
+    ratios = [i[0] / r[0] for i, r in zip(rows["ingest"], rows["raw"], strict=True)]
+    for k, (fps, cpu) in med.items():
+        print(f"median {k:9s} {fps:7.1f} fps  {cpu:5.2f} CPU ms/frame")
+    print(f"ingest/raw: fps ratio of medians {med['ingest'][0] / med['raw'][0]:.3f}, median "
+          f"per-round fps ratio {statistics.median(ratios):.3f}, CPU-per-frame ratio "
+          f"{med['raw'][1] / med['ingest'][1]:.3f} (target >= 0.95)")
+    print(f"ingest/(raw+copy): fps {med['ingest'][0] / med['raw+copy'][0]:.3f}, CPU "
+          f"{med['raw+copy'][1] / med['ingest'][1]:.3f}  (raw+copy = decode, convert and one "
+          f"copy per frame: the floor for a ring fed by put)")
+    if a.json:
+        print(json.dumps({"file": a.file, "frames": frames, **rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

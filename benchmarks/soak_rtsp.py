@@ -1,0 +1,327 @@
+"""Benchmark 4: a long live run from the RTSP test server; memory and /dev/shm must stay flat.
+
+Starts the test suite's real RTSP server (``tests/rtsp_server.py``, aio-rtsp-toolkit) looping a
+clip, then either
+
+* ``--mode pipeline`` (default): the whole product, ``crowdstream run`` on a generated config
+  (one RTSP camera, a small random-init model, JSON-lines output), or
+* ``--mode ingest``: only ``run_ingest`` in its own process, drained by this process,
+
+for ``--duration`` seconds. Every ``--every`` seconds it samples the RSS of every process of the
+run (found through /proc as descendants of the run) and the /dev/shm blocks of the run's
+segments. After ``--warmup`` seconds, each process's RSS and the /dev/shm usage must stay within
+5% (max vs min); capture -> result latency p50/p99 comes from the JSON lines (pipeline) or from
+``now - capture_ts`` at the reader (ingest).
+
+Example::
+
+    nice -n 10 .venv/bin/python benchmarks/soak_rtsp.py --duration 600
+    nice -n 10 .venv/bin/python benchmarks/soak_rtsp.py --mode ingest --duration 60 --warmup 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from rtsp_server import RtspServer, make_clip  # noqa: E402
+
+TOLERANCE = 0.05
+
+
+# -- /proc helpers ---------------------------------------------------------------------------
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(d))
+    return kids
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it."""
+    kids = _children_map()
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def proc_info(pid: int) -> dict[str, Any] | None:
+    """Name and memory (kB) of a process: VmRSS and its anonymous / shared-memory parts."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    f = {k: v.strip() for k, _, v in (ln.partition(":") for ln in status.splitlines())}
+    args = [a.decode(errors="replace") for a in cmd if a]
+    # spawned children run "python -c 'from multiprocessing.spawn ...'"; name them by role
+    name = f.get("Name", "?")
+    if any("resource_tracker" in a for a in args):
+        name = "res-tracker"
+    elif any("multiprocessing" in a for a in args):
+        name = "spawn-child"
+    elif any(a.endswith("crowdstream") or a == "run" for a in args):
+        name = "supervisor"
+    return {"pid": pid, "name": name, "rss_kb": int(f.get("VmRSS", "0 kB").split()[0]),
+            "anon_kb": int(f.get("RssAnon", "0 kB").split()[0]),
+            "shmem_kb": int(f.get("RssShmem", "0 kB").split()[0])}
+
+
+def shm_usage(prefix: str) -> tuple[int, int]:
+    """(bytes actually used, number of segments) of /dev/shm entries starting with ``prefix``."""
+    used = n = 0
+    for e in os.scandir("/dev/shm"):
+        if e.name.startswith(prefix):
+            try:
+                used += e.stat().st_blocks * 512
+                n += 1
+            except OSError:
+                pass
+    return used, n
+
+
+# -- the two modes -----------------------------------------------------------------------------
+
+def start_pipeline(tmp: Path, url: str, a: argparse.Namespace) -> tuple[subprocess.Popen, Path]:
+    jsonl = tmp / "counts.jsonl"
+    cfg = {
+        "run_dir": str(tmp / "run"),
+        "jsonl": str(jsonl),
+        "model": {"random_init": a.random_init, "checkpoint": None, "batch": 4},
+        "redis": {"enabled": False},
+        "metrics": {"port": None},
+        "cameras": {"soak": {"url": url, "fps": a.fps, "options": {"probesize": "2048"},
+                             "reconnect": {"initial_s": 0.5, "cap_s": 5.0,
+                                           "stall_timeout_s": 5.0}}},
+    }
+    path = tmp / "soak.yaml"
+    path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML
+    log = open(tmp / "run.log", "wb")  # noqa: SIM115 - lives as long as the run
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(path), "--quiet"],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    return proc, jsonl
+
+
+def pipeline_latencies(jsonl: Path, t_from: float) -> tuple[np.ndarray, int, list[str]]:
+    lat, frames, states = [], 0, []
+    if not jsonl.exists():
+        return np.zeros(0), 0, states
+    for line in jsonl.read_text().splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue  # a line being written right now
+        if d.get("type") == "status":
+            states.append(f"{d['state']}: {d['reason']}")
+        elif d.get("type") == "count":
+            frames += 1
+            if d["capture_ts"] >= t_from:
+                lat.append(d["latency_ms"])
+    return np.array(lat), frames, states
+
+
+class IngestOnly:
+    """run_ingest in a spawned process; a thread here drains the ring and records latency."""
+
+    def __init__(self, url: str, fps: float | None, max_frames: int) -> None:
+        from pipeline.config import CameraConfig, ReconnectConfig
+        from pipeline.ingest import run_ingest
+        from pipeline.shm import FrameRing
+
+        self.prefix = f"cssoak_{os.getpid()}_"
+        self.ring = FrameRing.create(self.prefix + "ring", 8, 1080, 1920, "latest")
+        ctx = mp.get_context("spawn")
+        self.events = ctx.Queue()
+        self.stop = ctx.Event()
+        cfg = CameraConfig(url=url, fps=fps, options={"probesize": "2048"},
+                           reconnect=ReconnectConfig(initial_s=0.5, cap_s=5.0,
+                                                     stall_timeout_s=5.0))
+        self.proc = ctx.Process(target=run_ingest, args=("soak", cfg, self.ring.handle(),
+                                                         self.events, self.stop))
+        self.proc.start()
+        # (capture_ts, latency s), allocated and touched up front so that recording does not
+        # grow this process's RSS during the run
+        self.lat = np.full((max_frames, 2), np.nan)
+        self.frames = 0
+        self._done = threading.Event()
+        self._t = threading.Thread(target=self._drain, daemon=True)
+        self._t.start()
+
+    def _drain(self) -> None:
+        from pipeline.shm import EndOfStream
+
+        while not self._done.is_set():
+            got = self.ring.get(timeout=0.2)
+            if got is None or isinstance(got, EndOfStream):
+                continue
+            slot, meta, _ = got
+            if self.frames < len(self.lat):
+                self.lat[self.frames] = (meta.capture_ts, time.time() - meta.capture_ts)
+            self.ring.release(slot)
+            self.frames += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        self.proc.join(10)
+        self._done.set()
+        self._t.join(2)
+        self.ring.close()
+        self.ring.unlink()
+        self.events.close()
+
+
+# -- main --------------------------------------------------------------------------------------
+
+def flat(values: list[float]) -> float:
+    """(max - min) / min of a series (0 when empty)."""
+    return (max(values) - min(values)) / min(values) if values and min(values) > 0 else 0.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mode", choices=["pipeline", "ingest"], default="pipeline")
+    ap.add_argument("--duration", type=float, default=600.0, help="seconds (default 10 min)")
+    ap.add_argument("--warmup", type=float, default=None,
+                    help="seconds excluded from the flatness check (default: 10%% of the run, "
+                         "at least 30 s)")
+    ap.add_argument("--every", type=float, default=5.0, help="sampling interval, seconds")
+    ap.add_argument("--clip", default=None,
+                    help="video to serve (default: a generated 640x480 25 fps H.264 clip)")
+    ap.add_argument("--fps", type=float, default=5.0, help="camera fps sampling (counted fps)")
+    ap.add_argument("--random-init", default="ebc-tiny-rn", help="model for --mode pipeline")
+    ap.add_argument("--json", default=None, help="write the samples and summary here")
+    a = ap.parse_args()
+    warmup = a.warmup if a.warmup is not None else max(30.0, 0.1 * a.duration)
+
+    tmp = Path(tempfile.mkdtemp(prefix="cs_soak_"))
+    served = tmp / "srv" / "cam.mp4"
+    if a.clip:
+        served.parent.mkdir(parents=True)
+        served.symlink_to(Path(a.clip).resolve())  # served in place, never copied
+    else:
+        make_clip(served, frames=250, width=640, height=480, fps=25)
+    server = RtspServer(served.parent, log_path=None).start()
+    url = server.url("cam.mp4")
+    print(f"soak: mode={a.mode} duration={a.duration:.0f}s warmup={warmup:.0f}s url={url} "
+          f"fps={a.fps} machine={platform.node()} {os.cpu_count()} CPUs")
+
+    t_start = time.time()
+    runner: Any
+    if a.mode == "pipeline":
+        runner, jsonl = start_pipeline(tmp, url, a)
+        root_pid, prefix = runner.pid, f"cs_{runner.pid}_"
+    else:
+        runner, jsonl = IngestOnly(url, a.fps, int(a.duration * 30 * 1.5) + 1000), None
+        root_pid, prefix = os.getpid(), runner.prefix
+    samples: list[dict[str, Any]] = []
+    rc = 0
+    try:
+        while time.time() - t_start < a.duration:
+            time.sleep(a.every)
+            if a.mode == "pipeline" and runner.poll() is not None:
+                print(f"the pipeline exited early with {runner.returncode}; see {tmp}/run.log")
+                rc = 1
+                break
+            procs = [i for p in descendants(root_pid) if p != server.pid
+                     and (i := proc_info(p)) is not None]
+            used, nseg = shm_usage(prefix)
+            samples.append({"t": time.time() - t_start, "procs": procs, "shm_bytes": used,
+                            "shm_segments": nseg})
+            rss = sum(p["rss_kb"] for p in procs) / 1024
+            print(f"t={samples[-1]['t']:6.0f}s processes={len(procs)} total RSS {rss:7.1f} MiB "
+                  f"/dev/shm {used / 2**20:7.1f} MiB in {nseg} segments", flush=True)
+    finally:
+        if a.mode == "pipeline":
+            runner.send_signal(signal.SIGINT)
+            try:
+                runner.wait(60)
+            except subprocess.TimeoutExpired:
+                runner.kill()
+                runner.wait()
+        else:
+            runner.close()
+        server.stop()
+    left, nleft = shm_usage(prefix)
+
+    # -- report --
+    after = [s for s in samples if s["t"] >= warmup]
+    print(f"\n{len(samples)} samples, {len(after)} after the {warmup:.0f} s warm-up")
+    ok = rc == 0 and len(after) >= 2
+    by_pid: dict[int, list[dict[str, Any]]] = {}
+    for s in after:
+        for p in s["procs"]:
+            by_pid.setdefault(p["pid"], []).append(p)
+    pids_first = {p["pid"] for p in after[0]["procs"]} if after else set()
+    pids_last = {p["pid"] for p in after[-1]["procs"]} if after else set()
+    if pids_first != pids_last:
+        print(f"process set changed after warm-up (restarts?): {sorted(pids_first)} -> "
+              f"{sorted(pids_last)}")
+        ok = False
+    print(f"{'pid':>8} {'process':12} {'RSS MiB first':>14} {'last':>8} {'min':>8} {'max':>8} "
+          f"{'spread':>7}  (anon MiB first/last)")
+    for pid, ps in sorted(by_pid.items()):
+        rss = [p["rss_kb"] / 1024 for p in ps]
+        spread = flat(rss)
+        ok &= spread <= TOLERANCE
+        print(f"{pid:>8} {ps[0]['name']:12} {rss[0]:14.1f} {rss[-1]:8.1f} {min(rss):8.1f} "
+              f"{max(rss):8.1f} {100 * spread:6.2f}%  ({ps[0]['anon_kb'] / 1024:.1f}/"
+              f"{ps[-1]['anon_kb'] / 1024:.1f})")
+    shm = [s["shm_bytes"] / 2**20 for s in after]
+    if shm:
+        ok &= flat(shm) <= TOLERANCE
+        print(f"/dev/shm of the run: first {shm[0]:.1f} MiB, min {min(shm):.1f}, max "
+              f"{max(shm):.1f}, spread {100 * flat(shm):.2f}%; after exit: {left} bytes in "
+              f"{nleft} segments")
+    ok &= nleft == 0
+    t_warm = t_start + warmup
+    if a.mode == "pipeline":
+        lat, frames, states = pipeline_latencies(jsonl, t_warm)
+        print(f"counted frames: {frames}; camera states: {states}")
+    else:
+        rec = runner.lat[:min(runner.frames, len(runner.lat))]
+        lat = 1000 * rec[rec[:, 0] >= t_warm, 1]
+        frames = runner.frames
+        print(f"frames read from the ring: {frames}")
+    if len(lat):
+        p50, p99 = np.percentile(lat, [50, 99])
+        print(f"capture -> {'result' if a.mode == 'pipeline' else 'reader'} latency after "
+              f"warm-up: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(lat)} frames")
+    else:
+        print("no latency samples after warm-up")
+        ok = False
+    print("FLAT (within 5%)" if ok else "NOT FLAT / FAILED", f"- details in {tmp}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"samples": samples, "ok": ok}, indent=1))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
