@@ -1,0 +1,169 @@
+"""Source opening options, PTS sampling and pacing, and an HLS-over-HTTP source end to end."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ingest_helpers import IngestRun, fast_reconnect
+from rtsp_server import make_clip
+
+from pipeline.config import CameraConfig, ReconnectConfig
+from pipeline.sources import (
+    DecodeStats,
+    FpsSampler,
+    Pacer,
+    SourceError,
+    iter_video_frames,
+    open_source,
+    open_spec,
+    source_kind,
+)
+
+
+def test_source_kinds() -> None:
+    assert source_kind("rtsp://10.0.0.5/stream1") == "rtsp"
+    assert source_kind("RTSPS://cam/1") == "rtsp"
+    assert source_kind("rtmp://live/app/key") == "rtmp"
+    assert source_kind("https://cdn/x/index.m3u8") == "http"
+    assert source_kind("/dev/video0") == "v4l2"
+    assert source_kind("udp://239.0.0.1:1234") == "stream"
+    assert source_kind("clips/a.mp4") == "file"
+
+
+def test_open_spec_live_options() -> None:
+    rc = ReconnectConfig(stall_timeout_s=3.0, open_timeout_s=4.0)
+    tcp = open_spec(CameraConfig(url="rtsp://cam/1", reconnect=rc))
+    assert tcp.options["rtsp_transport"] == "tcp"
+    assert tcp.options["timeout"] == "3000000"  # microseconds: a hung server raises
+    assert tcp.options["analyzeduration"] == "0" and tcp.options["probesize"] == "32768"
+    assert tcp.options["fflags"] == "+genpts+discardcorrupt"
+    assert tcp.timeout == (4.0, 3.0) and tcp.format is None and tcp.live
+    udp = open_spec(CameraConfig(url="rtsp://cam/1", rtsp_transport="udp"))
+    assert udp.options["rtsp_transport"] == "udp"
+    hls = open_spec(CameraConfig(url="http://h/index.m3u8", reconnect=rc))
+    assert hls.options["rw_timeout"] == "3000000" and "rtsp_transport" not in hls.options
+    assert open_spec(CameraConfig(url="rtmp://x/app/k")).options["rw_timeout"] == "10000000"
+    v4l = open_spec(CameraConfig(url="/dev/video2", options={"video_size": "1280x720"}))
+    assert v4l.format == "v4l2" and v4l.url == "/dev/video2"
+    assert v4l.options["video_size"] == "1280x720"
+
+
+def test_open_spec_files_and_overrides() -> None:
+    f = open_spec(CameraConfig(url="a.mp4"))
+    assert not f.live and f.timeout is None
+    assert "probesize" not in f.options and "analyzeduration" not in f.options  # files probe fully
+    o = open_spec(CameraConfig(url="rtsp://c/1", options={"probesize": "5000000", "format": "rtsp"}))
+    assert o.options["probesize"] == "5000000" and o.format == "rtsp"
+    assert "format" not in o.options
+
+
+def test_open_source_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="file not found: .*nope.mp4") as e:
+        open_source(CameraConfig(url=str(tmp_path / "nope.mp4")))
+    assert not e.value.retry
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(SourceError, match=r"not a video file \(empty, 0 bytes\)"):
+        open_source(CameraConfig(url=str(empty)))
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(bytes(range(256)) * 64)
+    with pytest.raises(SourceError, match="not a video file .*junk.mp4"):
+        open_source(CameraConfig(url=str(junk)))
+    with pytest.raises(SourceError, match="expected a video file, got a directory"):
+        open_source(CameraConfig(url=str(tmp_path)))
+    with pytest.raises(SourceError, match="cannot open /dev/video97") as e:
+        open_source(CameraConfig(url="/dev/video97"))
+    assert e.value.retry  # a camera that is unplugged may come back
+
+
+def test_open_source_threads_and_decode(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "a.mp4", frames=12)
+    c = open_source(CameraConfig(url=str(clip), decode_threads=2))
+    try:
+        st = c.streams.video[0]
+        assert st.thread_type.name == "AUTO" and st.thread_count == 2
+        stats = DecodeStats()
+        frames = list(iter_video_frames(c, stall_timeout_s=None, stats=stats))
+    finally:
+        c.close()
+    assert len(frames) == 12 and stats.frames == 12 and stats.decode_errors == 0
+
+
+def test_fps_sampler_by_pts() -> None:
+    s = FpsSampler(5.0)
+    t25 = [i / 25 for i in range(100)]
+    kept = [t for t in t25 if s.keep(t)]
+    assert len(kept) == 20 and kept[:3] == [0.0, 0.2, 0.4]
+    s = FpsSampler(10.0)  # 25 -> 10 fps: alternately every 2nd and 3rd frame, 10 per second
+    assert sum(s.keep(t) for t in t25) == 40
+    s = FpsSampler(2.0)
+    assert s.keep(100.0) and not s.keep(100.1) and s.keep(100.5)
+    assert s.keep(3.0)  # PTS jumped back (camera restarted): the schedule starts over
+    assert not s.keep(3.1)
+    s = FpsSampler(None)
+    assert all(s.keep(t) for t in t25)
+    with pytest.raises(ValueError, match="fps must be > 0"):
+        FpsSampler(0)
+
+
+def test_pacer_holds_frames_to_their_pts() -> None:
+    p = Pacer(max_lag_s=0.5)
+    assert p.delay(10.0) == 0.0  # anchors
+    d = p.delay(10.3)
+    assert 0.25 < d <= 0.3
+    time.sleep(0.9)
+    assert p.delay(10.31) == 0.0  # far behind: re-anchor instead of bursting
+    assert 0.0 < p.delay(10.35) <= 0.04
+
+
+@pytest.fixture
+def hls_server(tmp_path: Path) -> Iterator[str]:
+    """A VOD HLS playlist of a generated clip served over plain HTTP on 127.0.0.1."""
+    import av
+
+    src = make_clip(tmp_path / "src.mp4", frames=50)
+    out = tmp_path / "hls"
+    out.mkdir()
+    with av.open(str(src)) as i, av.open(str(out / "index.m3u8"), "w", format="hls",
+                                         options={"hls_time": "1",
+                                                  "hls_playlist_type": "vod"}) as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for p in i.demux(i.streams.video[0]):
+            if p.dts is None:
+                continue
+            p.stream = s
+            o.mux(p)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                          functools.partial(Quiet, directory=str(out)))
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}/index.m3u8"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.timeout(60)
+def test_hls_over_http_frames_flow(hls_server: str) -> None:
+    cfg = CameraConfig(url=hls_server, reconnect=fast_reconnect(initial_s=5.0, cap_s=5.0))
+    with IngestRun() as run:
+        rec = run.add("hls", cfg)
+        run.wait_state("hls", "online", timeout=20)
+        # a live source that ends is a drop, even when the playlist was a finite one
+        st = run.wait_state("hls", "reconnecting", timeout=20)
+        time.sleep(0.2)
+    assert "end of stream" in st.reason
+    assert [m.frame_index for m in rec.metas] == list(range(50))
+    assert rec.metas[-1].pts == pytest.approx(49 / 25, abs=0.05)
