@@ -89,3 +89,16 @@ def test_checkpoint_round_trip_keeps_prompt(model: torch.nn.Module, tmp_path: Pa
     model.set_text_prompt("traffic cones on a road")
     torch.testing.assert_close(loaded.text_embedding, model.text_embedding)
     model.set_text_prompt("people")
+
+
+def test_text_path_without_context_matches_open_clip() -> None:
+    """With no learnable context, our CoOp text path is open_clip's text encoder (unnormalised)."""
+    from engines.models import backbone as bb
+    from engines.models.clip_count import encode_class_prompt
+
+    spec = small_spec("count-tiny")
+    text = bb.text_tower(spec)
+    ours = encode_class_prompt(text, spec, "people", None)
+    with torch.no_grad():
+        ref = text(bb.tokenizer_for(spec)(["people"]))
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)

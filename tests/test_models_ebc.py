@@ -172,3 +172,18 @@ def test_shallow_vpt_has_one_prompt_set() -> None:
     assert [k for k in model.state_dict() if k.startswith("vpt_")] == ["vpt_0"]
     with torch.no_grad():
         assert model(torch.rand(1, 3, 224, 224)).shape == (1, 1, 28, 28)
+
+
+def test_vit_patch_features_match_open_clip_tokens() -> None:
+    """Without prompts, our ViT feature path equals open_clip's own tokens after ln_post."""
+    spec = small_spec("ebc-tiny-vit").replace(num_vpt=0)
+    model = build_empty(spec).eval()
+    v = model.image_encoder
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        ours = model._vit_features(x)
+        v.output_tokens = True
+        _, tokens = v(x)
+        v.output_tokens = False
+    ref = tokens.transpose(1, 2).reshape(2, 64, 14, 14)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
