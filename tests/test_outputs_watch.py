@@ -79,3 +79,19 @@ def test_watch_human_lines(published: EmbeddedRedis) -> None:
 def test_watch_unreachable_server_says_so() -> None:
     p = _watch("hall", "--url", "redis://127.0.0.1:1")
     assert p.returncode == 1 and "cannot reach Redis at redis://127.0.0.1:1" in p.stderr
+
+
+def test_watch_finds_the_runs_embedded_server_from_the_config(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("run_dir: run\nredis: {namespace: cfgns}\ncameras:\n  door: x.mp4\n")
+    p = _watch("door", "--config", str(cfg_file))
+    assert p.returncode == 1 and "no embedded server running under" in p.stderr
+    with EmbeddedRedis(tmp_path / "run" / "redis") as srv:  # what `crowdstream run` starts
+        sink = RedisSink(RedisConfig(url=srv.url, namespace="cfgns"))
+        sink.open()
+        sink.write(make_result("door", 0))
+        assert sink.flush()
+        sink.close()
+        p = _watch("door", "--config", str(cfg_file), "--json", "--from-start", "--count", "1")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout.splitlines()[0])["camera"] == "door"

@@ -100,3 +100,28 @@ def test_retention_by_size_keeps_the_newest(tmp_path: Path) -> None:
     assert len(w.segments) == 5 and 1 <= len(left) < 5
     assert left == w.segments[-len(left):]  # the oldest went first
     assert sum(f.stat().st_size for f in left) <= 40e3
+
+
+def test_killed_recorder_is_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+    import time
+
+    from pipeline.sinks import recorder as recmod
+
+    monkeypatch.setattr(recmod, "RESTART_BACKOFF_S", 0.0)
+    cfg = config_from_dict({"run_dir": str(tmp_path), "cameras": {"c": {
+        "url": "x", "recording": {"enabled": True, "queue_slots": 64}}}})
+    sink = recmod.RecordingSink(cfg.cameras, run_dir=cfg.run_dir)
+    sink.open()
+    frame = np.zeros((64, 96, 3), np.uint8)
+    old_pid = sink._proc.pid
+    os.kill(old_pid, signal.SIGKILL)
+    sink._proc.join(10)
+    for i in range(10):
+        sink.write(make_result("c", i, shape=(8, 12), frame=frame))
+        time.sleep(0.01)
+    assert sink.restarts == 1 and sink._proc.pid != old_pid
+    sink.close()
+    (f,) = (tmp_path / "recordings").rglob("*.mp4")
+    assert _decode(f)[0] == sink.sent == 10

@@ -80,7 +80,11 @@ def main(args: argparse.Namespace) -> int:
 
     from pipeline.redis_keys import RedisKeys
 
-    url, namespace = _resolve(args)
+    try:
+        url, namespace = _resolve(args)
+    except RuntimeError as e:
+        print(f"crowdstream watch: {e}", file=sys.stderr)
+        return 1
     keys = RedisKeys(namespace)
     r = redis.Redis.from_url(url, socket_connect_timeout=3)
     try:

@@ -38,6 +38,7 @@ from pipeline.log import get_logger
 from pipeline.results import FrameResult
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+RESTART_BACKOFF_S = 5.0  # a crashed recorder process is restarted at most this often
 
 
 def safe_name(camera: str) -> str:
@@ -313,7 +314,9 @@ class RecordingSink:
         self._freeq: Any = None
         self._warned: set[str] = set()
         self.sent = 0
-        self.skipped = 0  # frames not recorded because the recorder was behind
+        self.skipped = 0  # frames not recorded because the recorder was behind (or restarting)
+        self.restarts = 0
+        self._started_at = 0.0
         self.log = get_logger("recorder")
 
     def dir_for(self, camera: str) -> Path:
@@ -321,8 +324,15 @@ class RecordingSink:
         return Path(rc.dir) if rc.dir else Path(self.run_dir) / "recordings"
 
     def open(self) -> None:
-        if not self.cams:
-            return
+        if self.cams:
+            self._start()
+
+    def _start(self) -> None:
+        # fresh queues and rings: a process killed mid-get can leave a queue's lock held
+        for ring in self._rings.values():
+            ring.close()
+        self._rings.clear()
+        self._started_at = time.monotonic()
         ctx = mp.get_context("spawn")
         self._inq = ctx.Queue(maxsize=64)
         self._freeq = ctx.Queue()
@@ -358,11 +368,14 @@ class RecordingSink:
         if rc.fps and last is not None and 0 <= t - last < 1.0 / rc.fps:
             return
         if not self._proc.is_alive():
-            if "dead" not in self._warned:
-                self._warned.add("dead")
-                self.log.error("recorder process exited", exitcode=self._proc.exitcode)
-            self.skipped += 1
-            return
+            now = time.monotonic()
+            if now - self._started_at < RESTART_BACKOFF_S:
+                self.skipped += 1
+                return
+            self.restarts += 1
+            self.log.error("recorder process exited, restarting", exitcode=self._proc.exitcode,
+                           restarts=self.restarts)
+            self._start()
         self._reclaim()
         frame = np.ascontiguousarray(result.frame, dtype=np.uint8)
         ring = self._rings.get(cam)
