@@ -79,6 +79,14 @@ def find_running(data_dir: str | Path) -> str | None:
     return None
 
 
+def previous_port(data_dir: str | Path) -> int | None:
+    """The port the embedded server of this data dir used last time, if recorded."""
+    try:
+        return int(json.loads((Path(data_dir) / INFO_FILE).read_text())["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def connect_hint(url: str) -> str:
     """The ``redis-cli`` command line that connects to ``url``."""
     u = urlparse(url)
@@ -153,13 +161,9 @@ class EmbeddedRedis:
             if server._process is not None:
                 server.stop(timeout=timeout)
         finally:
-            info = self.data_dir / INFO_FILE
-            try:
-                if json.loads(info.read_text()).get("port") == self.port:
-                    info.unlink()
-            except (OSError, ValueError):
-                pass
-        log.info("stopped", data_dir=self.data_dir)
+            # server.json stays: its pid is gone, so find_running() reports no server, and the
+            # next start reuses the port (clients keep the same address across restarts)
+            log.info("stopped", data_dir=self.data_dir)
 
     def __enter__(self) -> EmbeddedRedis:
         self.start()
@@ -180,8 +184,14 @@ def ensure_embedded(data_dir: str | Path, port: int | None = None,
     url = find_running(data_dir)
     server = None
     if url is None:
+        if port is None:
+            port = previous_port(data_dir)
         server = EmbeddedRedis(data_dir, port=port)
-        url = server.start()
+        try:
+            url = server.start()
+        except OSError:  # the previous port is taken by something else now
+            server = EmbeddedRedis(data_dir)
+            url = server.start()
     if announce:
         print(f"crowdstream: embedded Redis at {url} (data in {data_dir}); connect with: "
               f"{connect_hint(url)}", file=sys.stderr)

@@ -271,3 +271,21 @@ def test_lost_reply_is_resent_without_duplicates(server: EmbeddedRedis) -> None:
     assert st["reconnects"] == 1
     sink.close()
     proxy.close()
+
+
+def test_embedded_restart_keeps_port_and_data(tmp_path) -> None:
+    from pipeline.redis_embedded import ensure_embedded
+
+    url, srv = ensure_embedded(tmp_path / "redis", announce=False)
+    assert srv is not None
+    again, none = ensure_embedded(tmp_path / "redis", announce=False)
+    assert again == url and none is None  # a second process of the run reuses it
+    CrowdClient(url).redis.set("k", "v")
+    srv.stop()
+    assert find_running(tmp_path / "redis") is None
+    url2, srv2 = ensure_embedded(tmp_path / "redis", announce=False)
+    try:
+        assert url2 == url  # same address for clients after a restart
+        assert CrowdClient(url2).redis.get("k") == b"v"  # append-only file kept the data
+    finally:
+        srv2.stop()
