@@ -81,10 +81,13 @@ class CrowdClient:
     """Read crowdstream's published data from Redis / Valkey."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379", namespace: str = "crowdstream",
-                 **redis_kwargs: Any) -> None:
+                 cluster: bool = False, **redis_kwargs: Any) -> None:
         import redis
 
-        self.redis = redis.Redis.from_url(url, **redis_kwargs)
+        # cluster: every per-camera key shares one slot ({camera} hash tag), so each call here
+        # touches one node; follow(with_status=False) too
+        cls = redis.RedisCluster if cluster else redis.Redis
+        self.redis = cls.from_url(url, **redis_kwargs)
         self.keys = RedisKeys(namespace)
 
     def close(self) -> None:

@@ -274,6 +274,7 @@ class RedisConfig:
     ssl_keyfile: str | None = path_field(None)
     connect_timeout_s: float = 2.0
     embedded_port: int | None = None  # embedded server: fixed port (default: first free >= 16379)
+    cluster: bool = False  # url is a Redis Cluster node: use the cluster client
 
     def __post_init__(self) -> None:
         if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):

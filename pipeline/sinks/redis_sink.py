@@ -60,6 +60,7 @@ class _Item:
     attempted: bool = False
     auto_id: bool = False  # re-send with id "*": the stream was ahead of our ID clock
     latest: dict[str, str] = field(default_factory=dict)  # fields for the latest-state hash
+    note: str = ""  # pub/sub notification
 
 
 class _Unresolved(Exception):
@@ -127,13 +128,18 @@ def connect(url: str, cfg: RedisConfig) -> Any:
         for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
             if getattr(cfg, k):
                 kwargs[k] = getattr(cfg, k)
+    if cfg.cluster:
+        kwargs.pop("health_check_interval")
+        return redis.RedisCluster.from_url(url, **kwargs)
     return redis.Redis.from_url(url, **kwargs)
 
 
 def _is_conn_error(e: BaseException) -> bool:
     import redis
+    from redis.exceptions import ClusterDownError, MasterDownError, TryAgainError
 
-    return isinstance(e, (redis.ConnectionError, redis.TimeoutError, OSError))
+    return isinstance(e, (redis.ConnectionError, redis.TimeoutError, OSError, ClusterDownError,
+                          MasterDownError, TryAgainError))
 
 
 class RedisSink:
@@ -450,7 +456,7 @@ class RedisSink:
         if cam not in self._known_cameras:
             cmds.append(("sadd", (k.cameras(), cam), {}))
         if self.cfg.pubsub:
-            cmds.append(("publish", (k.live(cam), json.dumps(note, separators=(",", ":"))), {}))
+            it.note = json.dumps(note, separators=(",", ":"))
         it.commands = cmds
 
     def _send(self, batch: list[_Item]) -> None:
@@ -484,6 +490,13 @@ class RedisSink:
         for cam, mapping in merged.items():
             if mapping:
                 pipe.hset(self.keys.latest(cam), mapping=mapping)
+        last_note: dict[str, str] = {}
+        for it in batch:
+            if it.note:
+                if self.cfg.cluster:
+                    last_note[it.camera] = it.note
+                else:
+                    pipe.publish(self.keys.live(it.camera), it.note)
         try:
             results = pipe.execute(raise_on_error=False)
         except Exception as e:
@@ -495,7 +508,16 @@ class RedisSink:
                 raise _Unresolved(batch, r)
         for r in results[sum(spans):]:
             if isinstance(r, BaseException):
-                log.error("latest-state update refused", error=str(r)[:200])
+                log.error("latest-state update or notification refused", error=str(r)[:200])
+        # cluster pipelines cannot PUBLISH: send the newest notification per camera directly
+        # (live UIs only need the newest; the streams keep every message)
+        for cam, note in last_note.items():
+            try:
+                self._client.publish(self.keys.live(cam), note)
+            except Exception as e:
+                if _is_conn_error(e):
+                    break  # the next batch finds the outage; the data itself was delivered
+                raise
         pos = 0
         retry_auto: list[_Item] = []
         for it, n in zip(batch, spans, strict=True):
