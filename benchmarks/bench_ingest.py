@@ -101,7 +101,8 @@ def ingest(path: str, frames: int, hw: tuple[int, int]) -> tuple[float, float]:
             if n == 1:
                 t0, c0, r0 = time.perf_counter(), _cpu_s(p.pid), time.process_time()
         dt = time.perf_counter() - t0
-        cpu = _cpu_s(p.pid) - c0 + time.process_time() - r0
+        cpu_child, cpu_reader = _cpu_s(p.pid) - c0, time.process_time() - r0
+        cpu = cpu_child + cpu_reader
     finally:
         stop.set()
         p.join(10)
@@ -110,6 +111,9 @@ def ingest(path: str, frames: int, hw: tuple[int, int]) -> tuple[float, float]:
         ring.close()
         ring.unlink()
         events.close()
+    if os.environ.get("BENCH_VERBOSE"):
+        print(f"  ingest process {1000 * cpu_child / (frames - 1):.2f} + reader "
+              f"{1000 * cpu_reader / (frames - 1):.2f} CPU ms/frame")
     return (frames - 1) / dt, 1000 * cpu / (frames - 1)
 
 

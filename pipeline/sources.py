@@ -201,15 +201,21 @@ def iter_video_frames(container: av.container.InputContainer, *, stall_timeout_s
     stats = stats if stats is not None else DecodeStats()
     stream = container.streams.video[0]
     last = time.monotonic()
-    for packet in container.demux(stream):
-        stats.packets += 1
-        try:
-            frames = packet.decode()  # the final empty packet flushes the decoder
-        except av.error.FFmpegError as e:
-            # discardcorrupt drops what the demuxer knows is damaged; the rest fails here
-            stats.decode_errors += 1
-            stats.last_error = _ffmsg(e)
+    # Demux every stream, not just the video one: PyAV skips unselected packets inside its own
+    # loop, so a source whose audio keeps flowing after its video died would never come back
+    # here for the stall check (and each read is short, so the read timeout never fires).
+    for packet in container.demux():
+        if packet.stream_index != stream.index:
             frames = []
+        else:
+            stats.packets += 1
+            try:
+                frames = packet.decode()  # the final empty packet flushes the decoder
+            except av.error.FFmpegError as e:
+                # discardcorrupt drops what the demuxer knows is damaged; the rest fails here
+                stats.decode_errors += 1
+                stats.last_error = _ffmsg(e)
+                frames = []
         for frame in frames:
             stats.frames += 1
             yield frame

@@ -167,3 +167,83 @@ def test_hls_over_http_frames_flow(hls_server: str) -> None:
     assert "end of stream" in st.reason
     assert [m.frame_index for m in rec.metas] == list(range(50))
     assert rec.metas[-1].pts == pytest.approx(49 / 25, abs=0.05)
+
+
+def _video_then_audio_only_ts(path: Path, video_s: float = 1.0, audio_s: float = 10.0) -> Path:
+    """MPEG-TS whose video stops after ``video_s`` while its audio goes on to ``audio_s``."""
+    import fractions
+
+    import av
+    import numpy as np
+
+    n_video, spf = int(25 * video_s), 1152
+    with av.open(str(path), "w", format="mpegts") as o:
+        v = o.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 320, 240, "yuv420p"
+        v.options = {"preset": "ultrafast", "tune": "zerolatency", "g": "25"}
+        a = o.add_stream("mp2", rate=48000)
+        a.layout, a.bit_rate = "mono", 64000
+        vi = 0
+        for k in range(int(audio_s * 48000 / spf)):
+            tone = (np.sin(np.arange(spf) / 10) * 3000).astype(np.int16)[None]
+            af = av.AudioFrame.from_ndarray(tone, format="s16", layout="mono")
+            af.sample_rate, af.pts = 48000, k * spf
+            for p in a.encode(af):
+                o.mux(p)
+            while vi < n_video and vi / 25 <= k * spf / 48000:
+                vf = av.VideoFrame.from_ndarray(np.full((240, 320, 3), vi * 9 % 255, np.uint8),
+                                                format="rgb24")
+                vf.pts, vf.time_base = vi, fractions.Fraction(1, 25)
+                for p in v.encode(vf):
+                    o.mux(p)
+                vi += 1
+                if vi == n_video:
+                    for p in v.encode():
+                        o.mux(p)
+        for p in a.encode():
+            o.mux(p)
+    return path
+
+
+@pytest.mark.timeout(60)
+def test_stall_watchdog_when_only_audio_keeps_flowing(tmp_path: Path) -> None:
+    """Bytes keep arriving (so no read timeout) but no video frame: the watchdog reconnects."""
+    data = _video_then_audio_only_ts(tmp_path / "va.ts").read_bytes()
+    rate = len(data) / 10.0  # bytes per second: the 10 s stream takes 10 s, like a live one
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            chunk = 188 * 8
+            try:
+                for i in range(0, len(data), chunk):
+                    self.wfile.write(data[i:i + chunk])
+                    self.wfile.flush()
+                    time.sleep(chunk / rate)
+            except OSError:
+                pass  # the client went away
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}/live.ts"
+    cfg = CameraConfig(url=url, options={"probesize": "4096"},
+                       reconnect=fast_reconnect(stall_timeout_s=1.5, initial_s=5.0, cap_s=5.0))
+    try:
+        with IngestRun() as run:
+            rec = run.add("cam", cfg)
+            online = run.wait_state("cam", "online", timeout=20)
+            st = run.wait_state("cam", "reconnecting", timeout=20)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert st.reason.startswith("stalled: no frame decoded for 1.5 s"), st.reason
+    # the decoder's frame threads still hold the last few frames when the video stops
+    assert 15 <= len(rec.metas) <= 25
+    # video ends ~1 s into the stream; then 1.5 s without a frame (plus the paced reading)
+    assert 1.5 < st.ts - online.ts < 6.0
