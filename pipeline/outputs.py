@@ -20,7 +20,7 @@ from pipeline.results import FrameResult, Sink
 from pipeline.zones import ZoneSink
 
 
-class _AlertOutputs(AlertSink):
+class AlertOutputSink(AlertSink):
     """The alert sink plus the webhook's lifetime (opened and closed with it)."""
 
     def __init__(self, *args: Any, webhook: WebhookNotifier | None = None, **kwargs: Any) -> None:
@@ -61,7 +61,7 @@ def build_output_sinks(cfg: AppConfig) -> list[Sink]:
         listeners = [s.publish_alert for s in (redis_sink,) if s is not None]
         if webhook is not None:
             listeners.append(webhook.send)
-        alerts = _AlertOutputs(cams, listeners=listeners, zone_density=zone_density,
+        alerts = AlertOutputSink(cams, listeners=listeners, zone_density=zone_density,
                                webhook=webhook)
     recorder = None
     if any(c.recording.enabled for c in cams.values()):

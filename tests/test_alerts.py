@@ -139,3 +139,31 @@ def test_webhook_gives_up_on_unreachable_url() -> None:
                                        timeout_s=0.5))
     assert wh.post({"alert_id": "a"}) is False
     assert wh.failed == 1 and wh.sent == 0
+
+
+def test_density_m2_rule_on_a_calibrated_zone() -> None:
+    pytest.importorskip("calibrate.ground", reason="calibrate.ground not present")
+    from pipeline.zones import ZoneSink
+
+    # top-down camera, 100 px = 1 m: the left half of a 512x288 frame is 2.56 m x 2.88 m
+    cfg = config_from_dict({"cameras": {"c": {
+        "url": "x.mp4",
+        "calibration": {"homography": [[0.01, 0, 0], [0, 0.01, 0], [0, 0, 1]],
+                        "image_size": [512, 288]},
+        "zones": [{"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]}],
+        "alerts": [{"name": "dense", "zone": "left", "metric": "density_m2", "threshold": 2.0,
+                    "clear": 1.5, "cooldown_s": 0, "update_every_s": 0}]}}})
+    check_rules("c", cfg.cameras["c"])
+    zones = ZoneSink(cfg.cameras)
+    events: list[dict] = []
+    alerts = AlertSink(cfg.cameras, listeners=[events.append], zone_density=zones.cell_density)
+    area = 2.56 * 2.88
+    for i, people in enumerate([5, 10, 16, 17, 12, 3]):  # p/m2: .68 1.36 2.17 2.31 1.63 .41
+        r = make_result("c", i, ts=1e9 + i)
+        r.density[:] = 0
+        r.density[:, :32] = people / (36 * 32)
+        zones.write(r)
+        alerts.write(r)
+    assert [(e["event"], e["frame_index"]) for e in events] == [("start", 2), ("end", 5)]
+    assert events[0]["after"] == pytest.approx(16 / area)
+    assert events[0]["metric"] == "density_m2"

@@ -60,7 +60,7 @@ def test_full_chain_with_embedded_redis_webhook_and_recording(tmp_path: Path) ->
                         "cooldown_s": 0, "severity": "critical"}],
             "recording": {"enabled": True, "queue_slots": 64}}}})
     sinks = build_output_sinks(cfg)
-    assert [type(s).__name__ for s in sinks] == ["ZoneSink", "_AlertOutputs", "RedisSink",
+    assert [type(s).__name__ for s in sinks] == ["ZoneSink", "AlertOutputSink", "RedisSink",
                                                  "RecordingSink"]
     assert all(hasattr(s, "write_status") for s in sinks[1:3])
     for s in sinks:
