@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -187,3 +188,31 @@ def test_vit_patch_features_match_open_clip_tokens() -> None:
         v.output_tokens = False
     ref = tokens.transpose(1, 2).reshape(2, 64, 14, 14)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_timm_backbone_through_the_same_factory(tmp_path: Path) -> None:
+    """EBC-ZIP-style backbones (open_clip towers on timm trunks, e.g. ConvNeXt) build and count."""
+    pytest.importorskip("timm")
+    from engines.checkpoint import load_checkpoint, save_checkpoint
+
+    base = small_spec("ebc-tiny-rn")
+    backbone = {"name": "tiny-convnext", "embed_dim": 64,
+                "vision_cfg": {"timm_model_name": "convnext_atto", "timm_model_pretrained": False,
+                               "timm_pool": "", "timm_proj": "linear", "image_size": 224},
+                "text_cfg": dict(base.backbone["text_cfg"])}
+    spec = base.replace(backbone=backbone, decoder_channels=(64,), name="ebc-tiny-convnext")
+    model = create_model(spec).eval()
+    from engines.models.clip_ebc import BasicBlock
+
+    assert model.encoder_stride == 32 and isinstance(model.image_decoder[0], BasicBlock)
+    assert not any(k.startswith("image_encoder.head") for k in model.state_dict())
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        logits, density = model.forward_train(x)
+    assert logits.shape == (1, 5, 28, 28) and float(density.std()) > 0
+    path = save_checkpoint(tmp_path / "cnx.pt", model, {})
+    loaded, _ = load_checkpoint(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), density, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="visual prompts need a ViT"):
+        build_empty(spec.replace(num_vpt=4))

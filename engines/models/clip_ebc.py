@@ -1,7 +1,8 @@
 """CLIP-EBC: blockwise count classification against text prompts (Ma et al., CLIP-EBC).
 
-The image tower (open_clip ModifiedResNet or VisionTransformer) gives a feature map at stride 16;
-it is upsampled to the block grid, refined by a residual decoder block and projected into the CLIP
+The image tower (open_clip ModifiedResNet or VisionTransformer at stride 16, or a timm trunk such
+as ConvNeXt / MobileCLIP's FastViT at stride 32, the EBC-ZIP backbones) gives a feature map that
+is upsampled to the block grid, refined by a residual decoder block and projected into the CLIP
 embedding space. Each block's feature is compared (cosine x learnable scale) with the text
 features of one prompt per count bin; the softmax over bins weights the bin anchors, giving the
 expected count of the block.
@@ -105,10 +106,13 @@ class ClipEBC(nn.Module):
         embed_dim = int(cfg["embed_dim"])
         visual = visual if visual is not None else bb.vision_tower(spec)
         self.is_resnet = bb.is_resnet(spec)
+        self.is_timm = hasattr(visual, "trunk")  # open_clip TimmModel: ConvNeXt, MobileCLIP...
         if self.is_resnet:
             self._adapt_resnet(visual)
             enc_channels = int(cfg["vision_cfg"]["width"]) * 32
             self.encoder_stride = 16
+        elif self.is_timm:
+            enc_channels, self.encoder_stride = self._adapt_timm(visual)
         else:
             self._adapt_vit(visual, spec)
             enc_channels = int(visual.conv1.out_channels)
@@ -119,9 +123,13 @@ class ClipEBC(nn.Module):
         self.image_encoder = visual
 
         # VPT parameters (ViT only), named vpt_0..vpt_{L-1} like the official checkpoints.
-        self.num_vpt = 0 if self.is_resnet else int(spec.num_vpt)
+        vit = not (self.is_resnet or self.is_timm)
+        if spec.num_vpt and not vit:
+            raise ValueError(f"num_vpt={spec.num_vpt}: visual prompts need a ViT backbone, "
+                             f"{spec.backbone_name} is not one")
+        self.num_vpt = int(spec.num_vpt) if vit else 0
         self.vpt_drop = nn.Dropout(spec.vpt_drop)
-        n_layers = len(visual.transformer.resblocks) if not self.is_resnet else 0
+        n_layers = len(visual.transformer.resblocks) if vit else 0
         self.vpt_layers = (n_layers if spec.deep_vpt else 1) if self.num_vpt else 0
         if self.num_vpt:
             patch = visual.conv1.kernel_size[0]
@@ -185,6 +193,20 @@ class ClipEBC(nn.Module):
         first.stride = 1
 
     @staticmethod
+    def _adapt_timm(visual: nn.Module) -> tuple[int, int]:
+        # The trunk's final feature map is the feature (its pooling/projection head is unused);
+        # a small probe gives its width and stride, whatever the timm architecture.
+        visual.head = nn.Identity()
+        was_training = visual.training
+        visual.eval()
+        with torch.no_grad():
+            probe = visual.trunk.forward_features(torch.zeros(1, 3, 64, 64))
+        visual.train(was_training)
+        if probe.ndim != 4:
+            raise ValueError(f"timm trunk gives {tuple(probe.shape)} features, expected a NCHW map")
+        return int(probe.shape[1]), 64 // int(probe.shape[-1])
+
+    @staticmethod
     def _adapt_vit(visual: nn.Module, spec: ModelSpec) -> None:
         # Patch tokens after ln_post are the features: the final projection is not used.
         visual.proj = None
@@ -227,7 +249,12 @@ class ClipEBC(nn.Module):
             raise ValueError(f"input {(h, w)} must be a multiple of {self.encoder_stride} "
                              f"for {self.spec.backbone_name}")
         x = (x - self.mean) / self.std
-        feats = self._resnet_features(x) if self.is_resnet else self._vit_features(x)
+        if self.is_resnet:
+            feats = self._resnet_features(x)
+        elif self.is_timm:
+            feats = self.image_encoder.trunk.forward_features(x)
+        else:
+            feats = self._vit_features(x)
         if feats.shape[-2:] != (h // b, w // b):
             feats = F.interpolate(feats, size=(h // b, w // b), mode="bilinear", align_corners=False)
         feats = self.projection(self.image_decoder(feats))
