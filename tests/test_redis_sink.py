@@ -33,7 +33,11 @@ def wait_for(pred, timeout: float = 10.0) -> bool:
 
 
 def test_embedded_server_is_found_and_hint(server: EmbeddedRedis) -> None:
+    import os
+
     assert find_running(server.data_dir) == server.url
+    # its own session: a terminal's Ctrl-C (SIGINT to our process group) does not reach it
+    assert os.getsid(server.pid) == server.pid != os.getsid(0)
     assert connect_hint(server.url) == f"redis-cli -h 127.0.0.1 -p {server.port}"
     assert connect_hint("rediss://h:7000") == "redis-cli -h h -p 7000 --tls"
 
