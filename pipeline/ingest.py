@@ -175,11 +175,11 @@ class Ingest:
         stats = DecodeStats()
         fdur = frame_duration_s(container)
         got_frame = False
+        stall_s = self.cfg.reconnect.stall_timeout_s if self.live else None
         self._progress = time.monotonic()
         try:
-            for frame in iter_video_frames(container, stall_timeout_s=self.cfg.reconnect.stall_timeout_s
-                                           if self.live else None,
-                                           stats=stats, progress=lambda: self._progress):
+            for frame in iter_video_frames(container, stall_timeout_s=stall_s, stats=stats,
+                                           progress=lambda: self._progress):
                 if self.stop.is_set():
                     raise _Stopped
                 capture_ts = time.time()
@@ -302,10 +302,11 @@ def run_ingest(camera: str, cfg: CameraConfig, ring: FrameRing | FrameRingHandle
     ing = Ingest(camera, cfg, attached or ring, events.put, stop)
     try:
         ing.run()
-    except Exception as e:  # a bug must still leave a reason behind, and end the ring
+    except Exception as e:
+        # an unexpected error still leaves its reason behind; the ring is NOT ended, so the
+        # supervisor sees a crash and restarts this process with its backoff
         ing.log.error("crashed", error=repr(e))
         ing.set_state("offline", f"ingest crashed: {type(e).__name__}: {e}")
-        ing._end(f"offline: ingest crashed: {e}")
         raise
     finally:
         if attached is not None:

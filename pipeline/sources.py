@@ -52,7 +52,8 @@ class StreamStalled(SourceError):
 
 def source_kind(url: str) -> SourceKind:
     """Classify a camera URL: ``rtsp``, ``rtmp``, ``http`` (HLS or progressive), ``v4l2``,
-    ``stream`` (udp://, srt://) or ``file``.
+    ``stream`` (udp://, srt://) or ``file``. Everything but ``file`` is live, exactly as
+    ``CameraConfig.is_live`` decides.
 
     Example::
 
@@ -65,9 +66,9 @@ def source_kind(url: str) -> SourceKind:
         return "rtmp"
     if low.startswith(("http://", "https://")):
         return "http"
-    if low.startswith("/dev/video") or low.startswith("v4l2://"):
+    if low.startswith("/dev/video"):
         return "v4l2"
-    if low.startswith(("udp://", "srt://", "tcp://")):
+    if low.startswith(("udp://", "srt://")):
         return "stream"
     return "file"
 
@@ -109,7 +110,6 @@ def open_spec(cfg: CameraConfig) -> OpenSpec:
         opts["rw_timeout"] = read_timeout_us
     elif kind == "v4l2":
         fmt = "v4l2"
-        url = url.removeprefix("v4l2://")
     opts.update({str(k): str(v) for k, v in cfg.options.items()})
     fmt = opts.pop("format", fmt)  # a user may force a demuxer, e.g. format: mpegts
     timeout = (rc.open_timeout_s, rc.stall_timeout_s) if kind != "file" else None

@@ -34,6 +34,10 @@ def test_source_kinds() -> None:
     assert source_kind("/dev/video0") == "v4l2"
     assert source_kind("udp://239.0.0.1:1234") == "stream"
     assert source_kind("clips/a.mp4") == "file"
+    # ingest's notion of "live" (end of stream = drop) is the config's (policy "latest")
+    for url in ("rtsp://a", "rtmps://a", "http://a", "udp://a", "srt://a", "/dev/video1",
+                "a.mp4", "tcp://a"):
+        assert (source_kind(url) != "file") == CameraConfig(url=url).is_live, url
 
 
 def test_open_spec_live_options() -> None:
