@@ -117,8 +117,10 @@ class ClipEBC(nn.Module):
             self._adapt_vit(visual, spec)
             enc_channels = int(visual.conv1.out_channels)
             self.encoder_stride = int(visual.conv1.kernel_size[0])
-        if self.encoder_stride % spec.block_size:
-            raise ValueError(f"block_size {spec.block_size} must divide the encoder stride "
+        # Any encoder stride works (ViT-L/14: 14 -> block 8 is a x1.75 resize, as official);
+        # the window must be a multiple of both.
+        if spec.window[0] % self.encoder_stride or spec.window[1] % self.encoder_stride:
+            raise ValueError(f"window {spec.window} must be a multiple of the encoder stride "
                              f"{self.encoder_stride} of {spec.backbone_name}")
         self.image_encoder = visual
 
@@ -245,9 +247,9 @@ class ClipEBC(nn.Module):
         """(logits (B, K, H/b, W/b), density (B, 1, H/b, W/b)) for RGB input in [0, 1]."""
         h, w = x.shape[-2:]
         b = self.block_size
-        if h % self.encoder_stride or w % self.encoder_stride:
-            raise ValueError(f"input {(h, w)} must be a multiple of {self.encoder_stride} "
-                             f"for {self.spec.backbone_name}")
+        if h % self.encoder_stride or w % self.encoder_stride or h % b or w % b:
+            raise ValueError(f"input {(h, w)} must be a multiple of {self.encoder_stride} and of "
+                             f"the block size {b} for {self.spec.backbone_name}")
         x = (x - self.mean) / self.std
         if self.is_resnet:
             feats = self._resnet_features(x)
