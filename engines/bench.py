@@ -40,13 +40,19 @@ def time_engine(engine: Engine, *, batch: int, iters: int, warmup: int = 1,
     for _ in range(warmup):
         engine.run(x)
     times = []
+    cpu = []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         engine.run(x)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     med = statistics.median(times)
+    med_cpu = statistics.median(cpu)
+    # CPU seconds (all threads of this process) per batch: on a shared, loaded machine wall
+    # time mostly measures the other processes; CPU time is what the engine itself needs.
     return {"batch_s": med, "tiles_per_s": batch / med, "iters": iters,
-            "batch_s_min": min(times), "batch_s_max": max(times)}
+            "batch_s_min": min(times), "batch_s_max": max(times),
+            "batch_cpu_s": med_cpu, "tiles_per_cpu_s": batch / med_cpu if med_cpu > 0 else None}
 
 
 def machine() -> str:
@@ -64,7 +70,8 @@ def machine() -> str:
 
 
 def _int8_engine(fp32_engine: Engine, *, frames: int, threads: int | None, batch: int,
-                 video: Path, tmp: Path) -> tuple[Engine, dict[str, Any]]:
+                 video: Path, tmp: Path, ops: tuple[str, ...] | None = None
+                 ) -> tuple[Engine, dict[str, Any]]:
     """Calibrate ``fp32_engine``'s file on ``frames`` frames of ``video``; (engine, report)."""
     from calibrate.int8 import Int8Options, calibrate_int8, collect_frames
     from pipeline.config import config_from_dict
@@ -73,6 +80,8 @@ def _int8_engine(fp32_engine: Engine, *, frames: int, threads: int | None, batch
     got = collect_frames(cfg, frames)
     opts = Int8Options(frames=frames, holdout=0.5, max_deviation=float("inf"),
                        max_calibration_tiles=16, threads=threads)
+    if ops:
+        opts.op_types = tuple(ops)
     src = Path(fp32_engine.description["engine_file"])
     result = calibrate_int8(src, tmp / (src.stem + "-int8.onnx"), got, opts, max_batch=batch)
     assert result.engine_path is not None
@@ -84,7 +93,8 @@ def bench_source(source: str | None, *, label: str, combos: list[tuple[str, str]
                  iters: int, window: tuple[int, int] | None = None,
                  random_init: str | None = None, threads: int | None = None,
                  warmup: int = 1, int8_frames: int = 8, video: Path = DEMO_CLIP,
-                 cache_dir: str | None = None, device: str = "cpu") -> list[dict[str, Any]]:
+                 cache_dir: str | None = None, device: str = "cpu",
+                 int8_ops: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """Rows of (model, backend, precision, tiles/s, ...) for each (backend, precision) combo."""
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="crowdstream-bench-") as tmpdir:
@@ -100,7 +110,10 @@ def bench_source(source: str | None, *, label: str, combos: list[tuple[str, str]
                         source, backend="onnx", max_batch=batch, window=window,
                         random_init=random_init, cache_dir=cache, threads=threads)
                     engine, report = _int8_engine(base, frames=int8_frames, threads=threads,
-                                                  batch=batch, video=video, tmp=tmp)
+                                                  batch=batch, video=video, tmp=tmp,
+                                                  ops=int8_ops)
+                    if int8_ops:
+                        row["precision"] = f"int8 ({'/'.join(int8_ops)})"
                     row.update(count_deviation=report["relative_deviation"],
                                count_mae=report["mae"], count_max=report["max"],
                                deviation_frames=report["frames"])
@@ -132,27 +145,30 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         if "tiles_per_s" not in r:
             continue
-        if ort:
-            r["vs_onnx_fp32"] = r["tiles_per_s"] / ort["tiles_per_s"]
-        if eager:
-            r["vs_torch_fp32"] = r["tiles_per_s"] / eager["tiles_per_s"]
+        for name, ref in (("vs_onnx_fp32", ort), ("vs_torch_fp32", eager)):
+            if ref:
+                r[name] = r["tiles_per_s"] / ref["tiles_per_s"]
+                if r.get("tiles_per_cpu_s") and ref.get("tiles_per_cpu_s"):
+                    r[name + "_cpu"] = r["tiles_per_cpu_s"] / ref["tiles_per_cpu_s"]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table of the rows (ratios side by side)."""
-    head = ("| model | backend | precision | window | batch | s/batch (median) | tiles/s "
-            "| × torch fp32 | × ORT fp32 | count deviation (held-back frames) |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| model | backend | precision | window | batch | s/batch wall (median) | tiles/s "
+            "wall | tiles per CPU-s | × torch fp32 (wall / CPU) | × ORT fp32 (wall / CPU) "
+            "| count deviation (held-back frames) |")
+    lines = [head, "|" + "---|" * 11]
+    nan = float("nan")
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['backend']} | {r['precision']} | | {r['batch']} "
-                         f"| not run: {r['error'][:120]} | | | | |")
+                         f"| not run: {r['error'][:120]} | | | | | |")
             continue
         dev = (f"{r['count_deviation']:.2%} rel, MAE {r['count_mae']:.2f} "
                f"({r['deviation_frames']} frames)" if "count_deviation" in r else "")
         lines.append(
             f"| {r['model']} | {r['backend']} | {r['precision']} | {r['window']} | {r['batch']} "
-            f"| {r['batch_s']:.3f} | {r['tiles_per_s']:.2f} "
-            f"| {r.get('vs_torch_fp32', float('nan')):.2f} "
-            f"| {r.get('vs_onnx_fp32', float('nan')):.2f} | {dev} |")
+            f"| {r['batch_s']:.3f} | {r['tiles_per_s']:.2f} | {r.get('tiles_per_cpu_s') or nan:.2f} "
+            f"| {r.get('vs_torch_fp32', nan):.2f} / {r.get('vs_torch_fp32_cpu', nan):.2f} "
+            f"| {r.get('vs_onnx_fp32', nan):.2f} / {r.get('vs_onnx_fp32_cpu', nan):.2f} | {dev} |")
     return "\n".join(lines)

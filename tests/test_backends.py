@@ -132,3 +132,20 @@ def test_clear_errors_for_bad_requests(tmp_path: Path) -> None:
         with pytest.raises(EngineError, match="no backend could run") as err:
             load_engine(None, device="cuda", random_init="ebc-tiny-rn", cache_dir=str(tmp_path))
         assert all(f"{b}:" in str(err.value) for b in ("tensorrt", "onnx", "torch"))
+
+
+def test_clip_count_prompt_is_baked_in_one_engine_per_prompt(tmp_path: Path) -> None:
+    _needs_family("count-tiny")
+    people = load_engine(None, backend="onnx", random_init="count-tiny", max_batch=2,
+                         cache_dir=str(tmp_path), threads=1, text_prompt="people")
+    # (A multi-token prompt: with the released CLIP-Count text path, one-token class names
+    # share one embedding - see engines.models.clip_count.encode_class_prompt.)
+    cars = load_engine(None, backend="onnx", random_init="count-tiny", max_batch=2,
+                       cache_dir=str(tmp_path), threads=1, text_prompt="red cars on the road")
+    assert people.description["text_prompt"] == "people"
+    assert cars.description["text_prompt"] == "red cars on the road"
+    assert people.engine_id != cars.engine_id and len(list(tmp_path.glob("*.onnx"))) == 2
+    x = _tiles(1, people.window)
+    assert relative_l2(cars.run(x), people.run(x)) > 1e-3  # the prompt changes the output
+    with pytest.raises(EngineError, match="prompt 'red cars on the road' built in"):
+        load_engine(cars.description["engine_file"], text_prompt="people")

@@ -81,11 +81,16 @@ def choose_providers(device: str, precision: str, *, cache_dir: str | None = Non
 
 
 class OrtEngine(Engine):
-    """An ``.onnx`` engine file (with sidecar) run by ONNX Runtime."""
+    """An ``.onnx`` engine file (with sidecar) run by ONNX Runtime.
+
+    ``spin=False`` (default) stops idle ORT threads from busy-waiting between runs, which on a
+    shared CPU otherwise burns cycles the decode processes need.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, device: str = "cpu",
                  max_batch: int | None = None, threads: int | None = None,
-                 cache_dir: str | None = None, meta: dict[str, Any] | None = None) -> None:
+                 cache_dir: str | None = None, meta: dict[str, Any] | None = None,
+                 spin: bool = False) -> None:
         ort = import_onnxruntime()
         self.path = Path(path)
         meta = meta if meta is not None else read_sidecar(self.path)
@@ -104,6 +109,11 @@ class OrtEngine(Engine):
         if threads:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
+        if not spin:
+            # ORT's idle worker threads busy-wait by default; on a CPU shared with decoders
+            # (and other cameras' processes) that spinning steals the cores they need.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         so.log_severity_level = 3  # warnings about unused initialisers are noise here
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=so,
@@ -124,7 +134,7 @@ class OrtEngine(Engine):
             block_size=self.block_size, max_batch=self.max_batch,
             checkpoint_hash=meta.get("checkpoint_hash"), source=str(self.path),
             provider=used[0], providers=used, engine_file=str(self.path),
-            text_prompt=meta.get("text_prompt"), threads=threads)
+            text_prompt=meta.get("text_prompt"), threads=threads, spin=spin)
         log.info("engine_loaded", engine=self.engine_id, provider=used[0], file=str(self.path))
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

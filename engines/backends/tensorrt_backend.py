@@ -136,6 +136,10 @@ def build_plan(onnx_path: str | os.PathLike[str], plan_path: str | os.PathLike[s
     profile.set_shape(input_name, (1, 3, h, w), (opt, 3, h, w), (max_batch, 3, h, w))
     config.add_optimization_profile(profile)
     if precision in ("fp16", "int8"):
+        if not hasattr(trt.BuilderFlag, "FP16"):
+            # TensorRT 11 builds strongly typed networks only: precision comes from the ONNX.
+            raise EngineError(f"TensorRT {trt.__version__} has no FP16 builder flag (strongly "
+                              "typed networks only); build fp32, or from an fp16 ONNX model")
         config.set_flag(trt.BuilderFlag.FP16)  # layers left unquantised run fp16, not fp32
     calibration: dict[str, Any] = {}
     if precision == "int8":
@@ -191,7 +195,7 @@ def _progress_monitor(trt: Any) -> Any:
             trt.IProgressMonitor.__init__(self)
             self._last = 0.0
 
-        def phase_start(self, parent_phase: str | None, phase_name: str, num_steps: int) -> None:
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
             log.info("tensorrt_build_phase", phase=phase_name, steps=num_steps)
 
         def step_complete(self, phase_name: str, step: int) -> bool:

@@ -96,8 +96,11 @@ class TorchEngine(Engine):
     # -- eager ---------------------------------------------------------------------------
     def _forward(self, x: Any) -> Any:
         torch = self._torch
+        # Autocast's weight-cast cache must be off under CUDA graph capture: cached casts made
+        # during capture would be freed memory at replay.
         with torch.autocast(device_type="cuda", dtype=torch.float16,
-                            enabled=self._cuda and self.precision == "fp16"):
+                            enabled=self._cuda and self.precision == "fp16",
+                            cache_enabled=not self._use_graphs):
             return self._model(x)
 
     def _run_eager(self, batch: np.ndarray) -> np.ndarray:
