@@ -44,6 +44,7 @@ from pipeline.sources import (
     frame_duration_s,
     iter_video_frames,
     open_source,
+    redact_url,
     source_kind,
     stream_frame_count,
 )
@@ -81,6 +82,7 @@ class Ingest:
         self.stop = stop
         self.kind = source_kind(cfg.url)
         self.live = self.kind != "file"
+        self.shown_url = redact_url(cfg.url)  # never log a camera password
         self.policy = getattr(ring, "policy", cfg.effective_policy)
         self.log = get_logger("ingest", camera=camera)
         self.state: CameraState | None = None
@@ -118,7 +120,7 @@ class Ingest:
     def run(self) -> None:
         """Run until the source finishes, goes offline, or ``stop`` is set."""
         cfg, rc = self.cfg, self.cfg.reconnect
-        self.set_state("starting", f"opening {cfg.url}")
+        self.set_state("starting", f"opening {self.shown_url}")
         failures = 0  # consecutive failures since the camera was last online
         try:
             while not self.stop.is_set():
@@ -185,7 +187,7 @@ class Ingest:
                 capture_ts = time.time()
                 if not got_frame:
                     got_frame = True
-                    self.set_state("online", f"first frame from {self.cfg.url}")
+                    self.set_state("online", f"first frame from {self.shown_url}")
                 self._deliver(frame, fdur, capture_ts)
         except _Stopped:
             raise
@@ -195,10 +197,10 @@ class Ingest:
             if self.live:
                 self._drop(reason, 0)
                 return "online_then_dropped" if got_frame else "dropped"
-            self._give_up(f"corrupt file after {stats.frames} frames ({reason}): {self.cfg.url}")
+            self._give_up(f"corrupt file after {stats.frames} frames ({reason}): {self.shown_url}")
             return "offline"
         except ValueError as e:  # e.g. a frame larger than the ring's slots
-            self._give_up(f"{e} (source {self.cfg.url})")
+            self._give_up(f"{e} (source {self.shown_url})")
             return "offline"
         self.decode_errors += stats.decode_errors
         if self.stop.is_set():
@@ -209,7 +211,7 @@ class Ingest:
             return "online_then_dropped" if got_frame else "dropped"
         problem = self._file_problem(container, stats)
         if problem:
-            self._give_up(f"{problem}: {self.cfg.url}")
+            self._give_up(f"{problem}: {self.shown_url}")
             return "offline"
         if self.cfg.loop:
             self._pts_offset = (self._last_pts if self._last_pts is not None else 0.0) + fdur

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +49,19 @@ class StreamStalled(SourceError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retry=True)
+
+
+_CREDENTIALS = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*):[^/@]*@")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, for logs and state reasons.
+
+    Example::
+
+        redact_url("rtsp://admin:s3cret@10.0.0.5/1") == "rtsp://admin:***@10.0.0.5/1"
+    """
+    return _CREDENTIALS.sub(r"\1:***@", url)
 
 
 def source_kind(url: str) -> SourceKind:
@@ -133,20 +147,21 @@ def open_source(cfg: CameraConfig) -> av.container.InputContainer:
     spec = open_spec(cfg)
     if not spec.live:
         _check_file(spec.url)
+    shown = redact_url(spec.url)
     try:
         container = av.open(spec.url, mode="r", format=spec.format, options=spec.options,
                             timeout=spec.timeout)
     except av.error.InvalidDataError as e:
         if spec.live:
-            raise SourceError(f"invalid data from {spec.url}: {_ffmsg(e)}", retry=True) from None
-        raise SourceError(f"not a video file (FFmpeg: {_ffmsg(e)}): {spec.url}",
+            raise SourceError(f"invalid data from {shown}: {_ffmsg(e)}", retry=True) from None
+        raise SourceError(f"not a video file (FFmpeg: {_ffmsg(e)}): {shown}",
                           retry=False) from None
     except (av.error.FFmpegError, OSError) as e:
-        raise SourceError(f"cannot open {spec.url}: {_ffmsg(e)}", retry=spec.live) from None
+        raise SourceError(f"cannot open {shown}: {_ffmsg(e)}", retry=spec.live) from None
     if not container.streams.video:
         kinds = ", ".join(s.type for s in container.streams) or "none"
         container.close()
-        raise SourceError(f"no video stream in {spec.url} (streams: {kinds})", retry=spec.live)
+        raise SourceError(f"no video stream in {shown} (streams: {kinds})", retry=spec.live)
     stream = container.streams.video[0]
     # IP cameras send one slice per frame: slice threading then uses one core; AUTO enables
     # frame threading as well.
@@ -305,6 +320,7 @@ def frame_duration_s(container: av.container.InputContainer) -> float:
 
 __all__ = [
     "DecodeStats", "FpsSampler", "OpenSpec", "Pacer", "SourceError", "StreamStalled",
-    "frame_duration_s", "iter_video_frames", "open_source", "open_spec", "source_kind",
+    "frame_duration_s", "iter_video_frames", "open_source", "open_spec", "redact_url",
+    "source_kind",
     "stream_frame_count",
 ]

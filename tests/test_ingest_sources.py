@@ -161,7 +161,9 @@ def hls_server(tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.timeout(60)
 def test_hls_over_http_frames_flow(hls_server: str) -> None:
-    cfg = CameraConfig(url=hls_server, reconnect=fast_reconnect(initial_s=5.0, cap_s=5.0))
+    # a VOD playlist is read as fast as it downloads: lossless, so no frame is dropped here
+    cfg = CameraConfig(url=hls_server, queue_policy="lossless",
+                       reconnect=fast_reconnect(initial_s=5.0, cap_s=5.0))
     with IngestRun() as run:
         rec = run.add("hls", cfg)
         run.wait_state("hls", "online", timeout=20)
@@ -251,3 +253,18 @@ def test_stall_watchdog_when_only_audio_keeps_flowing(tmp_path: Path) -> None:
     assert 15 <= len(rec.metas) <= 25
     # video ends ~1 s into the stream; then 1.5 s without a frame (plus the paced reading)
     assert 1.5 < st.ts - online.ts < 6.0
+
+
+def test_passwords_never_reach_reasons() -> None:
+    from rtsp_server import free_port
+
+    from pipeline.sources import redact_url
+
+    assert redact_url("rtsp://admin:s3cret@10.0.0.5:554/1") == "rtsp://admin:***@10.0.0.5:554/1"
+    assert redact_url("rtsp://10.0.0.5/a:b@c") == "rtsp://10.0.0.5/a:b@c"  # no credentials
+    assert redact_url("clip.mp4") == "clip.mp4"
+    url = f"rtsp://admin:s3cret@127.0.0.1:{free_port()}/cam"
+    with pytest.raises(SourceError) as e:
+        open_source(CameraConfig(url=url, reconnect=fast_reconnect()))
+    assert "s3cret" not in str(e.value) and "admin:***@127.0.0.1" in str(e.value)
+    assert e.value.retry
