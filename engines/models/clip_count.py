@@ -352,6 +352,8 @@ class ClipCount(nn.Module):
         out_size = (x.shape[-2], x.shape[-1])
         x = (x - self.mean) / self.std
         if out_size != self.encoder_size:
+            # plain bilinear, no antialiasing: what torchvision's tensor Resize did when the
+            # released model was trained (normalising first is equivalent: both are linear)
             x = F.interpolate(x, size=self.encoder_size, mode="bilinear", align_corners=False)
         tokens = self.img_encoder(x)
         b = tokens.shape[0]
