@@ -59,14 +59,29 @@ def _run_torch(model: Any, tiles: np.ndarray) -> np.ndarray:
     return out.float().cpu().numpy()
 
 
+def _whole_image(model: Any, image: np.ndarray, block: int) -> np.ndarray:
+    """One forward over the whole frame, zero-padded to the model's grid (official ResNet eval)."""
+    spec = getattr(model, "spec", None)
+    if spec is not None and spec.family == "clip_count":
+        raise ValueError("whole-image prediction is for CLIP-EBC; CLIP-Count sees fixed windows")
+    step = int(np.lcm(int(getattr(model, "encoder_stride", block)), block))
+    h, w = image.shape[:2]
+    ph, pw = -(-h // step) * step, -(-w // step) * step
+    x = np.zeros((1, 3, ph, pw), np.float32)
+    x[0, :, :h, :w] = image.transpose(2, 0, 1) / np.float32(255.0)
+    out = _run_torch(model, x)[0, 0]
+    return out[: -(-h // block), : -(-w // block)]
+
+
 def predict(model_or_engine: Any, image: np.ndarray, overlap: float = 0.0, *,
-            batch_size: int | None = None) -> DensityMap:
+            batch_size: int | None = None, whole: bool = False) -> DensityMap:
     """Count ``image`` (H x W x 3 uint8 RGB, any size) with a model or engine.
 
     ``overlap`` is the share of a window shared with its neighbour (0 <= overlap < 1); windows
-    run ``batch_size`` at a time (default: the engine's ``max_batch``, or 8). Returns a
-    ``DensityMap`` whose ``scale`` is the resize factor, so ``cell_pixels`` is in the original
-    image's pixels.
+    run ``batch_size`` at a time (default: the engine's ``max_batch``, or 8). ``whole=True``
+    (torch CLIP-EBC models only) runs the whole frame in one forward instead, as the official
+    ResNet evaluation does. Returns a ``DensityMap`` whose ``scale`` is the resize factor, so
+    ``cell_pixels`` is in the original image's pixels.
     """
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be an H x W x 3 array, got shape {getattr(image, 'shape', None)}")
@@ -80,9 +95,19 @@ def predict(model_or_engine: Any, image: np.ndarray, overlap: float = 0.0, *,
 
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_CUBIC)
     scale = nh / h
+    is_engine = hasattr(model_or_engine, "run") and not hasattr(model_or_engine, "parameters")
+    if whole:
+        if is_engine:
+            raise ValueError("whole-image prediction needs a torch model (engines have a fixed window)")
+        training = bool(model_or_engine.training)
+        model_or_engine.eval()
+        try:
+            merged = _whole_image(model_or_engine, np.ascontiguousarray(image), block)
+        finally:
+            model_or_engine.train(training)
+        return DensityMap(merged, block_size=block, scale=scale)
     layout = TileLayout.plan(nh, nw, window=window, block=block, overlap=overlap)
     tiles = layout.cut(np.ascontiguousarray(image))
-    is_engine = hasattr(model_or_engine, "run") and not hasattr(model_or_engine, "parameters")
     bs = batch_size or (int(getattr(model_or_engine, "max_batch", 8)) if is_engine else 8)
     if bs < 1:
         raise ValueError(f"batch_size must be >= 1, got {bs}")

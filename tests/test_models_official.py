@@ -334,3 +334,19 @@ def test_count_hparams_are_checked() -> None:
         count_spec_from_hparams(spec, {"use_mixed_fim": False}, "x")
     with pytest.raises(OfficialCheckpointError, match="ViT-L-14"):
         count_spec_from_hparams(spec, {"backbone": "l14"}, "x")
+
+
+def test_convert_command_writes_our_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from engines.checkpoint import file_hash
+    from engines.models.official import main
+
+    spec, shapes = tiny_official_ebc("rn")
+    torch.save(random_state(shapes, seed=4), tmp_path / "best_mae_0.pth")
+    (tmp_path / "spec.json").write_text(json.dumps(spec.to_dict()))
+    rc = main(["ebc", str(tmp_path / "best_mae_0.pth"), str(tmp_path / "out.pt"), "--spec", str(tmp_path / "spec.json")])
+    assert rc == 0 and "wrote" in capsys.readouterr().out
+    model, meta = load_checkpoint(tmp_path / "out.pt")
+    assert model.spec == spec
+    assert meta == {"source": "best_mae_0.pth", "source_sha256": file_hash(tmp_path / "best_mae_0.pth")}

@@ -104,3 +104,19 @@ def test_bad_input_is_refused() -> None:
         predict(LocalCounter(), np.zeros((10, 10, 3), np.float32))
     with pytest.raises(TypeError, match="window/block_size"):
         predict(object(), np.zeros((10, 10, 3), np.uint8))
+
+
+def test_whole_image_mode() -> None:
+    image = np.random.default_rng(3).integers(0, 256, size=(100, 150, 3), dtype=np.uint8)
+    local = LocalCounter()
+    local.train()
+    whole = predict(local, image, whole=True)
+    assert local.training
+    np.testing.assert_allclose(whole.map, predict(local, image).map, rtol=1e-5, atol=1e-6)
+    model = create_model(small_spec("ebc-tiny-rn")).eval()
+    dm = predict(model, image, whole=True)  # padded to 112 x 160 (multiples of 16), cropped back
+    assert dm.map.shape == (13, 19) and np.isfinite(dm.count)
+    with pytest.raises(ValueError, match="CLIP-Count"):
+        predict(create_model(small_spec("count-tiny")), image, whole=True)
+    with pytest.raises(ValueError, match="torch model"):
+        predict(NumpyEngine(local, 2), image, whole=True)

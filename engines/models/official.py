@@ -343,8 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-vpt", type=int, default=None)
     p.add_argument("--pretrained", default="openai", help="CLIP weights for count: tag or file")
     p.add_argument("--text-prompt", default="people")
+    p.add_argument("--spec", default=None,
+                   help="a JSON ModelSpec (ModelSpec.to_dict()) to use instead of the presets")
     a = p.parse_args(argv)
-    if a.kind == "ebc":
+    if a.spec:
+        import json
+
+        with open(a.spec, encoding="utf-8") as f:
+            spec = ModelSpec.from_dict(json.load(f))
+        model = load_official_ebc(a.src, spec) if a.kind == "ebc" else load_official_count(a.src, spec)
+    elif a.kind == "ebc":
         spec = official_ebc_spec(a.backbone or "ViT-B-16", a.dataset, a.truncation, a.window, a.num_vpt)
         model = load_official_ebc(a.src, spec)
     else:
