@@ -87,12 +87,26 @@ def proc_info(pid: int) -> dict[str, Any] | None:
     if any("resource_tracker" in a for a in args):
         name = "res-tracker"
     elif any("multiprocessing" in a for a in args):
-        name = "spawn-child"
+        name = "child" + _libs_tag(pid)
     elif any(a.endswith("crowdstream") or a == "run" for a in args):
         name = "supervisor"
     return {"pid": pid, "name": name, "rss_kb": int(f.get("VmRSS", "0 kB").split()[0]),
             "anon_kb": int(f.get("RssAnon", "0 kB").split()[0]),
             "shmem_kb": int(f.get("RssShmem", "0 kB").split()[0])}
+
+
+_LIBS = {"libavcodec": "av", "libtorch": "torch", "onnxruntime": "ort", "cv2": "cv2"}
+
+
+def _libs_tag(pid: int) -> str:
+    """Which heavy libraries a spawned child has loaded, e.g. ``[av]`` for an ingest process:
+    the spawn command line does not say which stage a child runs."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return ""
+    found = [tag for lib, tag in _LIBS.items() if lib in maps]
+    return f"[{','.join(found)}]" if found else "[-]"
 
 
 def shm_usage(prefix: str) -> tuple[int, int]:
@@ -285,13 +299,13 @@ def main() -> int:
         print(f"process set changed after warm-up (restarts?): {sorted(pids_first)} -> "
               f"{sorted(pids_last)}")
         ok = False
-    print(f"{'pid':>8} {'process':12} {'RSS MiB first':>14} {'last':>8} {'min':>8} {'max':>8} "
+    print(f"{'pid':>8} {'process':16} {'RSS MiB first':>14} {'last':>8} {'min':>8} {'max':>8} "
           f"{'spread':>7}  (anon MiB first/last)")
     for pid, ps in sorted(by_pid.items()):
         rss = [p["rss_kb"] / 1024 for p in ps]
         spread = flat(rss)
         ok &= spread <= TOLERANCE
-        print(f"{pid:>8} {ps[0]['name']:12} {rss[0]:14.1f} {rss[-1]:8.1f} {min(rss):8.1f} "
+        print(f"{pid:>8} {ps[0]['name']:16} {rss[0]:14.1f} {rss[-1]:8.1f} {min(rss):8.1f} "
               f"{max(rss):8.1f} {100 * spread:6.2f}%  ({ps[0]['anon_kb'] / 1024:.1f}/"
               f"{ps[-1]['anon_kb'] / 1024:.1f})")
     shm = [s["shm_bytes"] / 2**20 for s in after]
