@@ -457,8 +457,9 @@ class Supervisor:
         # a camera that went offline because we stopped it is not a failure
         bad = [] if self._signal is not None else [c.name for c in self.cams
                                                    if c.state == "offline"]
-        summary = " ".join(f"{k}={v.ring['emitted']}" for k, v in snap.cameras.items())
-        print(f"crowdstream: {self.exit_reason}; results {summary}"
+        summary = ", ".join(f"{k}: {v.ring['emitted']} counted, {v.ring['drops']} dropped, "
+                            f"{v.ring['lost']} lost" for k, v in snap.cameras.items())
+        print(f"crowdstream: {self.exit_reason}; {summary}"
               + (f"; offline: {', '.join(bad)}" if bad else ""), file=self.status_stream,
               flush=True)
         return 1 if bad else 0
