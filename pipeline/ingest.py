@@ -120,6 +120,9 @@ class Ingest:
     def run(self) -> None:
         """Run until the source finishes, goes offline, or ``stop`` is set."""
         cfg, rc = self.cfg, self.cfg.reconnect
+        if not cfg.enabled:
+            self._give_up("disabled in the config (enabled: false)")
+            return
         self.set_state("starting", f"opening {self.shown_url}")
         failures = 0  # consecutive failures since the camera was last online
         try:
@@ -286,8 +289,13 @@ def run_ingest(camera: str, cfg: CameraConfig, ring: FrameRing | FrameRingHandle
     """Process entry point: ingest one camera into ``ring`` until it ends or ``stop`` is set.
 
     ``ring`` is the camera's :class:`FrameRing`, or its ``handle()`` when this runs in a spawned
-    process (the child attaches and detaches). Emits a :class:`CameraStatus` on ``events`` for every state change, and ends the ring with
-    ``ring.put_end(reason)`` when no more frames will come.
+    process (the child attaches and detaches). Emits a :class:`CameraStatus` on ``events`` for
+    every state change, and ends the ring with ``ring.put_end(reason)`` when no more frames
+    will come.
+
+    ``stop`` is checked between frames, during backoff waits and while a lossless put waits for
+    a slot; a read that hangs inside FFmpeg returns at the latest after
+    ``reconnect.stall_timeout_s`` (``open_timeout_s`` while connecting).
 
     Example::
 

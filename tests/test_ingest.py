@@ -199,3 +199,14 @@ def _faststart(src: Path, dst: Path) -> Path:
             p.stream = s
             o.mux(p)
     return dst
+
+
+def test_disabled_camera_reports_offline_without_opening(tmp_path: Path) -> None:
+    with IngestRun() as run:
+        rec = run.add("off", CameraConfig(url=str(tmp_path / "never_opened.mp4"), enabled=False))
+        st = run.wait_state("off", "offline", timeout=15)
+        assert run.join("off", 5) == 0
+        time.sleep(0.2)
+    assert st.reason == "disabled in the config (enabled: false)"
+    assert [s for s, _ in run.states("off")] == ["offline"]
+    assert rec.end is not None and not rec.metas
