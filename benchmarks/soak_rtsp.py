@@ -236,14 +236,15 @@ def main() -> int:
     warmup = a.warmup if a.warmup is not None else max(30.0, 0.1 * a.duration)
 
     tmp = Path(tempfile.mkdtemp(prefix="cs_soak_"))
-    served = tmp / "srv" / "cam.mp4"
     if a.clip:
-        served.parent.mkdir(parents=True)
-        served.symlink_to(Path(a.clip).resolve())  # served in place, never copied
+        served = Path(a.clip).resolve()  # its folder is served in place, nothing is copied
+        if not served.is_file():
+            print(f"clip not found: {a.clip}", file=sys.stderr)
+            return 2
     else:
-        make_clip(served, frames=250, width=640, height=480, fps=25)
+        served = make_clip(tmp / "srv" / "cam.mp4", frames=250, width=640, height=480, fps=25)
     server = RtspServer(served.parent, log_path=None).start()
-    url = server.url("cam.mp4")
+    url = server.url(served.name)
     print(f"soak: mode={a.mode} duration={a.duration:.0f}s warmup={warmup:.0f}s url={url} "
           f"fps={a.fps} machine={platform.node()} {os.cpu_count()} CPUs")
 
