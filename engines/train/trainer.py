@@ -1,0 +1,433 @@
+"""The CLIP-EBC training loop: data, DACE loss, schedule, checkpoints, resume, metrics.
+
+One run writes to ``out_dir``:
+
+- ``state.pt``: everything to resume (weights, optimiser, scaler, epoch, best scores, history,
+  torch RNG); written at the end of every epoch.
+- ``last.pt`` / ``best.pt``: model checkpoints (``engines.checkpoint`` format, spec with the
+  measured bins/anchors + weights + training metadata); ``best.pt`` has the lowest validation MAE.
+- ``metrics.csv``: one row per epoch (lr, loss parts, train MAE, validation MAE/RMSE, seconds).
+
+Randomness is keyed, not streamed: the sample order of epoch ``e`` comes from ``(seed, e)`` and
+the augmentation of sample ``i`` from ``(seed, e, i)``, so a resumed run sees exactly the batches
+an uninterrupted run would, and the optimiser and RNG states saved per epoch make the weights
+identical.
+
+Example::
+
+    cfg = load_train_config("configs/train_mall_demo.yaml")
+    summary = Trainer(cfg).fit()                  # or .fit(resume="runs/x/state.pt")
+    print(summary["best_val_mae"])
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engines.train.config import OptimConfig, TrainConfig
+from engines.train.datasets import Sample, holdout_split, load_dataset
+from engines.train.evaluate import evaluate
+from engines.train.labels import bin_index, block_counts, fine_bins, measure_anchors
+from engines.train.loss import DACELoss
+from engines.train.transforms import augment, resize_for_training, to_tensor_layout
+from pipeline.log import get_logger
+
+log = get_logger("train")
+
+STATE_FORMAT = "crowdstream-train-state"
+
+
+def lr_at(epoch: float, o: OptimConfig) -> float:
+    """Learning rate at a (fractional) epoch: linear warm-up, then cosine with warm restarts."""
+    if epoch < o.warmup_epochs:
+        return o.warmup_lr + (o.lr - o.warmup_lr) * epoch / o.warmup_epochs
+    t, period = epoch - o.warmup_epochs, o.t0
+    while t >= period:  # find the position inside the current restart cycle
+        t -= period
+        period *= o.t_mult
+    return o.eta_min + (o.lr - o.eta_min) * (1.0 + math.cos(math.pi * t / period)) / 2.0
+
+
+def epoch_order(n_items: int, n_views: int, seed: int, epoch: int) -> np.ndarray:
+    """The view order of one epoch: ``n_views`` item indices, whole permutations first."""
+    rng = np.random.default_rng([seed, epoch])
+    reps = -(-n_views // n_items)
+    return np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:n_views]
+
+
+def orthogonal_text_features(model: nn.Module, seed: int) -> None:
+    """Replace the model's per-bin text features by orthonormal vectors (random-init training).
+
+    Without pretrained CLIP weights the prompts carry no meaning, and a random text tower makes
+    their features nearly parallel; orthonormal class embeddings let the logit scale separate
+    the bins from the first step. They live in the ``text_features`` buffer, so the checkpoint
+    carries them.
+    """
+    feats = model.text_features
+    k, d = feats.shape
+    if k > d:
+        raise ValueError(f"{k} bins need an embedding of at least {k} dims, got {d}")
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
+    with torch.no_grad():
+        feats.copy_(q.T.to(feats.dtype))
+
+
+@dataclass
+class Prepared:
+    """A sample after the resize rule: pixels (when cached) and points in those pixels."""
+
+    sample: Sample
+    points: np.ndarray
+    image: np.ndarray | None
+    scale: tuple[float, float]
+
+    def rgb(self, cfg: TrainConfig) -> np.ndarray:
+        if self.image is not None:
+            return self.image
+        img, _ = _resize(self.sample.load_rgb(), self.sample.points, cfg)
+        return img
+
+
+def _resize(img: np.ndarray, pts: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    r = cfg.data.resize
+    return resize_for_training(img, pts, min_side=r.min_side, max_side=r.max_side,
+                               multiple=r.multiple)
+
+
+def prepare(samples: Sequence[Sample], cfg: TrainConfig) -> list[Prepared]:
+    """Apply the resize rule once (and keep the pixels when ``data.cache``)."""
+    out = []
+    for s in samples:
+        img = s.load_rgb()
+        rimg, pts = _resize(img, s.points, cfg)
+        scale = (rimg.shape[1] / img.shape[1], rimg.shape[0] / img.shape[0])
+        out.append(Prepared(s, pts, rimg if cfg.data.cache else None, scale))
+    return out
+
+
+class Progress:
+    """A one-line progress bar on stderr (plain log lines when stderr is not a terminal)."""
+
+    def __init__(self, total_epochs: int, steps: int, every_s: float = 1.0) -> None:
+        self.total_epochs, self.steps, self.every_s = total_epochs, steps, every_s
+        self.tty = sys.stderr.isatty()
+        if not self.tty:  # log lines, not a redrawn bar: fewer of them
+            self.every_s = max(every_s, 20.0)
+        self.last = 0.0
+        self.epoch_start = time.monotonic()
+        self.epoch_secs: list[float] = []
+
+    def start_epoch(self) -> None:
+        self.epoch_start = time.monotonic()
+
+    def update(self, epoch: int, step: int, loss: float, mae: float, lr: float) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s and step < self.steps:
+            return
+        self.last = now
+        done = now - self.epoch_start
+        per_step = done / max(step, 1)
+        eta_epoch = per_step * (self.steps - step)
+        per_epoch = float(np.mean(self.epoch_secs)) if self.epoch_secs else per_step * self.steps
+        eta_all = eta_epoch + per_epoch * (self.total_epochs - epoch)
+        bar = "#" * int(20 * step / self.steps)
+        line = (f"epoch {epoch}/{self.total_epochs} [{bar:<20}] {step}/{self.steps} "
+                f"loss {loss:.3f} mae {mae:.2f} lr {lr:.2e} eta {_hms(eta_epoch)} "
+                f"total {_hms(eta_all)}")
+        if self.tty:
+            sys.stderr.write("\r" + line + "\033[K")
+            if step >= self.steps:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        else:
+            log.info("progress", line=line)
+
+    def end_epoch(self) -> None:
+        self.epoch_secs.append(time.monotonic() - self.epoch_start)
+
+
+def _hms(s: float) -> str:
+    s = int(max(s, 0))
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class Trainer:
+    """Train a CLIP-EBC model as ``cfg`` describes; see the module docstring for outputs."""
+
+    def __init__(self, cfg: TrainConfig, *, quiet: bool = False) -> None:
+        self.cfg = cfg
+        self.quiet = quiet
+        self.out = Path(cfg.out_dir)
+        self.device = torch.device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.amp = bool(cfg.optim.amp and self.device.type == "cuda")
+
+    # -- data ------------------------------------------------------------------------------
+
+    def load_data(self) -> tuple[list[Sample], list[Sample]]:
+        d = self.cfg.data
+        train = load_dataset(d.train.root, d.train.format, split=d.train.split,
+                             select=d.train.select)
+        if d.val is not None:
+            val = load_dataset(d.val.root, d.val.format, split=d.val.split, select=d.val.select)
+        elif d.holdout:
+            train, val = holdout_split(train, d.holdout, seed=self.cfg.seed)
+        else:
+            val = []
+        return train, val
+
+    # -- model -----------------------------------------------------------------------------
+
+    def build_model(self, train: Sequence[Prepared]) -> nn.Module:
+        """The spec from config, bins from ``truncation``, anchors measured on ``train``."""
+        from engines.checkpoint import load_checkpoint
+        from engines.models import ModelSpec, create_model, small_spec
+
+        m = self.cfg.model
+        bins = fine_bins(m.truncation)
+        block = int(m.spec.get("block_size", 8))
+        if m.anchors is not None:
+            anchors = list(m.anchors)
+            if len(anchors) != len(bins):
+                raise ValueError(f"model.anchors has {len(anchors)} values for {len(bins)} bins")
+        else:
+            maps = [block_counts(p.points, p.rgb(self.cfg).shape[:2], block) for p in train]
+            anchors = measure_anchors(maps, bins)
+        torch.manual_seed(self.cfg.seed)  # the random init (and text tower) follow the seed
+        if m.init:  # fine-tune: the checkpoint's own spec, bins and anchors are kept
+            model, _ = load_checkpoint(m.init)
+            return model
+        try:
+            if m.base:
+                spec = small_spec(m.base).replace(**m.spec)
+            else:
+                base = {"family": "clip_ebc", "block_size": 8, "bins": bins,
+                        "anchors": [lo for lo, _ in bins]}
+                spec = ModelSpec.from_dict({**base, **m.spec})
+            spec = spec.with_bins(bins, anchors).replace(truncation=m.truncation,
+                                                          dataset=self._dataset_name())
+        except TypeError as e:  # dataclasses.replace with an unknown field
+            raise ValueError(f"model.spec: {e}") from None
+        model = create_model(spec)
+        if m.text_features == "orthogonal" or (m.text_features == "auto"
+                                               and not spec.pretrained):
+            orthogonal_text_features(model, self.cfg.seed)
+        return model
+
+    def _dataset_name(self) -> str:
+        return Path(self.cfg.data.train.root).name
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def fit(self, resume: str | Path | None = None) -> dict[str, Any]:
+        """Train until ``optim.epochs`` (or the time limit); returns a summary dict."""
+        cfg, o = self.cfg, self.cfg.optim
+        t_start = time.monotonic()
+        self.out.mkdir(parents=True, exist_ok=True)
+        train_s, val_s = self.load_data()
+        log.info("data", train=len(train_s), val=len(val_s), root=cfg.data.train.root)
+        train = prepare(train_s, cfg)
+        val = prepare(val_s, cfg)
+        state: dict[str, Any] | None = None
+        if resume:
+            state = self._read_state(resume)
+            from engines.models import build_empty
+            from engines.models.spec import ModelSpec
+
+            model = build_empty(ModelSpec.from_dict(state["spec"]))
+            model.load_state_dict(state["model"], strict=True)
+        else:
+            model = self.build_model(train)
+        model.to(self.device).train()
+        spec = model.spec
+        bins = [tuple(b) for b in spec.bins]
+        block = int(model.block_size)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt_cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+        optimizer = opt_cls(params, lr=o.lr, weight_decay=o.weight_decay)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        loss_fn = DACELoss(cfg.loss)
+        history: list[dict[str, Any]] = []
+        best = {"val_mae": math.inf, "val_rmse": math.inf, "epoch": 0}
+        start_epoch = 1
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            history, best = list(state["history"]), dict(state["best"])
+            start_epoch = int(state["epoch"]) + 1
+            torch.set_rng_state(state["torch_rng"])
+            if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            log.info("resume", epoch=start_epoch - 1, best_mae=best["val_mae"])
+        log.info("model", spec=spec.backbone_name, window=list(spec.window), bins=len(bins),
+                 anchors=[round(a, 4) for a in spec.anchors],
+                 params=sum(p.numel() for p in params))
+
+        n_views = o.views_per_epoch or len(train) * o.crops_per_image
+        steps = max(1, n_views // o.batch_size)  # drop the ragged last batch (BN stability)
+        progress = Progress(o.epochs, steps)
+        for epoch in range(start_epoch, o.epochs + 1):
+            progress.start_epoch()
+            t0 = time.monotonic()
+            order = epoch_order(len(train) * o.crops_per_image, n_views, cfg.seed, epoch)
+            sums = {"loss": 0.0, "ce": 0.0, "ot": 0.0, "tv": 0.0, "l1": 0.0, "mae": 0.0}
+            lr = o.lr
+            for step in range(steps):
+                lr = lr_at(epoch - 1 + step / steps, o)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                pos = range(step * o.batch_size, (step + 1) * o.batch_size)
+                x, classes, counts, pts = self._batch(train, order, pos, epoch, bins, block)
+                with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+                    logits, density = model.forward_train(x)
+                loss, parts = loss_fn(logits, density, classes, counts, pts, block)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if o.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(params, o.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                with torch.no_grad():
+                    mae = float((density.float().flatten(1).sum(1)
+                                 - counts.flatten(1).sum(1)).abs().mean())
+                for k, v in parts.items():
+                    sums[k] += v
+                sums["mae"] += mae
+                if not self.quiet:
+                    progress.update(epoch, step + 1, sums["loss"] / (step + 1),
+                                    sums["mae"] / (step + 1), lr)
+            progress.end_epoch()
+            row: dict[str, Any] = {"epoch": epoch, "lr": lr}
+            row.update({k: v / steps for k, v in sums.items()})
+            row["train_mae"] = row.pop("mae")
+            row["val_mae"] = row["val_rmse"] = ""
+            e = cfg.eval
+            if val and epoch >= e.start and (epoch - e.start) % e.every == 0 or (
+                    val and epoch == o.epochs):
+                res = evaluate(model, [p.sample for p in val], overlap=e.overlap,
+                               images=[p.rgb(cfg) for p in val])
+                row["val_mae"], row["val_rmse"] = res.mae, res.rmse
+            row["seconds"] = time.monotonic() - t0
+            history.append(row)
+            meta = self._metadata(epoch, row, train_s, val_s)
+            from engines.checkpoint import save_checkpoint
+
+            improved = row["val_mae"] != "" and row["val_mae"] < best["val_mae"]
+            if improved:
+                best = {"val_mae": row["val_mae"], "val_rmse": row["val_rmse"], "epoch": epoch}
+                save_checkpoint(self.out / "best.pt", model, {**meta, "best": True})
+            elif not val and epoch == o.epochs:
+                save_checkpoint(self.out / "best.pt", model, meta)
+            save_checkpoint(self.out / "last.pt", model, meta)
+            if cfg.keep_every:
+                save_checkpoint(self.out / f"epoch_{epoch:03d}.pt", model, meta)
+            self._write_state(model, optimizer, scaler, epoch, best, history)
+            self._write_csv(history)
+            log.info("epoch", epoch=epoch, loss=round(row["loss"], 4),
+                     train_mae=round(row["train_mae"], 3),
+                     val_mae=_r(row["val_mae"]), val_rmse=_r(row["val_rmse"]),
+                     best_mae=_r(best["val_mae"]), seconds=round(row["seconds"], 1))
+            elapsed_min = (time.monotonic() - t_start) / 60
+            per_epoch_min = float(np.mean([h["seconds"] for h in history[-3:]])) / 60
+            if cfg.time_limit_min and elapsed_min + per_epoch_min > cfg.time_limit_min:
+                log.info("time limit", elapsed_min=round(elapsed_min, 1), epoch=epoch)
+                break
+        return {"epochs": history[-1]["epoch"] if history else 0, "best_val_mae": best["val_mae"],
+                "best_val_rmse": best["val_rmse"], "best_epoch": best["epoch"],
+                "out_dir": str(self.out), "history": history}
+
+    def _batch(self, train: Sequence[Prepared], order: np.ndarray, positions: Sequence[int],
+               epoch: int, bins: Sequence[tuple[float, float | None]], block: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        imgs, cls_maps, cnt_maps, pts = [], [], [], []
+        for i in positions:
+            p = train[int(order[i]) % len(train)]
+            # the view's augmentation is keyed by its place in the epoch: replayable on resume
+            rng = np.random.default_rng([self.cfg.seed, epoch, int(i)])
+            img, pt = augment(p.rgb(self.cfg), p.points, self.cfg.augment, rng)
+            counts = block_counts(pt, img.shape[:2], block)
+            imgs.append(to_tensor_layout(img))
+            cnt_maps.append(counts.astype(np.float32))
+            cls_maps.append(bin_index(counts, bins))
+            pts.append(torch.from_numpy(np.ascontiguousarray(pt, dtype=np.float32)))
+        x = torch.from_numpy(np.stack(imgs)).to(self.device)
+        classes = torch.from_numpy(np.stack(cls_maps)).long().to(self.device)
+        counts_t = torch.from_numpy(np.stack(cnt_maps)).to(self.device)
+        return x, classes, counts_t, pts
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _metadata(self, epoch: int, row: dict[str, Any], train: Sequence[Sample],
+                  val: Sequence[Sample]) -> dict[str, Any]:
+        d = self.cfg.data
+        return {"trainer": "crowdstream.engines.train", "epoch": epoch,
+                "val_mae": row["val_mae"], "val_rmse": row["val_rmse"],
+                "train_mae": row["train_mae"], "train_images": len(train),
+                "val_images": len(val), "dataset": {"root": d.train.root,
+                                                    "format": d.train.format,
+                                                    "select": d.train.select,
+                                                    "val_select": d.val.select if d.val else None},
+                "config": _plain(dataclasses.asdict(self.cfg))}
+
+    def _write_state(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, epoch: int, best: dict[str, Any],
+                     history: list[dict[str, Any]]) -> None:
+        state = {"format": STATE_FORMAT, "epoch": epoch, "spec": model.spec.to_dict(),
+                 "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                 "best": best, "history": history, "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        tmp = self.out / "state.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.out / "state.pt")
+
+    @staticmethod
+    def _read_state(path: str | Path) -> dict[str, Any]:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "state.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"resume state not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path}: not a training state written by crowdstream train "
+                             "(expected out_dir/state.pt)")
+        return state
+
+    def _write_csv(self, history: list[dict[str, Any]]) -> None:
+        cols = ["epoch", "lr", "loss", "ce", "ot", "tv", "l1", "train_mae", "val_mae",
+                "val_rmse", "seconds"]
+        with (self.out / "metrics.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            for row in history:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v)
+                            for k, v in row.items()})
+
+
+def _r(v: Any) -> Any:
+    return round(v, 3) if isinstance(v, float) and math.isfinite(v) else v
+
+
+def _plain(obj: Any) -> Any:
+    """Config as JSON-able data (tuples -> lists) for the checkpoint metadata."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

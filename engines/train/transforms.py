@@ -1,0 +1,129 @@
+"""CLIP-EBC style preprocessing and augmentation of (image, head points) pairs.
+
+- ``resize_for_training``: keep the aspect ratio so the short side is at least ``min_side`` and the
+  long side at most ``max_side``, then round both sides to ``multiple`` (points scaled alike).
+- ``augment``: a random crop of ``crop * s`` pixels with ``s ~ U[1, zoom_max]`` resized back to
+  ``crop`` (zoom-out: heads shrink, blocks get denser), horizontal flip, colour jitter, Gaussian
+  blur and salt-and-pepper noise, each with its own probability. All randomness comes from the
+  ``numpy.random.Generator`` passed in, so a (seed, epoch, index) triple replays exactly.
+
+Example::
+
+    img, pts = resize_for_training(rgb, points, min_side=448, max_side=2048, multiple=32)
+    crop, cpts = augment(img, pts, AugmentConfig(crop=(448, 448)), np.random.default_rng(0))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation; probabilities are per sample."""
+
+    crop: tuple[int, int] = (448, 448)  # (h, w) of the network input during training
+    zoom_max: float = 2.0  # crop s*crop pixels, s ~ U[1, zoom_max], then resize to crop
+    hflip: float = 0.5
+    jitter_p: float = 0.2
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+    blur_p: float = 0.2
+    noise_p: float = 0.5  # salt-and-pepper (1e-3 of the pixels each)
+    noise_amount: float = 1e-3
+
+
+def resize_for_training(image: np.ndarray, points: np.ndarray, *, min_side: int | None = None,
+                        max_side: int | None = None, multiple: int = 8
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Resize keeping the aspect ratio within [min_side, max_side], sides rounded to ``multiple``."""
+    h, w = image.shape[:2]
+    scale = 1.0
+    if min_side and min(h, w) * scale < min_side:
+        scale = min_side / min(h, w)
+    if max_side and max(h, w) * scale > max_side:
+        scale = max_side / max(h, w)
+    nh = max(multiple, int(round(h * scale / multiple)) * multiple)
+    nw = max(multiple, int(round(w * scale / multiple)) * multiple)
+    if (nh, nw) == (h, w):
+        return image, points
+    out = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_CUBIC)
+    pts = points.astype(np.float32) * np.array([nw / w, nh / h], dtype=np.float32)
+    return out, pts
+
+
+def augment(image: np.ndarray, points: np.ndarray, cfg: AugmentConfig,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One random training view: uint8 HxWx3 ``crop``-sized image and its points."""
+    ch, cw = cfg.crop
+    h, w = image.shape[:2]
+    s = float(rng.uniform(1.0, cfg.zoom_max)) if cfg.zoom_max > 1.0 else 1.0
+    # the zoomed window, limited to the image (then resized to exactly crop)
+    wh, ww = min(h, int(round(ch * s))), min(w, int(round(cw * s)))
+    if h < ch or w < cw:  # small image: pad to the crop so the window always exists
+        image = _pad_to(image, max(h, ch), max(w, cw))
+        h, w = image.shape[:2]
+        wh, ww = max(wh, ch), max(ww, cw)
+    y0 = int(rng.integers(0, h - wh + 1))
+    x0 = int(rng.integers(0, w - ww + 1))
+    view = image[y0:y0 + wh, x0:x0 + ww]
+    pts = points.astype(np.float32) - np.array([x0, y0], dtype=np.float32)
+    keep = (pts[:, 0] >= 0) & (pts[:, 0] < ww) & (pts[:, 1] >= 0) & (pts[:, 1] < wh)
+    pts = pts[keep]
+    if (wh, ww) != (ch, cw):
+        view = cv2.resize(view, (cw, ch), interpolation=cv2.INTER_CUBIC)
+        pts = pts * np.array([cw / ww, ch / wh], dtype=np.float32)
+    else:
+        view = view.copy()
+    if rng.random() < cfg.hflip:
+        view = view[:, ::-1].copy()
+        pts = pts.copy()
+        pts[:, 0] = cw - pts[:, 0]
+        pts[:, 0] = np.clip(pts[:, 0], 0, cw - 1e-3)
+    if rng.random() < cfg.jitter_p:
+        view = _colour_jitter(view, cfg, rng)
+    if rng.random() < cfg.blur_p:
+        sigma = float(rng.uniform(0.1, 5.0))
+        view = cv2.GaussianBlur(view, (5, 5), sigma)
+    if rng.random() < cfg.noise_p and cfg.noise_amount > 0:
+        view = _salt_pepper(view, cfg.noise_amount, rng)
+    return view, pts
+
+
+def to_tensor_layout(image: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 RGB -> 3xHxW float32 in [0, 1] (the model normalises inside)."""
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+
+
+def _pad_to(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    out = np.zeros((h, w, 3), dtype=image.dtype)
+    out[: image.shape[0], : image.shape[1]] = image
+    return out
+
+
+def _colour_jitter(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    x = img.astype(np.float32)
+    b = 1.0 + float(rng.uniform(-cfg.brightness, cfg.brightness))
+    c = 1.0 + float(rng.uniform(-cfg.contrast, cfg.contrast))
+    s = 1.0 + float(rng.uniform(-cfg.saturation, cfg.saturation))
+    x *= b
+    grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    x = (x - grey.mean()) * c + grey.mean()
+    grey = (x @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+    x = (x - grey) * s + grey
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def _salt_pepper(img: np.ndarray, amount: float, rng: np.random.Generator) -> np.ndarray:
+    h, w = img.shape[:2]
+    n = int(amount * h * w)
+    if n == 0:
+        return img
+    out = img.copy()
+    out[rng.integers(0, h, n), rng.integers(0, w, n)] = 255
+    out[rng.integers(0, h, n), rng.integers(0, w, n)] = 0
+    return out
