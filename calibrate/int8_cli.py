@@ -72,6 +72,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _print_report(r: dict) -> None:
     speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "n/a"
+    if r.get("speedup_cpu"):
+        speed += f" wall, {r['speedup_cpu']:.2f}x CPU time"
     print(f"held-back frames: {r['frames']}  count deviation INT8 vs FP32: "
           f"MAE {r['mae']:.3f}  max {r['max']:.3f}  relative {r['relative_deviation']:.3%} "
           f"(bound {r['bound']:.2%})  speedup {speed} "

@@ -62,7 +62,7 @@ def test_int8_engine_builds_and_reports_deviation(frames: list, tmp_path: Path) 
     assert result.engine_path is not None and result.engine_path.is_file()
     assert r["frames"] == 2 and len(r["per_frame"]) == 2 and r["calibration_tiles"] == 8
     assert 0.0 < r["relative_deviation"] <= 0.5  # quantisation changes counts, a little
-    assert r["mae"] > 0 and r["max"] >= r["mae"] and r["speedup"] > 0
+    assert r["mae"] > 0 and r["max"] >= r["mae"] and r["speedup"] > 0 and r["speedup_cpu"] > 0
     assert json.loads(result.report_path.read_text())["engine_written"] is True
     # The INT8 model is QDQ with only MatMul/Gemm/Conv quantised.
     import onnx
@@ -101,3 +101,28 @@ def test_bad_options_are_refused() -> None:
         Int8Options(holdout=1.0)
     with pytest.raises(ValueError, match="frames must be >= 2"):
         Int8Options(frames=1)
+
+
+def test_cli_calibrate_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not DEMO_CLIP.is_file():
+        pytest.skip(f"demo clip {DEMO_CLIP} is not in this checkout")
+    from pipeline.cli import main as cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"""
+run_dir: {tmp_path / 'run'}
+model: {{random_init: ebc-tiny-rn, batch: 4}}
+cameras:
+  mall: {{url: {DEMO_CLIP}}}
+""")
+    args = ["calibrate", "int8", str(config), "--frames", "4", "--holdout", "0.5",
+            "--max-calibration-tiles", "4", "--threads", "1"]
+    assert cli([*args, "--max-deviation", "0"]) == 1
+    out = capsys.readouterr()
+    assert "count deviation INT8 vs FP32" in out.out and "exceeds the bound" in out.err
+    assert cli([*args, "--max-deviation", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "INT8 engine:" in out and "speedup" in out
+    # no model.cache_dir: the engine cache is <run_dir>/engines, as the config documents
+    assert list((tmp_path / "run" / "engines").glob("*int8*.onnx"))
+    assert cli(["calibrate", "int8", str(config), "--holdout", "1.5"]) == 2
