@@ -55,6 +55,14 @@ def time_engine(engine: Engine, *, batch: int, iters: int, warmup: int = 1,
             "batch_cpu_s": med_cpu, "tiles_per_cpu_s": batch / med_cpu if med_cpu > 0 else None}
 
 
+def tiles_per_frame(engine: Engine, height: int, width: int, overlap: float = 0.0) -> int:
+    """How many windows the pipeline cuts from one ``height x width`` frame for ``engine``."""
+    from engines.tiling import TileLayout
+
+    return TileLayout.plan(height, width, window=engine.window, block=engine.block_size,
+                           overlap=overlap).count
+
+
 def machine() -> str:
     """One line naming the CPU, core count and load, for results tables."""
     cpu = platform.processor() or platform.machine()
@@ -125,6 +133,8 @@ def bench_source(source: str | None, *, label: str, combos: list[tuple[str, str]
                 engines[(backend, precision)] = engine
                 row["window"] = "x".join(str(v) for v in engine.window)
                 row.update(time_engine(engine, batch=batch, iters=iters, warmup=warmup))
+                row["tiles_per_1080p"] = tiles_per_frame(engine, 1080, 1920)
+                row["frames_per_s_1080p"] = row["tiles_per_s"] / row["tiles_per_1080p"]
                 log.info("bench_row", model=label, backend=backend, precision=precision,
                          tiles_per_s=round(row["tiles_per_s"], 2))
             except EngineError as e:
@@ -155,20 +165,21 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table of the rows (ratios side by side)."""
     head = ("| model | backend | precision | window | batch | s/batch wall (median) | tiles/s "
-            "wall | tiles per CPU-s | × torch fp32 (wall / CPU) | × ORT fp32 (wall / CPU) "
-            "| count deviation (held-back frames) |")
-    lines = [head, "|" + "---|" * 11]
+            "wall | tiles per CPU-s | 1080p frames/s wall | × torch fp32 (wall / CPU) "
+            "| × ORT fp32 (wall / CPU) | count deviation (held-back frames) |")
+    lines = [head, "|" + "---|" * 12]
     nan = float("nan")
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['backend']} | {r['precision']} | | {r['batch']} "
-                         f"| not run: {r['error'][:120]} | | | | | |")
+                         f"| not run: {r['error'][:120]} | | | | | | |")
             continue
         dev = (f"{r['count_deviation']:.2%} rel, MAE {r['count_mae']:.2f} "
                f"({r['deviation_frames']} frames)" if "count_deviation" in r else "")
         lines.append(
             f"| {r['model']} | {r['backend']} | {r['precision']} | {r['window']} | {r['batch']} "
             f"| {r['batch_s']:.3f} | {r['tiles_per_s']:.2f} | {r.get('tiles_per_cpu_s') or nan:.2f} "
+            f"| {r['frames_per_s_1080p']:.3f} ({r['tiles_per_1080p']} tiles) "
             f"| {r.get('vs_torch_fp32', nan):.2f} / {r.get('vs_torch_fp32_cpu', nan):.2f} "
             f"| {r.get('vs_onnx_fp32', nan):.2f} / {r.get('vs_onnx_fp32_cpu', nan):.2f} | {dev} |")
     return "\n".join(lines)

@@ -149,3 +149,11 @@ def test_clip_count_prompt_is_baked_in_one_engine_per_prompt(tmp_path: Path) -> 
     assert relative_l2(cars.run(x), people.run(x)) > 1e-3  # the prompt changes the output
     with pytest.raises(EngineError, match="prompt 'red cars on the road' built in"):
         load_engine(cars.description["engine_file"], text_prompt="people")
+
+
+def test_cuda_graph_batch_sizes() -> None:
+    from engines.backends.torch_backend import graph_batch_sizes
+
+    assert graph_batch_sizes(8) == [1, 2, 4, 8]
+    assert graph_batch_sizes(6) == [1, 2, 4, 6]
+    assert graph_batch_sizes(1) == [1]

@@ -28,7 +28,7 @@ def test_bench_rows_and_ratios() -> None:
     assert "error" in trt_row and "tiles_per_s" not in trt_row  # no GPU / TensorRT here
     table = format_table(rows)
     assert "| tiny | onnx | fp32 | 224x224 | 2 |" in table and "not run" in table
-    assert ort_row["tiles_per_cpu_s"] > 0
+    assert ort_row["tiles_per_cpu_s"] > 0 and ort_row["tiles_per_1080p"] == 45  # 5 x 9 at 224
 
 
 def test_cli_bench_writes_json(tmp_path: Path) -> None:
