@@ -193,6 +193,7 @@ def cache_key(source_hash: str, *, backend: str, precision: str, window: tuple[i
 
 def engine_name(source: str | None, random_init: str | None, backend: str, precision: str,
                 key: str) -> str:
+    """File name of a cached engine: ``<checkpoint stem>-<backend>-<precision>-<key>.<ext>``."""
     stem = Path(source).stem if source else f"random-{random_init}"
     ext = "onnx" if backend == "onnx" else "plan"
     return f"{stem}-{backend}-{precision}-{key}.{ext}"
