@@ -7,6 +7,8 @@ rounds are fairer than one long run of each):
                 ``frame.to_ndarray(format='bgr24')``; nothing else.
 * ``raw+copy`` -- the same plus one copy of each frame into a fixed buffer: what any ingest
                 that hands frames on through ``FrameRing.put`` cannot go below.
+* ``sws->slots`` (``--direct``) -- decode + libswscale writing straight into rotating
+                shared-memory slots: the cost of ingest with a write-in-place ring API.
 * ``ingest`` -- the real thing: ``run_ingest`` in a spawned process writing every frame into a
                 ``lossless`` shared-memory ``FrameRing`` that this process reads and releases.
 
@@ -31,6 +33,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -76,6 +79,102 @@ def raw_decode(path: str, frames: int, copy_out: bool = False) -> tuple[float, f
                     break
     return (frames - 1) / (time.perf_counter() - t0), \
         1000 * (time.process_time() - c0) / (frames - 1)
+
+
+class DirectSws:
+    """libswscale (PyAV's own copy, through ctypes) converting yuv420p frames to BGR24 straight
+    into a caller's buffer -- what PyAV's ``reformat`` cannot do (it always allocates its output).
+
+    Same algorithm and flags as ``to_ndarray(format="bgr24")`` (bilinear, automatic threads);
+    the output is checked to be byte-identical before it is timed.
+    """
+
+    def __init__(self, width: int, height: int) -> None:
+        import ctypes
+        import glob
+
+        import av
+
+        libs = Path(av.__file__).resolve().parent.parent / "av.libs"
+        util = ctypes.CDLL(glob.glob(str(libs / "libavutil-*.so*"))[0])
+        self._sws = ctypes.CDLL(glob.glob(str(libs / "libswscale-*.so*"))[0])
+        util.av_get_pix_fmt.restype = ctypes.c_int
+        util.av_get_pix_fmt.argtypes = [ctypes.c_char_p]
+        util.av_opt_set_int.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int64,
+                                        ctypes.c_int]
+        self._sws.sws_alloc_context.restype = ctypes.c_void_p
+        self._sws.sws_init_context.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        ptrs, ints = ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int)
+        self._sws.sws_scale.argtypes = [ctypes.c_void_p, ptrs, ints, ctypes.c_int, ctypes.c_int,
+                                        ptrs, ints]
+        self._ctx = self._sws.sws_alloc_context()
+        opts = {"srcw": width, "srch": height, "src_format": util.av_get_pix_fmt(b"yuv420p"),
+                "dstw": width, "dsth": height, "dst_format": util.av_get_pix_fmt(b"bgr24"),
+                "sws_flags": 2, "threads": 0}  # 2 = SWS_BILINEAR, PyAV's default
+        for k, v in opts.items():
+            if util.av_opt_set_int(self._ctx, k.encode(), v, 0) < 0:
+                raise RuntimeError(f"libswscale rejected option {k}={v}")
+        if self._sws.sws_init_context(self._ctx, None, None) < 0:
+            raise RuntimeError("libswscale: sws_init_context failed")
+        self._c = ctypes
+        self.h, self.w = height, width
+
+    def __call__(self, frame: Any, out: Any) -> None:
+        c = self._c
+        planes = frame.planes[:3]
+        src = (c.c_void_p * 4)(*[p.buffer_ptr for p in planes], None)
+        sstride = (c.c_int * 4)(*[p.line_size for p in planes], 0)
+        dst = (c.c_void_p * 4)(out.ctypes.data, None, None, None)
+        dstride = (c.c_int * 4)(self.w * 3, 0, 0, 0)
+        if self._sws.sws_scale(self._ctx, src, sstride, 0, self.h, dst, dstride) != self.h:
+            raise RuntimeError("sws_scale failed")
+
+
+def direct_to_slots(path: str, frames: int) -> tuple[float, float]:
+    """Decode + swscale straight into 8 rotating shared-memory slots: what ingest would cost
+    with a write-in-place ring API (no ``put`` copy). (fps, CPU ms per frame)."""
+    from multiprocessing import shared_memory
+
+    import av
+    import numpy as np
+
+    with av.open(path) as c:
+        f0 = next(c.decode(video=0))
+        if f0.format.name != "yuv420p":
+            raise RuntimeError(f"direct swscale variant needs yuv420p, got {f0.format.name}")
+        conv = DirectSws(f0.width, f0.height)
+        ref = f0.to_ndarray(format="bgr24")
+        test = np.empty_like(ref)
+        conv(f0, test)
+        if not np.array_equal(test, ref):
+            raise RuntimeError("direct swscale output differs from PyAV's to_ndarray")
+    shm = shared_memory.SharedMemory(create=True, size=ref.nbytes * 8,
+                                      name=f"csbench_{os.getpid()}_{os.urandom(3).hex()}")
+    try:
+        base = np.ndarray((ref.nbytes * 8,), np.uint8, buffer=shm.buf)
+        slots = [base[i * ref.nbytes:(i + 1) * ref.nbytes].reshape(ref.shape) for i in range(8)]
+        for sl in slots:
+            sl[:] = 0  # fault the pages in, as a ring in steady state has them
+        n = 0
+        t0 = c0 = 0.0
+        while n < frames:
+            with av.open(path) as c:
+                s = c.streams.video[0]
+                s.thread_type = "AUTO"
+                for f in c.decode(s):
+                    conv(f, slots[n % 8])
+                    n += 1
+                    if n == 1:
+                        t0, c0 = time.perf_counter(), time.process_time()
+                    if n >= frames:
+                        break
+        result = (frames - 1) / (time.perf_counter() - t0), \
+            1000 * (time.process_time() - c0) / (frames - 1)
+        del slots, base
+    finally:
+        shm.close()
+        shm.unlink()
+    return result
 
 
 def ingest(path: str, frames: int, hw: tuple[int, int]) -> tuple[float, float]:
@@ -146,6 +245,9 @@ def main() -> int:
     ap.add_argument("--single-slice", action="store_true",
                     help="first re-encode the file as a camera would send it (one slice per "
                          "frame, 4 Mbps) into a temporary folder, and benchmark that")
+    ap.add_argument("--direct", action="store_true",
+                    help="also time decode + libswscale writing straight into shared-memory "
+                         "slots (what a write-in-place ring API would allow)")
     ap.add_argument("--json", action="store_true", help="print one JSON line as well")
     a = ap.parse_args()
     if not Path(a.file).is_file():
@@ -153,10 +255,19 @@ def main() -> int:
               file=sys.stderr)
         return 2
     if a.single_slice:
+        import shutil
         import tempfile
 
         tmp = Path(tempfile.mkdtemp(prefix="cs_bench_ingest_"))
-        a.file = single_slice_copy(a.file, tmp / (Path(a.file).stem + "_1slice.mp4"))
+        try:
+            a.file = single_slice_copy(a.file, tmp / (Path(a.file).stem + "_1slice.mp4"))
+            return run(a)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return run(a)
+
+
+def run(a: argparse.Namespace) -> int:
     import av
 
     with av.open(a.file) as c:
@@ -167,11 +278,15 @@ def main() -> int:
     print(f"file {a.file}: {hw[1]}x{hw[0]}, {per_pass} frames/pass, {frames} frames per round, "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
     rows: dict[str, list[tuple[float, float]]] = {"raw": [], "raw+copy": [], "ingest": []}
+    if a.direct:
+        rows["sws->slots"] = []
     raw_decode(a.file, min(per_pass, 20))  # warm the page cache and PyAV's imports
     for r in range(a.rounds):
         rows["raw"].append(raw_decode(a.file, frames))
         rows["ingest"].append(ingest(a.file, frames, hw))
         rows["raw+copy"].append(raw_decode(a.file, frames, copy_out=True))
+        if a.direct:
+            rows["sws->slots"].append(direct_to_slots(a.file, frames))
         print(f"round {r + 1}: " + "   ".join(
             f"{k} {v[-1][0]:6.1f} fps {v[-1][1]:5.2f} cpu-ms/frame" for k, v in rows.items()))
     med = {k: (statistics.median(f for f, _ in v), statistics.median(c for _, c in v))
@@ -185,6 +300,10 @@ def main() -> int:
     print(f"ingest/(raw+copy): fps {med['ingest'][0] / med['raw+copy'][0]:.3f}, CPU "
           f"{med['raw+copy'][1] / med['ingest'][1]:.3f}  (raw+copy = decode, convert and one "
           f"copy per frame: the floor for a ring fed by put)")
+    if a.direct:
+        d = med["sws->slots"]
+        print(f"sws->slots/raw: fps {d[0] / med['raw'][0]:.3f}, CPU {med['raw'][1] / d[1]:.3f}  "
+              f"(decode + swscale straight into shared-memory slots: a write-in-place ring)")
     if a.json:
         print(json.dumps({"file": a.file, "frames": frames, **rows}))
     return 0
