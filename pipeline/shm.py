@@ -326,28 +326,59 @@ class FrameRing:
             raise ValueError(f"frame {w}x{h} is larger than the ring's slots "
                              f"({self._h.max_width}x{self._h.max_height}); raise "
                              f"runtime.max_frame_width/height")
+        got = self.reserve(h, w, timeout)  # under `latest`, a refused frame counts as dropped
+        if got is None:
+            return False
+        slot, view = got
+        np.copyto(view, frame)
+        self.commit(slot, FrameMeta(meta.camera, meta.frame_index, meta.pts, meta.capture_ts,
+                                    h, w))
+        return True
+
+    def reserve(self, height: int, width: int,
+                timeout: float | None = None) -> tuple[int, np.ndarray] | None:
+        """Write-in-place path: a free slot and its (height, width, 3) uint8 view, for a producer
+        that decodes / converts straight into shared memory (saves ``put``'s copy). Same policy
+        rules as ``put`` (None on timeout; under ``latest`` that counts as a drop). Follow with
+        ``commit`` (or ``abort``)."""
+        if height > self._h.max_height or width > self._h.max_width or height < 1 or width < 1:
+            raise ValueError(f"frame {width}x{height} does not fit the ring's slots "
+                             f"({self._h.max_width}x{self._h.max_height})")
         slot = self._take_free(timeout)
         if slot is None:
             if self._h.policy == "latest":
-                # readers hold every slot: under `latest` this frame is the one dropped
                 with self._q.lock:
                     self._q.hdr[H_DROPS] += 1
-            return False
-        np.copyto(self._view(slot, h, w), frame)
+            return None
+        return slot, self._view(slot, height, width)
+
+    def commit(self, slot: int, meta: FrameMeta) -> None:
+        """Publish a slot filled through ``reserve`` (``meta.height/width`` = the reserved size)."""
         q = self._q
+        if q.state[slot] != WRITING:
+            raise ValueError(f"slot {slot} of ring {self.name!r} was not reserved")
         m = q.meta[slot]
         m["camera"] = meta.camera.encode()[:96]
         m["frame_index"] = meta.frame_index
         m["pts"] = math.nan if meta.pts is None else meta.pts
         m["capture_ts"] = meta.capture_ts
-        m["height"] = h
-        m["width"] = w
+        m["height"] = meta.height
+        m["width"] = meta.width
         with q.lock:
             q.state[slot] = READY
             q._push(self._F_READY, slot)
             q.hdr[H_PUTS] += 1
         q.sems[self._F_READY].release()
-        return True
+
+    def abort(self, slot: int) -> None:
+        """Give back a reserved slot without publishing it."""
+        q = self._q
+        with q.lock:
+            if q.state[slot] != WRITING:
+                raise ValueError(f"slot {slot} of ring {self.name!r} was not reserved")
+            q.state[slot] = FREE
+            q._push(self._F_FREE, slot)
+        q.sems[self._F_FREE].release()
 
     def put_end(self, reason: str = "finished") -> None:
         """Mark the end of the stream; readers see ``EndOfStream`` after every queued frame."""

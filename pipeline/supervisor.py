@@ -41,7 +41,7 @@ from pipeline.log import get_logger
 from pipeline.metrics import CameraSnapshot, PipelineMetrics, Snapshot
 from pipeline.shm import BatchPool, FrameRing, check_shm_space, run_prefix
 from pipeline.stages import inference as inference_stage
-from pipeline.stages.common import StageArgs
+from pipeline.stages.common import StageArgs, set_process_name
 
 POLL_S = 0.2
 ENGINE_LOAD_TIMEOUT_S = 900.0  # exporting a large checkpoint to ONNX on a CPU takes minutes
@@ -107,6 +107,7 @@ def _ingest_entry(camera: str, cfg: CameraConfig, handle: Any, events: Any, stop
                   log_level: str | None, parent_pid: int) -> None:
     """Spawned ingest process: logging, Ctrl-C left to the supervisor, exit with the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_process_name(f"cs-ingest-{camera}")
     from pipeline.ingest import run_ingest
     from pipeline.log import setup_logging
 
@@ -119,6 +120,7 @@ def _stage_entry(target: str, args: StageArgs, *extra: Any) -> None:
     """Spawned stage process: sets the stop event if the supervisor dies, then runs the stage."""
     import importlib
 
+    set_process_name(f"cs-{target}")
     _watch_parent(args.parent_pid, None)
     importlib.import_module(f"pipeline.stages.{target}").main(args, *extra)
 

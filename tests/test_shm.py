@@ -187,3 +187,24 @@ def test_batch_pool_requeue_keeps_order() -> None:
         pool.close()
         pool.unlink()
     assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_reserve_commit_writes_in_place(ring_name: str) -> None:
+    ring = FrameRing.create(ring_name, slots=2, max_height=H, max_width=W, policy="latest")
+    try:
+        slot, view = ring.reserve(10, 20, timeout=0)
+        view[...] = 42
+        ring.commit(slot, FrameMeta("c", 5, 0.2, 1.0, 10, 20))
+        s2, v2 = ring.reserve(10, 20, timeout=0)
+        ring.abort(s2)
+        got = ring.get(timeout=0)
+        assert got[1].frame_index == 5 and got[2].shape == (10, 20, 3) and (got[2] == 42).all()
+        with pytest.raises(ValueError, match="not reserved"):
+            ring.commit(got[0], FrameMeta("c", 6, 0.2, 1.0, 10, 20))
+        with pytest.raises(ValueError, match="does not fit"):
+            ring.reserve(H + 1, W)
+        ring.release(got[0])
+        assert ring.drops == 0
+    finally:
+        ring.close()
+        ring.unlink()

@@ -37,3 +37,13 @@ def enter_stage(args: StageArgs) -> None:
 def orphaned(args: StageArgs) -> bool:
     """True when the supervisor is gone (SIGKILLed): the stage exits instead of running on."""
     return args.parent_pid != 0 and os.getppid() != args.parent_pid
+
+
+def set_process_name(name: str) -> None:
+    """Name this process for ``ps -o comm`` / ``top`` (Linux: 15 chars of /proc/self/comm), so
+    a stage can be told from its siblings (spawned children share one command line)."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        pass  # not Linux: names are a convenience only
