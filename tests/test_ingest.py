@@ -182,7 +182,7 @@ def test_rtsp_first_frame_and_latency(rtsp_server: RtspServer) -> None:
         starting = run.wait_state("cam", "starting", timeout=15)
         online = run.wait_state("cam", "online", timeout=15)
         run.wait_frames("cam", 10, timeout=10)
-    assert online.ts - starting.ts < 1.5, online.ts - starting.ts
+    assert online.ts - starting.ts < 2.0, online.ts - starting.ts
     lat = np.array(rec.recv_ts[:10]) - np.array([m.capture_ts for m in rec.metas[:10]])
     assert np.all(lat >= 0) and np.all(lat < 1.0)
 
