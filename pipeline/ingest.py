@@ -3,7 +3,9 @@
 ``run_ingest`` is the process entry point the supervisor spawns for each camera. It opens the
 source (:mod:`pipeline.sources`), decodes with frame+slice threading, optionally samples to
 ``cfg.fps`` by PTS and paces files in real time, and writes BGR uint8 frames with their source
-PTS, a monotonic per-camera frame index and the capture wall-clock time into the camera's ring.
+PTS, a monotonic per-camera frame index and the capture wall-clock time into the camera's ring:
+a slot is reserved and libswscale converts straight into it (:mod:`pipeline.frame_convert`),
+so a frame is never copied after conversion.
 
 Every state change is sent as a :class:`pipeline.events.CameraStatus` on ``events``:
 ``starting`` -> ``online`` -> (``reconnecting`` -> ``online``)* -> ``finished`` | ``offline``.
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.config import CameraConfig
 from pipeline.events import CameraState, CameraStatus
+from pipeline.frame_convert import BgrWriter
 from pipeline.log import get_logger
 from pipeline.shm import FrameMeta, FrameRing, FrameRingHandle
 from pipeline.sources import (
@@ -90,9 +93,9 @@ class Ingest:
         self.frame_index = 0  # every decoded frame, monotonic across reconnects and loops
         self.frames_out = 0  # frames written to the ring
         self.decode_errors = 0
-        self.dropped_busy = 0  # latest policy: frames dropped because readers held every slot
         self.sampler = FpsSampler(cfg.fps)
         self.pacer = Pacer()
+        self.convert = BgrWriter(camera=camera)  # BGR24 straight into the ring's slot
         self._pts_offset = 0.0  # added to a looped file's PTS so time keeps moving forward
         self._last_pts: float | None = None
         self._progress = time.monotonic()
@@ -254,18 +257,23 @@ class Ingest:
             if wait > 0 and self.stop.wait(wait):
                 raise _Stopped
             capture_ts = time.time()  # a paced file frame is "captured" when released
-        # swscale into a fresh buffer, then one copy into the shared slot (put)
-        img = frame.to_ndarray(format="bgr24")
-        h, w = img.shape[:2]
-        meta = FrameMeta(self.camera, index, pts, capture_ts, h, w)
+        h, w = frame.height, frame.width
+        # Write in place: reserve a slot and let swscale convert straight into it (no copy).
         # lossless waits for a free slot for as long as it takes; latest only waits while
-        # readers hold every slot (otherwise the ring reclaims the oldest frame and counts it)
-        while not self.ring.put(img, meta, timeout=PUT_WAIT_S):
+        # readers hold every slot (otherwise the ring reclaims the oldest unread frame), and
+        # a frame refused after that wait is counted as dropped by the ring.
+        while (got := self.ring.reserve(h, w, timeout=PUT_WAIT_S)) is None:
             if self.stop.is_set():
                 raise _Stopped
             if self.policy != "lossless":
-                self.dropped_busy += 1
                 return
+        slot, view = got
+        try:
+            self.convert(frame, view)
+        except BaseException:
+            self.ring.abort(slot)
+            raise
+        self.ring.commit(slot, FrameMeta(self.camera, index, pts, capture_ts, h, w))
         self._progress = time.monotonic()  # waiting on a full ring is not a stall
         self.frames_out += 1
 
