@@ -101,12 +101,13 @@ class _Sws:
         if self.bgr24 < 0:
             raise OSError("libavutil does not know bgr24")
 
-    def context(self, w: int, h: int, src_fmt: int, cs: int, full_range: bool) -> int:
+    def context(self, w: int, h: int, src_fmt: int, cs: int, full_range: bool,
+                threads: int) -> int:
         ctx = self.sws.sws_alloc_context()
         if not ctx:
             raise MemoryError("sws_alloc_context")
         opts = {"srcw": w, "srch": h, "src_format": src_fmt, "dstw": w, "dsth": h,
-                "dst_format": self.bgr24, "sws_flags": SWS_BILINEAR, "threads": 0}
+                "dst_format": self.bgr24, "sws_flags": SWS_BILINEAR, "threads": threads}
         for k, v in opts.items():
             if self.util.av_opt_set_int(ctx, k.encode(), v, 0) < 0:
                 self.free(ctx)
@@ -130,7 +131,8 @@ class BgrWriter:
     ``direct_frames`` / ``pyav_frames`` count which path each frame took.
     """
 
-    def __init__(self, direct: bool = True, camera: str | None = None) -> None:
+    def __init__(self, direct: bool = True, camera: str | None = None, threads: int = 0) -> None:
+        self.threads = threads  # swscale slice threads, 0 = automatic (PyAV's default)
         self.log = get_logger("convert", camera=camera) if camera else get_logger("convert")
         self.direct_frames = 0
         self.pyav_frames = 0
@@ -182,7 +184,7 @@ class BgrWriter:
         if fmt < 0 or cs not in _SWS_CS or frame.format.is_bit_stream:
             return None
         try:
-            ctx = self._sws.context(w, h, fmt, _SWS_CS[cs], rng == _RANGE_JPEG)
+            ctx = self._sws.context(w, h, fmt, _SWS_CS[cs], rng == _RANGE_JPEG, self.threads)
         except OSError as e:
             self.log.info("direct conversion not used", format=fmt_name, reason=str(e))
             return None
