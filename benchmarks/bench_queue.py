@@ -7,7 +7,7 @@ frames as the upper limit. Prints frames/s, GB/s and the ring / Queue ratio (tar
 
 Run::
 
-    nice -n 10 .venv/bin/python benchmarks/bench_queue.py [--frames 600] [--queue-frames 150]
+    nice -n 10 .venv/bin/python benchmarks/bench_queue.py [--frames 600] [--queue-frames 150] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -116,20 +116,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=600, help="frames through the ring")
     ap.add_argument("--queue-frames", type=int, default=150, help="frames through mp.Queue")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds; the variants alternate within each round and the medians are "
+                         "reported (a shared machine's load swings between runs)")
     a = ap.parse_args()
-    rows = [
-        ("multiprocessing.Queue (pickled)", bench_queue(a.queue_frames)),
-        ("FrameRing, read in place", bench_ring(a.frames, copy_out=False)),
-        ("FrameRing, consumer copies out", bench_ring(a.frames, copy_out=True)),
-        ("in-process memcpy (upper limit)", bench_memcpy(a.frames)),
-    ]
+    names = ["multiprocessing.Queue (pickled)", "FrameRing, read in place",
+             "FrameRing, consumer copies out", "in-process memcpy (upper limit)"]
+    runs: list[list[float]] = [[] for _ in names]
+    for _ in range(a.rounds):
+        runs[0].append(bench_queue(a.queue_frames))
+        runs[1].append(bench_ring(a.frames, copy_out=False))
+        runs[2].append(bench_ring(a.frames, copy_out=True))
+        runs[3].append(bench_memcpy(a.frames))
+    rows = [(n, float(np.median(r))) for n, r in zip(names, runs, strict=True)]
+    ratios = [r / q for r, q in zip(runs[1], runs[0], strict=True)]
+    print(f"per-round ring(in place)/Queue ratios: {', '.join(f'{x:.1f}' for x in ratios)}")
     print(f"1920x1080 BGR uint8 frames ({FRAME_BYTES / 1e6:.2f} MB); {platform.processor() or platform.machine()}, "
           f"{mp.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"{'transport':34s} {'frames/s':>10s} {'GB/s':>7s}")
     for name, fps in rows:
         print(f"{name:34s} {fps:10.1f} {fps * FRAME_BYTES / 1e9:7.2f}")
     q = rows[0][1]
-    print(f"ratio ring(in place) / Queue: {rows[1][1] / q:.1f}x  (target >= 25x)")
+    print(f"ratio ring(in place) / Queue (medians): {rows[1][1] / q:.1f}x  (target >= 25x)")
     print(f"ratio ring(copy out) / Queue: {rows[2][1] / q:.1f}x")
     print(f"ring(in place) / memcpy: {rows[1][1] / rows[3][1]:.2f}")
 
