@@ -74,6 +74,16 @@ def test_int8_engine_builds_and_reports_deviation(frames: list, tmp_path: Path) 
     quantised = {n.op_type for n in graph.node if any(i in int8_weights for i in n.input)}
     # (Identity: the exporter's alias of a weight shared by two convolutions.)
     assert "Conv" in quantised and quantised - {"Identity"} <= {"MatMul", "Gemm", "Conv"}
+    # ONNX Runtime turns every quantised convolution into an integer QLinearConv (a float Conv
+    # left between Q/DQ nodes would make INT8 slower than fp32).
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(str(result.engine_path), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+    assert "Conv" not in ops and ops.count("QLinearConv") == 24
     # load_engine finds it in the cache for precision int8, and it runs.
     engine = load_engine(None, random_init="ebc-tiny-rn", precision="int8", max_batch=4,
                          cache_dir=str(tmp_path / "engines"), threads=1)
