@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import os
 import threading
@@ -44,6 +45,7 @@ class Received:
     metas: list[FrameMeta] = field(default_factory=list)
     recv_ts: list[float] = field(default_factory=list)
     means: list[float] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)  # blake2b of each frame's bytes
     end: EndOfStream | None = None
 
     def since(self, t: float) -> list[FrameMeta]:
@@ -99,10 +101,12 @@ class IngestRun:
                 return
             slot, meta, view = got
             mean = float(view.mean())
+            digest = hashlib.blake2b(view.tobytes(), digest_size=16).hexdigest()
             ring.release(slot)
             with self._lock:
                 rec.metas.append(meta)
                 rec.means.append(mean)
+                rec.digests.append(digest)
                 rec.recv_ts.append(time.time())
 
     def _pump_events(self) -> None:

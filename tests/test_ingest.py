@@ -29,6 +29,15 @@ def test_file_lossless_every_frame_in_order(tmp_path: Path) -> None:
     assert all(m.camera == "file" for m in cam.metas)
     # the clip's blue channel ramps by 7 per frame: frames are distinct and in order
     assert np.all(np.diff(cam.means[:30]) > 0)
+    # and every frame is byte for byte what PyAV's own BGR conversion gives
+    import hashlib
+
+    import av
+
+    with av.open(str(clip)) as c:
+        ref = [hashlib.blake2b(f.to_ndarray(format="bgr24").tobytes(), digest_size=16).hexdigest()
+               for f in c.decode(video=0)]
+    assert cam.digests == ref
     assert cam.end is not None and cam.end.reason == "finished"
     assert [s for s, _ in run.states("file")] == ["starting", "online", "finished"]
 
