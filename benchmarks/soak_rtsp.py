@@ -84,7 +84,9 @@ def proc_info(pid: int) -> dict[str, Any] | None:
     args = [a.decode(errors="replace") for a in cmd if a]
     # spawned children run "python -c 'from multiprocessing.spawn ...'"; name them by role
     name = f.get("Name", "?")
-    if any("resource_tracker" in a for a in args):
+    if name.startswith("cs-"):
+        pass  # the pipeline names its stage processes (cs-ingest, cs-tile, ...)
+    elif any("resource_tracker" in a for a in args):
         name = "res-tracker"
     elif any("multiprocessing" in a for a in args):
         name = "child" + _libs_tag(pid)
