@@ -90,8 +90,12 @@ def main(args: StageArgs, choice: ModelChoice, info_q: Any, pool_ready: Any) -> 
         import torch
 
         torch.set_num_threads(args.cfg.runtime.torch_threads)
-    prompts = {c.text_prompt for c in args.cfg.cameras.values()}
+    prompts = {c.text_prompt for c in args.cfg.cameras.values() if c.enabled}
     prompt = prompts.pop() if len(prompts) == 1 else None
+    if prompt is None and len(prompts) > 1:
+        # one engine holds one prompt's text features; per-camera prompts need one engine each
+        log.warning("cameras ask for different text prompts; using the model's own",
+                    prompts=",".join(sorted(str(p) for p in prompts)))
     try:
         engine = load(args.cfg, choice, prompt)
         engine.warmup(1)
