@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -71,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_report(r: dict) -> None:
+def _print_report(r: dict[str, Any]) -> None:
     speed = f"{r['speedup']:.2f}x" if r.get("speedup") else "n/a"
     if r.get("speedup_cpu"):
         speed += f" wall, {r['speedup_cpu']:.2f}x CPU time"
