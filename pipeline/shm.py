@@ -188,6 +188,18 @@ class _Queues:
         for _ in range(value):
             self.sems[f].release()
 
+    def break_stale_lock(self, wait_s: float = 2.0) -> bool:
+        """Release the lock if a process died holding it (SIGKILL inside a critical section).
+
+        Critical sections last microseconds, so a lock nobody can take for ``wait_s`` belongs to
+        a dead process. Only the supervisor calls this, right after it saw a child die. Returns
+        True when it broke the lock."""
+        if self.lock.acquire(True, wait_s):
+            self.lock.release()
+            return False
+        self.lock.release()  # an mp.Lock may be released by any process
+        return True
+
     def close(self) -> None:
         for attr in ("hdr", "reason", "fifos", "state", "meta", "extra", "_base"):
             setattr(self, attr, None)
@@ -451,13 +463,21 @@ class FrameRing:
             q.sems[self._F_FREE].release()
         return n
 
+    def break_stale_lock(self, wait_s: float = 2.0) -> bool:
+        """See ``_Queues.break_stale_lock`` (supervisor only, after a child died)."""
+        return self._q.break_stale_lock(wait_s)
+
     def recover_writer(self) -> int:
-        """Free a slot a crashed producer was writing into."""
+        """Free the slot a crashed producer was writing into (or had marked ready without
+        queueing it: killed inside ``commit``)."""
         q = self._q
         n = 0
         with q.lock:
+            h = _FIFO_BASE + 2 * self._F_READY
+            queued = {int(q.fifos[self._F_READY, i % q.cap])
+                      for i in range(int(q.hdr[h]), int(q.hdr[h + 1]))}
             for s in range(self.slots):
-                if q.state[s] == WRITING:
+                if q.state[s] == WRITING or (q.state[s] == READY and s not in queued):
                     q.state[s] = FREE
                     q._push(self._F_FREE, s)
                     n += 1
@@ -689,6 +709,10 @@ class BatchPool:
 
     def release(self, slot: int) -> None:
         self._give(self._F_FREE, slot, B_FREE)
+
+    def break_stale_lock(self, wait_s: float = 2.0) -> bool:
+        """See ``_Queues.break_stale_lock`` (supervisor only, after a child died)."""
+        return self._q.break_stale_lock(wait_s)
 
     def requeue_inference(self) -> int:
         """Put the batches a dead inference process held back at the FRONT of its queue, so they

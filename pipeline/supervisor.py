@@ -41,7 +41,7 @@ from pipeline.log import get_logger
 from pipeline.metrics import CameraSnapshot, PipelineMetrics, Snapshot
 from pipeline.shm import BatchPool, FrameRing, check_shm_space, run_prefix
 from pipeline.stages import inference as inference_stage
-from pipeline.stages.common import StageArgs, set_process_name
+from pipeline.stages.common import StageArgs, StopFlag, set_process_name
 
 POLL_S = 0.2
 ENGINE_LOAD_TIMEOUT_S = 900.0  # exporting a large checkpoint to ONNX on a CPU takes minutes
@@ -206,12 +206,12 @@ class Supervisor:
         pool_name = f"{self.prefix}batches"
         self.segments.append(pool_name)
         self.pool_handle = BatchPool.prepare(pool_name, rt.batch_slots)
-        self.stop_ingest = self.ctx.Event()
-        self.stop_stages = self.ctx.Event()
+        self.stop_ingest = StopFlag(self.ctx)
+        self.stop_stages = StopFlag(self.ctx)
         self.events: Any = self.ctx.Queue()
         self.status_q: Any = self.ctx.Queue()
         self.info_q: Any = self.ctx.Queue()
-        self.pool_ready = self.ctx.Event()
+        self.pool_ready = StopFlag(self.ctx)
         self.args = StageArgs(cfg, [c.name for c in self.cams], [r.handle() for r in self.rings],
                               self.pool_handle, self.stop_stages, self.log_level, os.getpid())
         if cfg.metrics.port is not None:
@@ -302,6 +302,16 @@ class Supervisor:
                        crashes=p.crashes, restart_in_s=round(delay, 2))
         p.restart_at = time.monotonic() + delay
         p.proc.join(0)
+        self._break_stale_locks(p.key)
+
+    def _break_stale_locks(self, who: str) -> None:
+        """A child killed inside a ring's or the pool's critical section leaves its lock taken
+        forever; give such locks back before anyone (this loop included) blocks on them."""
+        for c, r in zip(self.cams, self.rings, strict=True):
+            if r.break_stale_lock():
+                self.log.warning("broke stale lock", ring=c.name, dead=who)
+        if self.pool is not None and self.pool.break_stale_lock():
+            self.log.warning("broke stale lock", ring="batches", dead=who)
 
     def _check_procs(self) -> None:
         now = time.monotonic()
@@ -350,6 +360,7 @@ class Supervisor:
                 p.proc.kill()
                 p.proc.join(5)
         assert self.pool is not None
+        self._break_stale_locks("tile/inference/post")  # killed mid-critical-section, maybe
         self.pool.reset()
         lost = sum(r.recover_readers() for r in self.rings)
         self.log.warning("stage chain restarted", lost_frames=lost)

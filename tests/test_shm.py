@@ -208,3 +208,25 @@ def test_reserve_commit_writes_in_place(ring_name: str) -> None:
     finally:
         ring.close()
         ring.unlink()
+
+
+def _die_holding_lock(handle) -> None:
+    ring = FrameRing.attach(handle)
+    ring._q.lock.acquire()
+    os._exit(9)  # like SIGKILL inside a critical section
+
+
+def test_lock_of_a_dead_process_is_broken(ring_name: str) -> None:
+    ring = FrameRing.create(ring_name, slots=2, max_height=H, max_width=W, policy="lossless")
+    try:
+        assert ring.break_stale_lock(0.05) is False  # a free lock is left alone
+        p = mp.get_context("spawn").Process(target=_die_holding_lock, args=(ring.handle(),))
+        p.start()
+        p.join(30)
+        assert p.exitcode == 9
+        assert ring.break_stale_lock(0.2) is True
+        assert ring.put(_frame(0), FrameMeta("c", 0, 0.0, 0.0, H, W), timeout=1)
+        assert ring.get(timeout=1)[1].frame_index == 0
+    finally:
+        ring.close()
+        ring.unlink()

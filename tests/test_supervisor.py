@@ -50,7 +50,13 @@ class RunningCli:
         return int(pids[after])
 
     def finish(self, timeout: float = 60.0) -> int:
-        rc = self.proc.wait(timeout)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # faulthandler: where is it stuck?
+            time.sleep(1.0)
+            raise AssertionError(f"still running after {timeout} s; stderr:\n"
+                                 f"{self.text()[-5000:]}") from None
         self._t.join(5)
         return rc
 
@@ -94,7 +100,8 @@ def test_killed_inference_is_restarted_and_no_frame_is_lost(tmp_path: Path) -> N
 
 def test_sigkilled_child_then_sigterm_leaves_no_segment(tmp_path: Path) -> None:
     """A live-like looping source: SIGKILL the tile process (the chain restarts and counting
-    resumes), then SIGTERM the run: it drains, exits 0 in bounded time, and /dev/shm is clean."""
+    resumes), SIGKILL the ingest process (restarted, counting resumes), then SIGTERM the run: it
+    drains, exits 0 in bounded time, and /dev/shm is clean."""
     make_clip(tmp_path / "a.mp4", 50)
     cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "loop": True,
                                         "realtime": True}},
@@ -110,6 +117,14 @@ def test_sigkilled_child_then_sigterm_leaves_no_segment(tmp_path: Path) -> None:
         run.wait_for(r"spawned stage=post pid=\d+[\s\S]*spawned stage=post pid=\d+")
         before = len(read_jsonl(out)[0])
         _wait_results(out, before + 5)  # counting resumed after the restart
+        idx = [c["frame_index"] for c in read_jsonl(out)[0]]
+        assert idx == sorted(idx) and len(set(idx)) == len(idx)
+        # a SIGKILLed ingest (no end of stream written) is restarted too
+        os.kill(run.pid_of("ingest:a"), signal.SIGKILL)
+        run.wait_for(r"stage crashed stage=ingest:a")
+        run.wait_for(r"restarting stage=ingest:a")
+        before = len(read_jsonl(out)[0])
+        _wait_results(out, before + 5)
         t0 = time.monotonic()
         run.proc.send_signal(signal.SIGTERM)
         rc = run.finish(30)
@@ -121,5 +136,30 @@ def test_sigkilled_child_then_sigterm_leaves_no_segment(tmp_path: Path) -> None:
     assert took < 20, f"shutdown took {took:.1f} s"
     assert "stopped by signal" in run.text()
     assert not leftover_segments(run.proc.pid)
-    idx = [c["frame_index"] for c in read_jsonl(out)[0]]
-    assert idx == sorted(idx) and len(set(idx)) == len(idx)
+
+
+def _wait_forever(flag) -> None:
+    flag.wait()
+
+
+def test_stop_flag_set_does_not_hang_on_a_killed_waiter() -> None:
+    import multiprocessing as mp
+
+    from pipeline.stages.common import StopFlag
+
+    ctx = mp.get_context("spawn")
+    flag = StopFlag(ctx)
+    p = ctx.Process(target=_wait_forever, args=(flag,))
+    p.start()
+    time.sleep(1.0)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (flag.set(), done.set()), daemon=True)
+    t.start()
+    assert done.wait(5), "set() blocked on a dead waiter"
+    assert flag.is_set() and flag.wait(0)
+    live = ctx.Process(target=_wait_forever, args=(flag,))
+    live.start()
+    live.join(30)
+    assert live.exitcode == 0

@@ -43,6 +43,11 @@ def main(args: argparse.Namespace) -> int:
                                                       f"got {args.metrics_port!r}")
         overrides["metrics"] = {"port": None if port is None else int(port)}
     cfg = load_config(args.config, overrides or None)
+    import faulthandler
+    import signal
+
+    # `kill -USR1 <pid>` prints every thread's stack: what a stuck run is waiting on
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return Supervisor(cfg, log_level=args.log_level, console=not args.quiet).run()
     except (PipelineError, ShmSpaceError) as e:

@@ -11,6 +11,41 @@ from pipeline.config import AppConfig
 from pipeline.shm import BatchPoolHandle, FrameRingHandle
 
 
+class StopFlag:
+    """A cross-process stop/ready flag with ``multiprocessing.Event``'s interface that a killed
+    process cannot wedge.
+
+    ``multiprocessing.Event.set()`` waits for every sleeper in ``wait()`` to acknowledge; a waiter
+    that was SIGKILLed never does, and ``set()`` then blocks forever (a supervisor that restarted a
+    killed ingest hung in ``set()`` on shutdown). Here ``set()`` only flips a shared byte and posts
+    a semaphore token; each woken waiter passes the token on, so nobody waits on anybody.
+
+    Example::
+
+        stop = StopFlag(mp.get_context("spawn"))   # pass to children as a Process argument
+        stop.set(); stop.wait(1.0) -> True
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self._flag = ctx.RawValue("b", 0)
+        self._sem = ctx.Semaphore(0)
+
+    def is_set(self) -> bool:
+        return bool(self._flag.value)
+
+    def set(self) -> None:
+        if not self._flag.value:
+            self._flag.value = 1
+            self._sem.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._flag.value:
+            return True
+        if self._sem.acquire(True, timeout):
+            self._sem.release()  # pass the token on to the next waiter
+        return bool(self._flag.value)
+
+
 @dataclass
 class StageArgs:
     """Spawn arguments of a stage: the config, the cameras (index -> name, the index is what
