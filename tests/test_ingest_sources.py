@@ -268,3 +268,17 @@ def test_passwords_never_reach_reasons() -> None:
         open_source(CameraConfig(url=url, reconnect=fast_reconnect()))
     assert "s3cret" not in str(e.value) and "admin:***@127.0.0.1" in str(e.value)
     assert e.value.retry
+
+
+def test_ingest_imports_no_torch_or_cuda() -> None:
+    """Decode processes stay small: importing ingest must not pull in torch (or CUDA)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.ingest, pipeline.sources, pipeline.frame_convert; "
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorrt', 'cv2') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
