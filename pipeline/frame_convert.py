@@ -42,29 +42,36 @@ _RANGE_JPEG = 2
 
 
 def _find_swscale() -> tuple[str, str] | None:
-    """Paths of the libswscale and libavutil PyAV itself loaded (None if not found)."""
-    import av  # noqa: F401 - loads PyAV's FFmpeg libraries into this process
+    """Paths of the libswscale and libavutil PyAV itself uses (None if not found).
 
+    PyAV's wheels keep their FFmpeg beside the package (``av.libs``, ``av/.dylibs``); that copy
+    is preferred, because other packages (OpenCV's wheels) may load an FFmpeg of their own.
+    A PyAV built against a system FFmpeg falls back to what is mapped into this process, then to
+    the linker's search.
+    """
+    import av
+
+    libs = ("libswscale", "libavutil")
     found: dict[str, str] = {}
-    try:  # Linux: the libraries really mapped into this process
-        for line in Path("/proc/self/maps").read_text().splitlines():
-            path = line.split()[-1] if "/" in line else ""
-            for lib in ("libswscale", "libavutil"):
-                if lib in os.path.basename(path) and lib not in found:
-                    found[lib] = path
-    except OSError:
-        pass
-    if len(found) < 2:  # wheels keep them beside the package (av.libs, av/.dylibs)
-        base = Path(av.__file__).resolve().parent
-        for lib in ("libswscale", "libavutil"):
-            hits = sorted(glob.glob(str(base.parent / "av.libs" / f"{lib}*"))
-                          + glob.glob(str(base / ".dylibs" / f"{lib}*")))
-            if hits:
-                found.setdefault(lib, hits[0])
-    for lib in ("libswscale", "libavutil"):
+    base = Path(av.__file__).resolve().parent
+    for lib in libs:
+        hits = sorted(glob.glob(str(base.parent / "av.libs" / f"{lib}*"))
+                      + glob.glob(str(base / ".dylibs" / f"{lib}*")))
+        if hits:
+            found[lib] = hits[0]
+    if len(found) < 2:
+        try:  # Linux: the libraries really mapped into this process
+            for line in Path("/proc/self/maps").read_text().splitlines():
+                path = line.split()[-1] if "/" in line else ""
+                for lib in libs:
+                    if os.path.basename(path).startswith(lib) and lib not in found:
+                        found[lib] = path
+        except OSError:
+            pass
+    for lib in libs:
         if lib not in found and (name := ctypes.util.find_library(lib.removeprefix("lib"))):
             found[lib] = name
-    if "libswscale" in found and "libavutil" in found:
+    if all(lib in found for lib in libs):
         return found["libswscale"], found["libavutil"]
     return None
 
