@@ -208,8 +208,13 @@ class Supervisor:
         self.pool_handle = BatchPool.prepare(pool_name, rt.batch_slots)
         self.stop_ingest = StopFlag(self.ctx)
         self.stop_stages = StopFlag(self.ctx)
-        self.events: Any = self.ctx.Queue()
-        self.status_q: Any = self.ctx.Queue()
+        # one events queue per ingest process and one status queue per post process, made fresh
+        # at each spawn: a process SIGKILLed in the middle of a queue operation can leave a
+        # queue's lock taken or half a message in its pipe, and that must not reach the others
+        self.inbox: queue.Queue[CameraStatus] = queue.Queue()
+        self.event_queues: dict[str, Any] = {}
+        self.readers: list[threading.Thread] = []
+        self.status_q: Any = None
         self.info_q: Any = self.ctx.Queue()
         self.pool_ready = StopFlag(self.ctx)
         self.args = StageArgs(cfg, [c.name for c in self.cams], [r.handle() for r in self.rings],
@@ -269,12 +274,21 @@ class Supervisor:
         if p.stage == "ingest":
             ci = next(i for i, c in enumerate(self.cams) if f"ingest:{c.name}" == key)
             c = self.cams[ci]
-            target, args = _ingest_entry, (c.name, c.cfg, self.rings[ci].handle(), self.events,
+            events = self.ctx.Queue()
+            self.event_queues[c.name] = events
+            reader = threading.Thread(target=self._read_events, args=(events,), daemon=True,
+                                      name=f"events-{c.name}")
+            reader.start()
+            self.readers.append(reader)
+            target, args = _ingest_entry, (c.name, c.cfg, self.rings[ci].handle(), events,
                                            self.stop_ingest, self.log_level, os.getpid())
         elif p.stage == "inference":
-            target, args = _stage_entry, ("inference", self.args, self.choice, self.info_q,
-                                          self.pool_ready)
+            # only the first inference process reports its engine; a restarted one must not
+            # write into a queue nobody reads any more
+            target, args = _stage_entry, ("inference", self.args, self.choice,
+                                          None if self.engine else self.info_q, self.pool_ready)
         elif p.stage == "post":
+            self.status_q = self.ctx.Queue()
             target, args = _stage_entry, ("post", self.args, self.engine["engine_id"],
                                           self.status_q)
         else:
@@ -368,10 +382,22 @@ class Supervisor:
         for p in chain:
             p.restart_at = time.monotonic() + delay
 
+    def _read_events(self, events: Any) -> None:
+        """Thread per ingest queue: a queue left broken by a killed writer blocks only this
+        thread (daemon), never the supervisor's loop."""
+        while True:
+            try:
+                item = events.get()
+            except Exception:  # closed under us at shutdown, or broken by a killed writer
+                return
+            if item is None:
+                return
+            self.inbox.put(item)
+
     def _relay_events(self) -> None:
         while True:
             try:
-                st: CameraStatus = self.events.get_nowait()
+                st: CameraStatus = self.inbox.get_nowait()
             except queue.Empty:
                 return
             for c in self.cams:
@@ -507,7 +533,13 @@ class Supervisor:
                     if p.proc.is_alive():
                         p.proc.kill()
                         p.proc.join(2.0)
-            for q in (self.events, self.status_q, self.info_q):
+            for q in self.event_queues.values():
+                q.put(None)  # ends its reader thread (unless a killed writer broke the queue)
+            for t in self.readers:
+                t.join(0.5)
+            for q in [*self.event_queues.values(), self.status_q, self.info_q]:
+                if q is None:
+                    continue
                 q.cancel_join_thread()
                 q.close()
         for r in self.rings:

@@ -100,9 +100,11 @@ def main(args: StageArgs, choice: ModelChoice, info_q: Any, pool_ready: Any) -> 
         engine = load(args.cfg, choice, prompt)
         engine.warmup(1)
     except Exception as e:  # reported to the supervisor, which fails the run with this message
-        info_q.put({"error": f"{type(e).__name__}: {e}"})
+        if info_q is not None:
+            info_q.put({"error": f"{type(e).__name__}: {e}"})
         raise
-    info_q.put(engine_info(engine))
+    if info_q is not None:  # None for a restarted process: the pool already fits the engine
+        info_q.put(engine_info(engine))
     log.info("engine ready", engine=engine.engine_id, model=choice.label,
              backend=engine.description.get("backend"), device=engine.description.get("device"))
     while not pool_ready.wait(0.2):
