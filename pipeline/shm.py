@@ -54,7 +54,7 @@ B_FREE, B_FILLING, B_QUEUED, B_INFERRING, B_DONE, B_POSTING = 0, 1, 2, 3, 4, 5
 # int64 header words
 _HDR_WORDS = 64
 H_DROPS, H_PUTS, H_GETS, H_END, H_SEQ, H_TILED, H_EMITTED, H_LOST, H_EOS_SEEN, H_LAT_N = range(10)
-H_BATCHES, H_TILES, H_REQUEUED, H_INFER_NS, H_LAST_INDEX = 10, 11, 12, 13, 14
+H_BATCHES, H_TILES, H_REQUEUED, H_INFER_NS, H_LAST_INDEX, H_LAST_PUT = 10, 11, 12, 13, 14, 15
 _FIFO_BASE = 32  # head, tail pairs from here on
 _REASON_BYTES = 128
 LATENCY_SAMPLES = 2048
@@ -272,6 +272,7 @@ class FrameRing:
                     handle.sems)
         q.hdr[:] = 0
         q.hdr[H_LAST_INDEX] = -1
+        q.hdr[H_LAST_PUT] = -1
         q.state[:] = FREE
         for s in range(slots):
             q._push(cls._F_FREE, s)
@@ -380,7 +381,14 @@ class FrameRing:
             q.state[slot] = READY
             q._push(self._F_READY, slot)
             q.hdr[H_PUTS] += 1
+            q.hdr[H_LAST_PUT] = meta.frame_index
         q.sems[self._F_READY].release()
+
+    @property
+    def last_frame_index(self) -> int:
+        """``frame_index`` of the last frame written (-1: none yet): a restarted producer
+        continues from here so a camera's indices stay monotonic across process restarts."""
+        return int(self._q.hdr[H_LAST_PUT])
 
     def abort(self, slot: int) -> None:
         """Give back a reserved slot without publishing it."""

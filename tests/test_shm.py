@@ -128,6 +128,7 @@ def test_lossless_put_times_out_when_full(ring_name: str) -> None:
         assert ring.put(_frame(2), FrameMeta("c", 2, 0.0, 0.0, H, W), timeout=0.1) is False
         assert time.monotonic() - t >= 0.09
         assert ring.drops == 0 and ring.depth == 2
+        assert ring.last_frame_index == 1
         assert ring.get(timeout=0.01)[1].frame_index == 0
     finally:
         ring.close()
