@@ -193,3 +193,47 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         train_config_from_dict({"data": {"train": {"root": "x", "format": "coco"}}})
     assert parse_set(["optim.epochs=3", "model.spec.window=[32, 32]"]) == {
         "optim": {"epochs": 3}, "model": {"spec": {"window": [32, 32]}}}
+
+
+def test_precise_bn_matches_the_images_and_keeps_weights() -> None:
+    from engines.models import create_model, small_spec
+    from engines.train.trainer import precise_bn
+
+    torch.manual_seed(0)
+    model = create_model(small_spec("ebc-tiny-rn").replace(window=(64, 64))).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items()
+               if "running" not in k and "num_batches" not in k}
+    images = [np.full((64, 64, 3), 200, np.uint8) for _ in range(3)]
+    precise_bn(model, images)
+    assert not model.training
+    bn = model.image_encoder.bn1
+    x = torch.full((1, 3, 64, 64), 200 / 255.0)
+    with torch.no_grad():  # the first BN sees conv1 of the normalised input: its exact mean
+        feat = model.image_encoder.conv1((x - model.mean) / model.std)
+    assert torch.allclose(bn.running_mean, feat.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert bn.momentum == 0.1
+    for k, v in model.state_dict().items():
+        if k in weights:
+            assert torch.equal(v, weights[k]), k
+
+
+def test_count_calibration_folds_into_the_anchors(trained: tuple[Path, dict[str, Any]],
+                                                  dots: Path, tmp_path: Path) -> None:
+    from engines.checkpoint import load_checkpoint, save_checkpoint
+    from engines.predict import predict
+    from engines.train.datasets import load_dataset
+    from engines.train.trainer import calibrated_copy
+
+    model, _ = load_checkpoint(trained[0] / "best.pt")
+    samples = load_dataset(dots, "json", select="1-16")
+    images = [s.load_rgb() for s in samples]
+    true = [s.count * 2 for s in samples]  # pretend the model counts half of what it should
+    before = sum(predict(model, im).count for im in images)
+    calibrated, scale = calibrated_copy(model, images, true)
+    assert scale == pytest.approx(sum(true) / before, rel=1e-6)
+    assert sum(predict(calibrated, im).count for im in images) == pytest.approx(sum(true), rel=1e-4)
+    assert list(calibrated.spec.anchors) == pytest.approx([a * scale for a in model.spec.anchors])
+    save_checkpoint(tmp_path / "c.pt", calibrated, {"count_scale": scale})
+    reloaded, meta = load_checkpoint(tmp_path / "c.pt")
+    assert predict(reloaded, images[0]).count == pytest.approx(predict(calibrated, images[0]).count)
+    assert sum(predict(model, im).count for im in images) == pytest.approx(before)  # untouched

@@ -111,6 +111,14 @@ class EvalConfig:
     every: int = 1  # epochs
     start: int = 1  # first epoch evaluated
     overlap: float = 0.0  # sliding-window overlap (window = the model's)
+    # Before each evaluation/checkpoint, recompute the BatchNorm statistics on this many training
+    # images at full size (0: keep the running averages of the augmented training crops, which
+    # differ from what inference sees and made the validation MAE swing by 2x between epochs).
+    precise_bn: int = 0
+    # Fit one count scale on this many training images at full size (sum of true counts / sum
+    # of predicted) and fold it into the bin anchors of the evaluated and saved model; the model
+    # being trained keeps its measured anchors. Training images only: validation stays unseen.
+    calibrate: int = 0
 
 
 @dataclass

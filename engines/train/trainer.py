@@ -67,6 +67,53 @@ def epoch_order(n_items: int, n_views: int, seed: int, epoch: int) -> np.ndarray
     return np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:n_views]
 
 
+def precise_bn(model: nn.Module, images: Sequence[np.ndarray], batch: int = 2) -> None:
+    """Recompute every BatchNorm's running mean/variance on ``images`` (HxWx3 uint8, full size).
+
+    Training crops are augmented and smaller than the frames inference sees; exact statistics
+    on real frames make the evaluated (and saved) model match deployment. Weights are untouched,
+    and train-mode forwards never read the running statistics, so training is unchanged.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not images:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch):
+                x = np.stack([to_tensor_layout(im) for im in images[i:i + batch]])
+                model(torch.from_numpy(x).to(device))
+    finally:
+        for m, mom in zip(bns, saved, strict=True):
+            m.momentum = mom
+        model.train(was_training)
+
+
+def calibrated_copy(model: nn.Module, images: Sequence[np.ndarray], counts: Sequence[int],
+                    overlap: float = 0.0) -> tuple[nn.Module, float]:
+    """A copy of ``model`` whose bin anchors are scaled so its total count on ``images`` matches
+    ``counts``; returns (copy, scale). Scaling every anchor scales every block's expected count
+    by the same factor, so this corrects a global over- or under-count."""
+    import copy
+
+    from engines.predict import predict
+
+    pred = sum(predict(model, im, overlap=overlap).count for im in images)
+    scale = float(sum(counts)) / pred if pred > 0 else 1.0
+    out = copy.deepcopy(model)
+    anchors = [a * scale for a in out.spec.anchors]
+    out.spec = out.spec.with_bins([tuple(b) for b in out.spec.bins], anchors)
+    with torch.no_grad():
+        out.anchors.copy_(torch.tensor(anchors, dtype=out.anchors.dtype).view_as(out.anchors))
+    return out, scale
+
+
 def orthogonal_text_features(model: nn.Module, seed: int) -> None:
     """Replace the model's per-bin text features by orthonormal vectors (random-init training).
 
@@ -317,9 +364,16 @@ class Trainer:
             row["train_mae"] = row.pop("mae")
             row["val_mae"] = row["val_rmse"] = ""
             e = cfg.eval
+            if e.precise_bn:
+                precise_bn(model, [p.rgb(cfg) for p in train[:: max(1, len(train) // e.precise_bn)]])
+            deployed = model  # what is evaluated and saved
+            if e.calibrate:
+                sub = train[:: max(1, len(train) // e.calibrate)]
+                deployed, row["count_scale"] = calibrated_copy(
+                    model, [p.rgb(cfg) for p in sub], [len(p.points) for p in sub], e.overlap)
             if val and epoch >= e.start and (epoch - e.start) % e.every == 0 or (
                     val and epoch == o.epochs):
-                res = evaluate(model, [p.sample for p in val], overlap=e.overlap,
+                res = evaluate(deployed, [p.sample for p in val], overlap=e.overlap,
                                images=[p.rgb(cfg) for p in val])
                 row["val_mae"], row["val_rmse"] = res.mae, res.rmse
             row["seconds"] = time.monotonic() - t0
@@ -330,12 +384,12 @@ class Trainer:
             improved = row["val_mae"] != "" and row["val_mae"] < best["val_mae"]
             if improved:
                 best = {"val_mae": row["val_mae"], "val_rmse": row["val_rmse"], "epoch": epoch}
-                save_checkpoint(self.out / "best.pt", model, {**meta, "best": True})
+                save_checkpoint(self.out / "best.pt", deployed, {**meta, "best": True})
             elif not val and epoch == o.epochs:
-                save_checkpoint(self.out / "best.pt", model, meta)
-            save_checkpoint(self.out / "last.pt", model, meta)
+                save_checkpoint(self.out / "best.pt", deployed, meta)
+            save_checkpoint(self.out / "last.pt", deployed, meta)
             if cfg.keep_every:
-                save_checkpoint(self.out / f"epoch_{epoch:03d}.pt", model, meta)
+                save_checkpoint(self.out / f"epoch_{epoch:03d}.pt", deployed, meta)
             self._write_state(model, optimizer, scaler, epoch, best, history)
             self._write_csv(history)
             log.info("epoch", epoch=epoch, loss=round(row["loss"], 4),
@@ -376,6 +430,7 @@ class Trainer:
                   val: Sequence[Sample]) -> dict[str, Any]:
         d = self.cfg.data
         return {"trainer": "crowdstream.engines.train", "epoch": epoch,
+                "count_scale": row.get("count_scale", 1.0),
                 "val_mae": row["val_mae"], "val_rmse": row["val_rmse"],
                 "train_mae": row["train_mae"], "train_images": len(train),
                 "val_images": len(val), "dataset": {"root": d.train.root,
@@ -411,7 +466,7 @@ class Trainer:
 
     def _write_csv(self, history: list[dict[str, Any]]) -> None:
         cols = ["epoch", "lr", "loss", "ce", "ot", "tv", "l1", "train_mae", "val_mae",
-                "val_rmse", "seconds"]
+                "val_rmse", "count_scale", "seconds"]
         with (self.out / "metrics.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
             w.writeheader()
