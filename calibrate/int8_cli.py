@@ -26,9 +26,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-deviation", type=float, default=0.02,
                    help="refuse an engine whose relative count deviation exceeds this (0.02)")
     p.add_argument("--max-calibration-tiles", type=int, default=96)
-    p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    p.add_argument("--method", choices=["percentile", "minmax", "entropy"], default="percentile",
+                   help="activation range calibration (percentile: robust to outliers)")
     p.add_argument("--activations", choices=["uint8", "int8"], default="uint8",
                    help="activation type (uint8: fastest on x86, every Conv runs as QLinearConv)")
+    p.add_argument("--float-last", type=int, default=0,
+                   help="keep the N MatMul/Gemm/Conv nearest the output in float (0)")
     p.add_argument("--no-per-channel", action="store_true",
                    help="one weight scale per tensor instead of per output channel")
     p.add_argument("--live-interval", type=float, default=2.0,
@@ -48,7 +51,8 @@ def main(args: argparse.Namespace) -> int:
                            max_deviation=args.max_deviation,
                            max_calibration_tiles=args.max_calibration_tiles,
                            method=args.method, per_channel=not args.no_per_channel,
-                           activations=args.activations, live_interval_s=args.live_interval,
+                           activations=args.activations, float_last=args.float_last,
+                           live_interval_s=args.live_interval,
                            live_timeout_s=args.live_timeout, threads=args.threads,
                            text_prompt=args.text_prompt)
     except ValueError as e:

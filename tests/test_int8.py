@@ -136,3 +136,16 @@ cameras:
     # no model.cache_dir: the engine cache is <run_dir>/engines, as the config documents
     assert list((tmp_path / "run" / "engines").glob("*int8*.onnx"))
     assert cli(["calibrate", "int8", str(config), "--holdout", "1.5"]) == 2
+
+
+def test_last_ops_walks_back_from_the_output(tmp_path: Path) -> None:
+    import onnx
+
+    from calibrate.int8 import QUANT_OPS, last_ops
+
+    engine = load_engine(None, backend="onnx", random_init="ebc-tiny-rn",
+                         cache_dir=str(tmp_path), threads=1)
+    model = onnx.load(engine.description["engine_file"])
+    (last,) = last_ops(model, QUANT_OPS, 1)
+    assert "projection" in last  # the 1x1 conv into the text-feature space
+    assert len(last_ops(model, QUANT_OPS, 3)) == 3 and last_ops(model, QUANT_OPS, 0) == []
