@@ -70,8 +70,10 @@ def load(cfg: AppConfig, choice: ModelChoice, text_prompt: str | None = None) ->
     from engines.backends import load_engine
 
     m = cfg.model
+    # the same default as `crowdstream calibrate int8`, so a calibrated INT8 engine is found
+    cache_dir = m.cache_dir or str(Path(cfg.run_dir) / "engines")
     return load_engine(choice.source, backend=m.backend, precision=m.precision, device=m.device,
-                       max_batch=m.batch, window=m.window, cache_dir=m.cache_dir,
+                       max_batch=m.batch, window=m.window, cache_dir=cache_dir,
                        random_init=choice.random_init, text_prompt=text_prompt,
                        threads=cfg.runtime.torch_threads)
 
