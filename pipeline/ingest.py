@@ -91,6 +91,7 @@ class Ingest:
         self.state: CameraState | None = None
         self.reason = ""
         self.frame_index = 0  # every decoded frame, monotonic across reconnects and loops
+        self.skip_through = -1  # a restarted file source re-decodes, but skips, frames up to here
         self.frames_out = 0  # frames written to the ring
         self.decode_errors = 0
         self.sampler = FpsSampler(cfg.fps)
@@ -241,6 +242,19 @@ class Ingest:
                     f"(FFmpeg: {stats.last_error})")
         return ""
 
+    def resume_after(self, last_index: int) -> None:
+        """Carry on after a restart: the ring remembers the last frame index written.
+
+        A live source simply continues the numbering; a file is decoded again from the start and
+        the frames already delivered are skipped, so a lossless run still counts each frame once.
+        """
+        if last_index < 0:
+            return
+        if self.live:
+            self.frame_index = last_index + 1
+        else:
+            self.skip_through = last_index
+
     def _deliver(self, frame: Any, fdur: float, capture_ts: float) -> None:
         """Sample, pace, convert and queue one decoded frame."""
         index = self.frame_index
@@ -250,7 +264,7 @@ class Ingest:
             t = (self._last_pts - self._pts_offset + fdur) if self._last_pts is not None else 0.0
         pts = t + self._pts_offset
         self._last_pts = pts
-        if not self.sampler.keep(pts):
+        if index <= self.skip_through or not self.sampler.keep(pts):
             return
         if self.cfg.realtime and not self.live:
             wait = self.pacer.delay(pts)
@@ -318,6 +332,7 @@ def run_ingest(camera: str, cfg: CameraConfig, ring: FrameRing | FrameRingHandle
     # process creation) and attaches; an in-process caller may pass the ring itself
     attached = FrameRing.attach(ring) if isinstance(ring, FrameRingHandle) else None
     ing = Ingest(camera, cfg, attached or ring, events.put, stop)
+    ing.resume_after(ing.ring.last_frame_index)
     try:
         ing.run()
     except Exception as e:

@@ -219,3 +219,40 @@ def test_disabled_camera_reports_offline_without_opening(tmp_path: Path) -> None
     assert st.reason == "disabled in the config (enabled: false)"
     assert [s for s, _ in run.states("off")] == ["offline"]
     assert rec.end is not None and not rec.metas
+
+
+def test_restarted_file_ingest_resumes_after_the_last_frame_written(tmp_path: Path) -> None:
+    """A restarted ingest keeps indices monotonic and a lossless file counts each frame once."""
+    import os
+    import queue
+    import threading
+
+    from pipeline.ingest import run_ingest
+    from pipeline.shm import EndOfStream, FrameMeta, FrameRing
+
+    clip = make_clip(tmp_path / "r.mp4", frames=20)
+    ring = FrameRing.create(f"cstest_resume_{os.getpid()}", 4, 240, 320, "lossless")
+    try:
+        blank = np.zeros((240, 320, 3), np.uint8)
+        for i in range(7):  # what the crashed process had already delivered
+            assert ring.put(blank, FrameMeta("file", i, i / 25, time.time(), 240, 320), timeout=5)
+            got = ring.get(timeout=5)
+            assert not isinstance(got, EndOfStream) and got is not None
+            ring.release(got[0])
+        stop = threading.Event()
+        t = threading.Thread(target=run_ingest, args=("file", CameraConfig(url=str(clip)), ring,
+                                                      queue.Queue(), stop), daemon=True)
+        t.start()
+        indices = []
+        while True:
+            got = ring.get(timeout=20)
+            assert got is not None, "ingest stalled"
+            if isinstance(got, EndOfStream):
+                break
+            indices.append(got[1].frame_index)
+            ring.release(got[0])
+        t.join(10)
+        assert indices == list(range(7, 20))
+    finally:
+        ring.close()
+        ring.unlink()
