@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from pipeline.configtypes import (
     ConfigError,
     build,
@@ -27,6 +25,7 @@ from pipeline.configtypes import (
     interpolate_env,
     json_schema,
     path_field,
+    read_yaml,
 )
 
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://", "srt://")
@@ -351,14 +350,7 @@ class AppConfig:
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> AppConfig:
     """Read, interpolate, merge defaults and validate a YAML config file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(path, "", "file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(path, "", f"not valid YAML: {e}") from None
-    if overrides:
-        raw = deep_merge(raw, overrides)
+    raw = read_yaml(path, overrides)
     return config_from_dict(raw, file=str(path), base_dir=path.resolve().parent)
 
 

@@ -216,6 +216,21 @@ def json_schema(tp: Any) -> dict[str, Any]:
             str: {"type": "string"}}[tp]
 
 
+def read_yaml(path: Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A YAML file's top-level mapping with ``overrides`` merged on top; clear errors otherwise."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(path, "", "file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(path, "", f"not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "", "expected a mapping at the top level")
+    return deep_merge(raw, overrides) if overrides else raw
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``override`` on top of ``base``; nested mappings merge, everything else replaces."""
     out = dict(base)

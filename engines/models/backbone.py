@@ -177,6 +177,20 @@ def resize_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int],
     return torch.cat([cls, grid], dim=0)
 
 
+def vit_embed(visual: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """Patch tokens with the class token prepended and positional embeddings resized to the grid.
+
+    Returns ``(tokens (B, 1 + gh*gw, width), gh, gw)``, before ``ln_pre``: CLIP-EBC inserts its
+    prompts after ``ln_pre`` and CLIP-Count before it, so each model continues from here.
+    """
+    x = visual.conv1(x)
+    b, c, gh, gw = x.shape
+    x = x.flatten(2).transpose(1, 2)
+    cls_tok = visual.class_embedding.to(x.dtype).view(1, 1, c).expand(b, 1, c)
+    pos = resize_pos_embed(visual.positional_embedding, tuple(visual.grid_size), (gh, gw))
+    return torch.cat([cls_tok, x], dim=1) + pos.to(x.dtype).unsqueeze(0), gh, gw
+
+
 def vit_grid(visual: nn.Module, size: tuple[int, int]) -> tuple[int, int]:
     """The patch grid of an input of ``size`` (h, w); errors if not a multiple of the patch."""
     ph, pw = visual.conv1.kernel_size

@@ -213,12 +213,8 @@ class PromptedViT(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, 1 + gh*gw, width) after the last block and ``vpt_norm``."""
         v = self.vit
-        x = v.conv1(x)
-        b, c, gh, gw = x.shape
-        x = x.flatten(2).transpose(1, 2)
-        cls_tok = v.class_embedding.to(x.dtype).view(1, 1, c).expand(b, 1, c)
-        pos = bb.resize_pos_embed(v.positional_embedding, tuple(v.grid_size), (gh, gw))
-        x = torch.cat([cls_tok, x], dim=1) + pos.to(x.dtype).unsqueeze(0)
+        x, gh, gw = bb.vit_embed(v, x)
+        b = x.shape[0]
         n = self.tokens
         x = torch.cat([x[:, :1], self._prompt(0, b).to(x.dtype), x[:, 1:]], dim=1)
         x = v.ln_pre(x)

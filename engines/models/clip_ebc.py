@@ -218,12 +218,8 @@ class ClipEBC(nn.Module):
 
     def _vit_features(self, x: torch.Tensor) -> torch.Tensor:
         v = self.image_encoder
-        x = v.conv1(x)
-        b, c, gh, gw = x.shape
-        x = x.flatten(2).transpose(1, 2)
-        cls_tok = v.class_embedding.to(x.dtype).view(1, 1, c).expand(b, 1, c)
-        pos = bb.resize_pos_embed(v.positional_embedding, tuple(v.grid_size), (gh, gw))
-        x = torch.cat([cls_tok, x], dim=1) + pos.to(x.dtype).unsqueeze(0)
+        x, gh, gw = bb.vit_embed(v, x)
+        b, c = x.shape[0], x.shape[2]
         x = v.ln_pre(x)
         n = self.num_vpt
         for i, blk in enumerate(v.transformer.resblocks):

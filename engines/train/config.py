@@ -25,7 +25,7 @@ import yaml
 
 from engines.train.loss import LossConfig
 from engines.train.transforms import AugmentConfig
-from pipeline.configtypes import ConfigError, build, deep_merge, interpolate_env, path_field
+from pipeline.configtypes import ConfigError, build, interpolate_env, path_field, read_yaml
 
 
 @dataclass
@@ -142,16 +142,7 @@ class TrainConfig:
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read and validate a trainer YAML; ``overrides`` merge on top (CLI ``--set``)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(path, "", "file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(path, "", f"not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(path, "", "expected a mapping at the top level")
-    if overrides:
-        raw = deep_merge(raw, overrides)
+    raw = read_yaml(path, overrides)
     raw = interpolate_env(raw, str(path))
     return build(TrainConfig, raw, file=str(path), base_dir=path.resolve().parent)
 
