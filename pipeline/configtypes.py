@@ -138,7 +138,7 @@ def _convert(tp: Any, value: Any, file: str | None, key: str, base_dir: Path | N
             raise ConfigError(file, key, f"expected a string, got {value!r}")
         if is_path and base_dir is not None and "://" not in value:
             p = Path(value).expanduser()
-            return str(p if p.is_absolute() else (base_dir / p))
+            return os.path.normpath(p if p.is_absolute() else (base_dir / p))
         return value
     raise TypeError(f"unsupported config type {tp!r} at {key}")
 
