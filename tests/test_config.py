@@ -61,3 +61,12 @@ def test_schema_accepts_shipped_configs() -> None:
     for f in run_configs:
         jsonschema.validate(yaml.safe_load(f.read_text()), schema)
         load_config(f)
+
+
+def test_committed_editor_schema_is_current() -> None:
+    """configs/crowdstream.schema.json is what editors load; regenerate it when config changes:
+    ``crowdstream config schema configs/crowdstream.schema.json``."""
+    import json
+
+    committed = Path(__file__).resolve().parent.parent / "configs" / "crowdstream.schema.json"
+    assert json.loads(committed.read_text()) == config_schema()
