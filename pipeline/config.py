@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -378,7 +379,19 @@ def config_from_dict(raw: dict[str, Any], file: str | None = None,
         merged["cameras"][str(name)] = deep_merge(defaults, cam)
     cfg = build(AppConfig, merged, file=file, base_dir=base_dir)
     cfg.source_file = file
+    if base_dir is not None:
+        for cam in cfg.cameras.values():
+            cam.url = _resolve_local_url(cam.url, base_dir)
     return cfg
+
+
+def _resolve_local_url(url: str, base_dir: Path) -> str:
+    """A relative file URL is relative to the config's folder, like every other path in it, so
+    ``crowdstream run configs/demo.yaml`` (and every other command) works from any directory."""
+    if "://" in url or url.startswith("/"):
+        return url
+    p = Path(url).expanduser()
+    return os.path.normpath(p if p.is_absolute() else base_dir / p)
 
 
 def config_schema() -> dict[str, Any]:

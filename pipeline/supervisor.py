@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing as mp
 import os
 import queue
@@ -92,15 +91,6 @@ def probe_file(url: str) -> tuple[int, int, int | None] | None:
             return int(s.codec_context.height), int(s.codec_context.width), (n or None)
     except Exception:
         return None
-
-
-def resolve_url(cam: CameraConfig, config_file: str | None) -> CameraConfig:
-    """A relative local file URL is relative to the config file's folder, like every other path
-    in the config (so ``crowdstream run configs/demo.yaml`` works from any directory)."""
-    url = cam.url
-    if config_file is None or "://" in url or url.startswith(("/", "~")):
-        return cam
-    return dataclasses.replace(cam, url=str(Path(config_file).resolve().parent / url))
 
 
 def _ingest_entry(camera: str, cfg: CameraConfig, handle: Any, events: Any, stop: Any,
@@ -176,7 +166,6 @@ class Supervisor:
                                                           "(enabled: false)")
         rt = cfg.runtime
         for name, cam in enabled:
-            cam = resolve_url(cam, cfg.source_file)
             probed = probe_file(cam.url)
             if probed is not None:
                 h, w, n = probed

@@ -70,3 +70,11 @@ def test_committed_editor_schema_is_current() -> None:
 
     committed = Path(__file__).resolve().parent.parent / "configs" / "crowdstream.schema.json"
     assert json.loads(committed.read_text()) == config_schema()
+
+
+def test_relative_file_urls_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    p = write(tmp_path, {"cameras": {"f": {"url": "clips/a.mp4"}, "r": {"url": "rtsp://h/s"},
+                                     "v": {"url": "/dev/video0"}}})
+    cfg = load_config(p)
+    assert cfg.cameras["f"].url == str(tmp_path / "clips" / "a.mp4")
+    assert cfg.cameras["r"].url == "rtsp://h/s" and cfg.cameras["v"].url == "/dev/video0"
