@@ -16,22 +16,15 @@ KINDS = {
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from pipeline.cli import add_subcommands
+
     sub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
-    for name, (module, help_text) in KINDS.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.set_defaults(_calibrate_module=module)
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name and module.startswith(e.name):
-                sp.set_defaults(_calibrate_missing=True)
-                continue
-            raise
-        mod.configure(sp)
+    add_subcommands(sub, KINDS, "_calibrate")
 
 
 def main(args: argparse.Namespace) -> int:
-    if getattr(args, "_calibrate_missing", False):
-        print(f"crowdstream calibrate: '{args.kind}' is not available in this build")
+    missing = getattr(args, "_calibrate_missing", None)
+    if missing:
+        print(f"crowdstream calibrate: {missing}")
         return 2
     return int(importlib.import_module(args._calibrate_module).main(args) or 0)

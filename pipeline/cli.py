@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
 from pipeline.configtypes import ConfigError
 
@@ -26,21 +27,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crowdstream", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+def add_subcommands(sub: Any, table: dict[str, tuple[str, str]], key: str) -> None:
+    """Add one sub-parser per ``table`` entry, configured by its module's ``configure``.
+
+    The chosen module's name lands in ``args.<key>_module``; a module that is not in this build
+    leaves a message in ``args.<key>_missing`` instead of failing the whole parser.
+    """
+    for name, (module, help_text) in table.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
+        p.set_defaults(**{f"{key}_module": module})
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
             if e.name and module.startswith(e.name):
-                p.set_defaults(_missing=f"'{name}' is not available in this build ({module} missing)")
+                p.set_defaults(**{f"{key}_missing":
+                                  f"'{name}' is not available in this build ({module} missing)"})
                 continue
             raise
         mod.configure(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crowdstream", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_subcommands(sub, COMMANDS, "_cmd")
     return parser
 
 
@@ -50,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.log import setup_logging
 
     setup_logging(args.log_level)
-    if getattr(args, "_missing", None):
-        print(f"crowdstream: {args._missing}", file=sys.stderr)
+    if getattr(args, "_cmd_missing", None):
+        print(f"crowdstream: {args._cmd_missing}", file=sys.stderr)
         return 2
-    mod = importlib.import_module(args._module)
+    mod = importlib.import_module(args._cmd_module)
     try:
         return int(mod.main(args) or 0)
     except ConfigError as e:
