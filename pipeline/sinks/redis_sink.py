@@ -134,6 +134,21 @@ def connect(url: str, cfg: RedisConfig) -> Any:
     return redis.Redis.from_url(url, **kwargs)
 
 
+def _execute(pipe: Any, items: list[_Item]) -> list[Any]:
+    """Run a pipeline; any connection failure, raised or in a reply, leaves ``items`` unresolved
+    (the caller keeps them for the reconnect) while other per-command errors come back as replies."""
+    try:
+        results = pipe.execute(raise_on_error=False)
+    except Exception as e:
+        if _is_conn_error(e):
+            raise _Unresolved(items, e) from e
+        raise
+    for r in results:
+        if isinstance(r, BaseException) and _is_conn_error(r):
+            raise _Unresolved(items, r)
+    return results
+
+
 def _is_conn_error(e: BaseException) -> bool:
     import redis
     from redis.exceptions import ClusterDownError, MasterDownError, TryAgainError
@@ -497,15 +512,7 @@ class RedisSink:
                     last_note[it.camera] = it.note
                 else:
                     pipe.publish(self.keys.live(it.camera), it.note)
-        try:
-            results = pipe.execute(raise_on_error=False)
-        except Exception as e:
-            if _is_conn_error(e):
-                raise _Unresolved(batch, e) from e
-            raise
-        for r in results:
-            if isinstance(r, BaseException) and _is_conn_error(r):
-                raise _Unresolved(batch, r)
+        results = _execute(pipe, batch)
         for r in results[sum(spans):]:
             if isinstance(r, BaseException):
                 log.error("latest-state update or notification refused", error=str(r)[:200])
@@ -545,16 +552,9 @@ class RedisSink:
             for it in retry_auto:
                 name, args, kwargs = it.commands[0]
                 pipe.xadd(*args, **{**kwargs, "id": "*"})
-            try:
-                replies = pipe.execute(raise_on_error=False)
-            except Exception as e:
-                if _is_conn_error(e):
-                    raise _Unresolved(retry_auto, e) from e
-                raise
+            replies = _execute(pipe, retry_auto)
             for it, r in zip(retry_auto, replies, strict=True):
                 if isinstance(r, BaseException):
-                    if _is_conn_error(r):
-                        raise _Unresolved(retry_auto, r)
                     self.failed += 1
                     log.error("message refused", camera=it.camera, error=str(r)[:200])
                 else:
