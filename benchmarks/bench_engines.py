@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from engines.bench import bench_source, format_table, machine
-    from engines.cli_bench import _official_checkpoint
+    from calibrate.bench import bench_source, format_table, machine
+    from pipeline.commands.bench import _official_checkpoint
 
     torch.set_num_threads(args.threads)
     combos = [("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8")]

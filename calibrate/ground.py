@@ -34,8 +34,8 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.config import CalibrationConfig
-from pipeline.configtypes import ConfigError
+from calibrate.config import CalibrationConfig
+from engines.yamlconfig import ConfigError
 
 Reason = Literal[
     "too_few_points", "duplicate_points", "collinear_points", "off_image", "inconsistent_points",

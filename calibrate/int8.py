@@ -29,22 +29,41 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from engines.backends.base import EngineError
-from pipeline.log import get_logger
+from engines.log import get_logger
+from engines.video import SourceSettings, is_live
 
 if TYPE_CHECKING:
     from engines.backends.base import Engine
-    from pipeline.config import AppConfig, CameraConfig
 
 log = get_logger("calibrate.int8")
 
 QUANT_OPS = ("MatMul", "Gemm", "Conv")
+
+
+class CameraSource(SourceSettings, Protocol):
+    """A camera frames are collected from (``pipeline.config.CameraConfig`` is one)."""
+
+    enabled: bool
+
+
+class ModelSettings(Protocol):
+    """The model section calibration reads (``pipeline.config.ModelConfig`` is one)."""
+
+    checkpoint: str | None
+    engine: str | None
+    random_init: str | None
+    batch: int
+    window: tuple[int, int] | None
+    overlap: float
+    device: str
 
 
 class Int8Refused(EngineError):
@@ -118,9 +137,9 @@ class Int8Result:
 
 # -- frame collection ---------------------------------------------------------------------------
 
-def _sample_file(name: str, cam: CameraConfig, k: int) -> list[CalibFrame]:
+def _sample_file(name: str, cam: SourceSettings, k: int) -> list[CalibFrame]:
     """``k`` frames evenly spread over a file's duration (seek, decode the next frame)."""
-    from pipeline.sources import iter_video_frames, open_source
+    from engines.video import iter_video_frames, open_source
 
     container = open_source(cam)
     try:
@@ -151,10 +170,10 @@ def _sample_file(name: str, cam: CameraConfig, k: int) -> list[CalibFrame]:
         container.close()
 
 
-def _sample_live(name: str, cam: CameraConfig, k: int, interval_s: float,
+def _sample_live(name: str, cam: SourceSettings, k: int, interval_s: float,
                  timeout_s: float) -> list[CalibFrame]:
     """One frame every ``interval_s`` of wall time from a live source, until ``k`` or timeout."""
-    from pipeline.sources import iter_video_frames, open_source
+    from engines.video import iter_video_frames, open_source
 
     container = open_source(cam)
     out: list[CalibFrame] = []
@@ -175,21 +194,23 @@ def _sample_live(name: str, cam: CameraConfig, k: int, interval_s: float,
     return out
 
 
-def collect_frames(cfg: AppConfig, count: int, *, live_interval_s: float = 2.0,
-                   live_timeout_s: float = 120.0) -> list[CalibFrame]:
+def collect_frames(cameras: Mapping[str, CameraSource], count: int, *,
+                   live_interval_s: float = 2.0, live_timeout_s: float = 120.0
+                   ) -> list[CalibFrame]:
     """About ``count`` frames spread over the enabled cameras (equal share) and over time."""
-    cams = {n: c for n, c in cfg.cameras.items() if c.enabled}
+    cams = {n: c for n, c in cameras.items() if c.enabled}
     if not cams:
         raise EngineError("no enabled camera in the config to collect calibration frames from")
     share = math.ceil(count / len(cams))
     frames: list[CalibFrame] = []
     for name, cam in cams.items():
-        if cam.is_live:
+        live = is_live(cam.url)
+        if live:
             got = _sample_live(name, cam, share, live_interval_s, live_timeout_s)
         else:
             got = _sample_file(name, cam, share)
         log.info("frames_collected", camera=name, frames=len(got), wanted=share,
-                 live=cam.is_live)
+                 live=live)
         frames.extend(got)
     if len(frames) < 2:
         raise EngineError(f"only {len(frames)} frame(s) could be collected from "
@@ -493,9 +514,10 @@ def calibrate_int8(fp32_engine_path: str | os.PathLike[str], out_path: str | os.
     return Int8Result(report=report, engine_path=out)
 
 
-def calibrate_from_config(cfg: AppConfig, opts: Int8Options, *,
+def calibrate_from_config(model: ModelSettings, cameras: Mapping[str, CameraSource],
+                          cache_dir: str | Path, opts: Int8Options, *,
                           frames: list[CalibFrame] | None = None) -> Int8Result:
-    """Collect frames from ``cfg``'s cameras and calibrate its model into its engine cache.
+    """Collect frames from ``cameras`` and calibrate ``model`` into the engine cache.
 
     The INT8 engine lands where ``load_engine(checkpoint, precision="int8", cache_dir=...)``
     (and so ``crowdstream run`` with ``model.precision: int8``) looks for it. A config naming an
@@ -504,8 +526,8 @@ def calibrate_from_config(cfg: AppConfig, opts: Int8Options, *,
     from engines.backends.sidecar import read_sidecar
     from engines.export import cached_engine_path, ensure_engine, source_digest
 
-    m = cfg.model
-    cache_dir = Path(m.cache_dir) if m.cache_dir else Path(cfg.run_dir) / "engines"
+    m = model
+    cache_dir = Path(cache_dir)
     prompt = opts.text_prompt
     if m.engine:
         fp32_path = Path(m.engine)
@@ -526,7 +548,7 @@ def calibrate_from_config(cfg: AppConfig, opts: Int8Options, *,
                                  max_batch=m.batch, text_prompt=prompt)
     read_sidecar(fp32_path)
     if frames is None:
-        frames = collect_frames(cfg, opts.frames, live_interval_s=opts.live_interval_s,
+        frames = collect_frames(cameras, opts.frames, live_interval_s=opts.live_interval_s,
                                 live_timeout_s=opts.live_timeout_s)
     report_path = out.with_name(out.name + ".report.json")
     try:

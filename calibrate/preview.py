@@ -16,12 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
 from calibrate.ground import CalibrationError, GroundCalibration
-from pipeline.config import ZoneConfig
+
+
+class NamedPolygon(Protocol):
+    """A zone to draw: a name and a polygon in 0..1 image coordinates (``ZoneConfig`` is one)."""
+
+    name: str
+    polygon: Sequence[tuple[float, float]]
+
 
 GREEN, RED, GRID, AXIS, ZONE, HORIZON, WHITE = (
     (60, 220, 60), (40, 40, 240), (230, 200, 60), (255, 255, 120), (40, 200, 255), (0, 220, 255),
@@ -131,7 +138,7 @@ def draw_points(img: np.ndarray, cal: GroundCalibration) -> None:
         _text(img, str(i), (pi[0] + 7, pi[1] - 7), GREEN)
 
 
-def draw_zones(img: np.ndarray, cal: GroundCalibration, zones: Sequence[ZoneConfig]) -> None:
+def draw_zones(img: np.ndarray, cal: GroundCalibration, zones: Sequence[NamedPolygon]) -> None:
     import cv2
 
     h, w = img.shape[:2]
@@ -161,7 +168,7 @@ def shade_excluded(img: np.ndarray, cal: GroundCalibration, cell: float = 8.0) -
 
 
 def render_preview(frame_bgr: np.ndarray, cal: GroundCalibration, *,
-                   zones: Sequence[ZoneConfig] = (), grid_m: float = 1.0,
+                   zones: Sequence[NamedPolygon] = (), grid_m: float = 1.0,
                    title: str = "") -> np.ndarray:
     """A BGR image the size of ``frame_bgr`` with the calibration drawn on it.
 
@@ -202,22 +209,3 @@ def write_png(path: str | Path, img: np.ndarray) -> Path:
         raise OSError(f"could not encode a PNG for {path}")
     path.write_bytes(buf.tobytes())
     return path
-
-
-def read_first_frame(url: str, options: dict[str, str] | None = None,
-                     timeout_s: float = 10.0) -> np.ndarray:
-    """The first decodable video frame of a file or stream, as BGR uint8 (PyAV)."""
-    import av
-
-    kw: dict[str, Any] = {"options": dict(options or {}), "timeout": timeout_s}
-    if url.startswith("/dev/video"):
-        kw["format"] = "v4l2"
-    try:
-        with av.open(url, **kw) as container:
-            if not container.streams.video:
-                raise ValueError(f"{url}: no video stream")
-            for frame in container.decode(video=0):
-                return frame.to_ndarray(format="bgr24")
-    except av.error.FFmpegError as e:
-        raise ValueError(f"{url}: cannot decode a frame: {e}") from None
-    raise ValueError(f"{url}: no frame could be decoded")

@@ -31,7 +31,8 @@ import numpy as np
 
 from engines.backends.base import EngineError
 from engines.backends.sidecar import read_sidecar, sidecar_path, write_sidecar
-from pipeline.log import get_logger
+from engines.log import get_logger
+from engines.paths import engine_cache_dir
 
 log = get_logger("export")
 
@@ -244,18 +245,6 @@ def build_onnx_engine(model: Any, out_path: str | os.PathLike[str], *, window: t
     return read_sidecar(out)
 
 
-def default_cache_dir() -> Path:
-    """``$CROWDSTREAM_ENGINE_CACHE``, else ``$XDG_CACHE_HOME/crowdstream/engines`` (``~/.cache``).
-
-    Used when no ``cache_dir`` is given, so engines are still exported only once per machine.
-    """
-    env = os.environ.get("CROWDSTREAM_ENGINE_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "crowdstream" / "engines"
-
-
 def source_digest(source: str | None, random_init: str | None, seed: int = 0) -> str:
     """Content hash of a checkpoint's bytes, or of a random-init spec name + seed + spec.
 
@@ -299,7 +288,7 @@ def ensure_engine(source: str | None, *, cache_dir: str | os.PathLike[str] | Non
 
     ``backend`` "onnx" (fp32; int8 must come from ``crowdstream calibrate int8``, which writes
     into the same cache) or "tensorrt" (fp32/fp16/int8-from-QDQ plan, built on ``device``).
-    Without ``cache_dir`` the engine goes to :func:`default_cache_dir`. A cache hit reads the
+    Without ``cache_dir`` the engine goes to :func:`engines.paths.engine_cache_dir`. A cache hit reads the
     checkpoint's bytes for its hash but loads no model.
     """
     if backend not in ("onnx", "tensorrt"):
@@ -313,7 +302,7 @@ def ensure_engine(source: str | None, *, cache_dir: str | os.PathLike[str] | Non
         import_tensorrt()  # before any export work: say early that TensorRT is missing
         gpu_identity(device)
     digest = source_digest(source, random_init)
-    cdir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cdir = Path(cache_dir) if cache_dir else engine_cache_dir()
     cdir.mkdir(parents=True, exist_ok=True)
     where = dict(source=source, random_init=random_init, digest=digest, window=window,
                  max_batch=max_batch, text_prompt=text_prompt)

@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engines.log import get_logger
+from engines.yamlconfig import ConfigError
 from pipeline.config import AlertRuleConfig, CameraConfig, WebhookConfig
-from pipeline.configtypes import ConfigError
-from pipeline.log import get_logger
 from pipeline.results import FrameResult
 
 Listener = Callable[[dict[str, Any]], None]

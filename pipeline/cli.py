@@ -12,18 +12,18 @@ import importlib
 import sys
 from typing import Any
 
-from pipeline.configtypes import ConfigError
+from engines.yamlconfig import ConfigError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("pipeline.commands.run", "count people on the configured cameras until stopped"),
     "config": ("pipeline.commands.config", "validate a config file or print its JSON Schema"),
     "watch": ("pipeline.commands.watch", "follow a camera's counts live from Redis"),
-    "train": ("engines.train.cli_train", "train a CLIP-EBC model on a point-annotated dataset"),
-    "eval": ("engines.train.cli_eval", "evaluate a checkpoint or engine on a dataset or video"),
-    "export": ("engines.cli_export", "build an engine (ONNX / TensorRT) from a checkpoint"),
-    "calibrate": ("calibrate.cli", "INT8 engine calibration or camera ground-plane calibration"),
-    "bench": ("engines.cli_bench", "measure engine throughput per backend and precision"),
+    "train": ("pipeline.commands.train", "train a CLIP-EBC model on a point-annotated dataset"),
+    "eval": ("pipeline.commands.eval", "evaluate a checkpoint or engine on a dataset or video"),
+    "export": ("pipeline.commands.export", "build an engine (ONNX / TensorRT) from a checkpoint"),
+    "calibrate": ("pipeline.commands.calibrate", "INT8 engine calibration or camera ground-plane calibration"),
+    "bench": ("pipeline.commands.bench", "measure engine throughput per backend and precision"),
 }
 
 
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from pipeline.log import setup_logging
+    from engines.log import setup_logging
 
     setup_logging(args.log_level)
     if getattr(args, "_cmd_missing", None):

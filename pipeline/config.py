@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.configtypes import (
+from calibrate.config import CalibrationConfig, GroundPointConfig
+from engines.video import is_live
+from engines.yamlconfig import (
     ConfigError,
     build,
     deep_merge,
@@ -28,8 +30,6 @@ from pipeline.configtypes import (
     path_field,
     read_yaml,
 )
-
-LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://", "srt://")
 
 QueuePolicy = Literal["lossless", "latest"]
 
@@ -148,55 +148,6 @@ class RecordingConfig:
 
 
 @dataclass
-class GroundPointConfig:
-    """One calibration point: a pixel and where it lies on the ground plane (metres)."""
-
-    image: tuple[float, float]
-    ground: tuple[float, float]
-
-
-@dataclass
-class CalibrationConfig:
-    """Ground-plane calibration of a camera (``crowdstream calibrate ground``).
-
-    Either ``points`` (>= 4 image/ground pairs; ``homography`` + ``image_size`` are written from
-    them by the calibrate command) or a ``perspective_map``. Image coordinates are pixels of an
-    ``image_size`` frame, (0, 0) the top-left corner; ground coordinates are metres.
-    """
-
-    points: list[GroundPointConfig] = field(default_factory=list)
-    homography: list[list[float]] | None = None  # image -> ground (3x3), written by calibrate
-    image_size: tuple[int, int] | None = None  # (width, height) the points / homography refer to
-    perspective_map: str | None = path_field(None)  # per-pixel scale map (.npy), alternative input
-    # What the map's value p means (u = perspective_units_per_m; see calibrate/ground.py):
-    # "area_weight" (Mall / UCSD): p = (s_ref / s)^2, s = image scale of upright people; floor area
-    #   of a pixel = p^1.5 / u^2, u = sqrt(pixels covered by 1 m^2 of floor) where p == 1.
-    # "ground_area_weight": p proportional to a pixel's floor area; floor area = p / u^2.
-    # "pixels_per_unit": p = image pixels per unit of floor length (isotropic), u = units per metre;
-    #   floor area = 1 / (p * u)^2.
-    perspective_kind: Literal["area_weight", "ground_area_weight", "pixels_per_unit"] = "area_weight"
-    perspective_units_per_m: float = 1.0
-    max_reprojection_error_m: float = 0.25
-    # homography: density cells whose floor is seen coarser than this (metres per pixel along the
-    # image rows, the scale people appear at) are outside the usable ground region: area 0, no
-    # p/m² (the far field under a horizon: people too small to count). None: only the horizon cuts.
-    max_metres_per_pixel: float | None = 0.1
-
-    def __post_init__(self) -> None:
-        if self.max_metres_per_pixel is not None and self.max_metres_per_pixel <= 0:
-            raise ValueError("max_metres_per_pixel must be > 0 (or null for no limit)")
-        if self.perspective_units_per_m <= 0:
-            raise ValueError("perspective_units_per_m must be > 0")
-        if self.max_reprojection_error_m <= 0:
-            raise ValueError("max_reprojection_error_m must be > 0")
-        if self.homography is not None and (
-                len(self.homography) != 3 or any(len(r) != 3 for r in self.homography)):
-            raise ValueError("homography must be a 3x3 list of lists")
-        if self.image_size is not None and min(self.image_size) <= 0:
-            raise ValueError(f"image_size must be (width, height) > 0, got {self.image_size}")
-
-
-@dataclass
 class CameraConfig:
     """One source: RTSP/RTMP/HLS URL, local file or V4L2 device, plus per-camera settings."""
 
@@ -220,7 +171,8 @@ class CameraConfig:
 
     @property
     def is_live(self) -> bool:
-        return self.url.startswith(LIVE_SCHEMES) or self.url.startswith("/dev/video")
+        """Not a file (camera, stream, capture device): ``engines.video.source_kind`` decides."""
+        return is_live(self.url)
 
     @property
     def effective_policy(self) -> QueuePolicy:
@@ -243,12 +195,19 @@ class ModelConfig:
     window: tuple[int, int] | None = None  # default: the model's own window
     overlap: float = 0.0
     batch_timeout_ms: float = 20.0  # wait this long to fill a batch before running a partial one
-    cache_dir: str | None = path_field(None)  # default: <run_dir>/engines
+    cache_dir: str | None = path_field(None)  # default: the user's engine cache (shared)
     random_init: str | None = None  # a small built-in config name, for tests without weights
 
     def __post_init__(self) -> None:
         if self.batch < 1:
             raise ValueError("batch must be >= 1")
+
+    @property
+    def engine_cache_dir(self) -> Path:
+        """Where exported engines are kept: ``cache_dir``, else the user's shared cache."""
+        from engines.paths import engine_cache_dir
+
+        return Path(self.cache_dir) if self.cache_dir else engine_cache_dir()
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.log import get_logger
+from engines.log import get_logger
 
 if TYPE_CHECKING:
     import av.video.frame

@@ -1,7 +1,7 @@
 """Ingest: one process per source, decoding with PyAV into a shared-memory frame ring.
 
 ``run_ingest`` is the process entry point the supervisor spawns for each camera. It opens the
-source (:mod:`pipeline.sources`), decodes with frame+slice threading, optionally samples to
+source (:mod:`engines.video`), decodes with frame+slice threading, optionally samples to
 ``cfg.fps`` by PTS and paces files in real time, and writes BGR uint8 frames with their source
 PTS, a monotonic per-camera frame index and the capture wall-clock time into the camera's ring:
 a slot is reserved and libswscale converts straight into it (:mod:`pipeline.frame_convert`),
@@ -33,12 +33,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import CameraConfig
-from pipeline.events import CameraState, CameraStatus
-from pipeline.frame_convert import BgrWriter
-from pipeline.log import get_logger
-from pipeline.shm import FrameMeta, FrameRing, FrameRingHandle
-from pipeline.sources import (
+from engines.log import get_logger
+from engines.video import (
     DecodeStats,
     FpsSampler,
     Pacer,
@@ -51,6 +47,10 @@ from pipeline.sources import (
     source_kind,
     stream_frame_count,
 )
+from pipeline.config import CameraConfig
+from pipeline.events import CameraState, CameraStatus
+from pipeline.frame_convert import BgrWriter
+from pipeline.shm import FrameMeta, FrameRing, FrameRingHandle
 
 if TYPE_CHECKING:
     import multiprocessing.queues

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from pipeline.log import get_logger
+from engines.log import get_logger
 
 if TYPE_CHECKING:
     from pipeline.config import AppConfig

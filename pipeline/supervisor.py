@@ -30,13 +30,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from engines.log import get_logger
+from engines.video import probe_video
+from engines.yamlconfig import ConfigError
 from pipeline.config import AppConfig, CameraConfig
-from pipeline.configtypes import ConfigError
 from pipeline.events import CameraStatus
-from pipeline.log import get_logger
 from pipeline.metrics import CameraSnapshot, PipelineMetrics, Snapshot
 from pipeline.shm import BatchPool, FrameRing, check_shm_space, run_prefix
 from pipeline.stages import inference as inference_stage
@@ -75,31 +75,13 @@ class _CamInfo:
     reason: str = ""
 
 
-def probe_file(url: str) -> tuple[int, int, int | None] | None:
-    """(height, width, frames) of a local video file, or None when it cannot be probed here
-    (ingest then reports the camera's error; the ring falls back to the configured maximum)."""
-    if "://" in url or url.startswith("/dev/video") or not Path(url).is_file():
-        return None
-    try:
-        import av
-
-        with av.open(url) as c:
-            s = c.streams.video[0]
-            n = int(s.frames or 0)
-            if not n and s.duration and s.average_rate:
-                n = int(float(s.duration * s.time_base) * float(s.average_rate))
-            return int(s.codec_context.height), int(s.codec_context.width), (n or None)
-    except Exception:
-        return None
-
-
 def _ingest_entry(camera: str, cfg: CameraConfig, handle: Any, events: Any, stop: Any,
                   log_level: str | None, parent_pid: int) -> None:
     """Spawned ingest process: logging, Ctrl-C left to the supervisor, exit with the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     set_process_name(f"cs-ingest-{camera}")
+    from engines.log import setup_logging
     from pipeline.ingest import run_ingest
-    from pipeline.log import setup_logging
 
     setup_logging(log_level)
     _watch_parent(parent_pid, stop)
@@ -166,9 +148,9 @@ class Supervisor:
                                                           "(enabled: false)")
         rt = cfg.runtime
         for name, cam in enabled:
-            probed = probe_file(cam.url)
+            probed = probe_video(cam)
             if probed is not None:
-                h, w, n = probed
+                h, w, n = probed.height, probed.width, probed.frames
                 total = None if (cam.loop or cam.is_live) else n
             else:
                 h, w, total = rt.max_frame_height, rt.max_frame_width, None
@@ -560,4 +542,4 @@ def run(cfg: AppConfig, **kw: Any) -> int:
     return Supervisor(cfg, **kw).run()
 
 
-__all__ = ["PipelineError", "Supervisor", "probe_file", "run"]
+__all__ = ["PipelineError", "Supervisor", "run"]

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.log import get_logger
 from pipeline.config import CameraConfig, ZoneConfig
-from pipeline.log import get_logger
 from pipeline.results import FrameResult
 
 SUPERSAMPLE = 8

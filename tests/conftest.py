@@ -19,6 +19,21 @@ def data_root() -> Path | None:
     return p if p.is_dir() else None
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Engines and pulled models go to a folder of this test session, never ~/.cache: a test
+    must not reuse what another run exported (or leave files in the user's cache)."""
+    old = {k: os.environ.get(k) for k in ("CROWDSTREAM_HOME", "CROWDSTREAM_ENGINE_CACHE")}
+    os.environ["CROWDSTREAM_HOME"] = str(tmp_path_factory.mktemp("crowdstream_home"))
+    os.environ.pop("CROWDSTREAM_ENGINE_CACHE", None)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture
 def shared_data() -> Path:
     root = data_root()

@@ -10,9 +10,9 @@ import time
 import pytest
 from _outputs_helpers import make_result
 
+from engines.yamlconfig import ConfigError
 from pipeline.alerts import AlertSink, WebhookNotifier, check_rules
 from pipeline.config import WebhookConfig, config_from_dict
-from pipeline.configtypes import ConfigError
 from pipeline.schema import validate
 
 

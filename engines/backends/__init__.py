@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.backends.base import Engine, EngineError
-from pipeline.log import get_logger
+from engines.log import get_logger
 
 __all__ = ["BACKENDS", "Engine", "EngineError", "load_engine"]
 

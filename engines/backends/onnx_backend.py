@@ -20,7 +20,7 @@ import numpy as np
 
 from engines.backends.base import Engine, EngineError, make_description
 from engines.backends.sidecar import read_sidecar
-from pipeline.log import get_logger
+from engines.log import get_logger
 
 log = get_logger("engine.onnx")
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from engines.backends.base import Engine, EngineError, make_description
 from engines.backends.sidecar import check_tensorrt_compat, read_sidecar, write_sidecar
-from pipeline.log import get_logger
+from engines.log import get_logger
 
 log = get_logger("engine.tensorrt")
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from engines.backends.base import Engine, EngineError, make_description
-from pipeline.log import get_logger
+from engines.log import get_logger
 
 log = get_logger("engine.torch")
 

@@ -25,7 +25,7 @@ import yaml
 
 from engines.train.loss import LossConfig
 from engines.train.transforms import AugmentConfig
-from pipeline.configtypes import ConfigError, build, interpolate_env, path_field, read_yaml
+from engines.yamlconfig import ConfigError, build, interpolate_env, path_field, read_yaml
 
 
 @dataclass

@@ -36,13 +36,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from engines.log import get_logger
 from engines.train.config import OptimConfig, TrainConfig
 from engines.train.datasets import Sample, holdout_split, load_dataset
 from engines.train.evaluate import evaluate
 from engines.train.labels import bin_index, block_counts, fine_bins, measure_anchors
 from engines.train.loss import DACELoss
 from engines.train.transforms import augment, resize_for_training, to_tensor_layout
-from pipeline.log import get_logger
 
 log = get_logger("train")
 

@@ -25,8 +25,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from engines.yamlconfig import ConfigError
     from pipeline.config import load_config
-    from pipeline.configtypes import ConfigError
     from pipeline.shm import ShmSpaceError
     from pipeline.supervisor import PipelineError, Supervisor
 

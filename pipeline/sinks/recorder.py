@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.log import get_logger
 from pipeline.config import CameraConfig, RecordingConfig, ZoneConfig
-from pipeline.log import get_logger
 from pipeline.results import FrameResult
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.log import get_logger
 from pipeline.config import RedisConfig
-from pipeline.log import get_logger
 from pipeline.redis_keys import RedisKeys
 from pipeline.results import FrameResult
 

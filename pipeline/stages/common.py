@@ -63,7 +63,7 @@ class StageArgs:
 def enter_stage(args: StageArgs) -> None:
     """Per-process setup: logging, and leave Ctrl-C to the supervisor (a terminal's SIGINT
     reaches the whole process group; the supervisor drains and then stops the stages)."""
-    from pipeline.log import setup_logging
+    from engines.log import setup_logging
 
     setup_logging(args.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

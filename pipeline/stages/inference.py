@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engines.log import get_logger
+from engines.yamlconfig import ConfigError
 from pipeline.config import AppConfig, ModelConfig
-from pipeline.configtypes import ConfigError
-from pipeline.log import get_logger
 from pipeline.stages.common import StageArgs, enter_stage, orphaned
 
 
@@ -70,8 +70,8 @@ def load(cfg: AppConfig, choice: ModelChoice, text_prompt: str | None = None) ->
     from engines.backends import load_engine
 
     m = cfg.model
-    # the same default as `crowdstream calibrate int8`, so a calibrated INT8 engine is found
-    cache_dir = m.cache_dir or str(Path(cfg.run_dir) / "engines")
+    # the same cache as `crowdstream calibrate int8`, so a calibrated INT8 engine is found
+    cache_dir = str(m.engine_cache_dir)
     return load_engine(choice.source, backend=m.backend, precision=m.precision, device=m.device,
                        max_batch=m.batch, window=m.window, cache_dir=cache_dir,
                        random_init=choice.random_init, text_prompt=text_prompt,

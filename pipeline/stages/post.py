@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from engines.log import get_logger
 from engines.tiling import TileLayout
 from pipeline.config import AppConfig
 from pipeline.events import CameraStatus
-from pipeline.log import get_logger
 from pipeline.results import FrameResult, Sink
 from pipeline.shm import BatchPool, FrameRing
 from pipeline.smoothing import Smoother

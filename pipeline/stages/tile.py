@@ -18,9 +18,9 @@ import time
 
 import numpy as np
 
+from engines.log import get_logger
 from engines.tiling import TileLayout
 from pipeline.events import EndOfStream
-from pipeline.log import get_logger
 from pipeline.shm import BatchPool, FrameMeta, FrameRing
 from pipeline.stages.common import StageArgs, enter_stage, orphaned
 

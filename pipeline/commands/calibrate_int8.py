@@ -60,7 +60,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     cfg = load_config(args.config)
     try:
-        result = calibrate_from_config(cfg, opts)
+        result = calibrate_from_config(cfg.model, cfg.cameras, cfg.model.engine_cache_dir,
+                                       opts)
     except Int8Refused as e:
         _print_report(e.report)
         print(f"crowdstream calibrate int8: {e}", file=sys.stderr)

@@ -48,9 +48,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from engines.log import get_logger
     from engines.train.datasets import load_dataset
     from engines.train.evaluate import EvalResult, evaluate, records_from_jsonl, write_count_plot
-    from pipeline.log import get_logger
 
     log = get_logger("eval")
     samples = load_dataset(args.data, args.format, split=args.split, select=args.select)

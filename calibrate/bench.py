@@ -19,6 +19,7 @@ import platform
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from engines.backends import load_engine
 from engines.backends.base import Engine, EngineError
-from pipeline.log import get_logger
+from engines.log import get_logger
 
 log = get_logger("bench")
 
@@ -82,10 +83,13 @@ def _int8_engine(fp32_engine: Engine, *, frames: int, threads: int | None, batch
                  ) -> tuple[Engine, dict[str, Any]]:
     """Calibrate ``fp32_engine``'s file on ``frames`` frames of ``video``; (engine, report)."""
     from calibrate.int8 import Int8Options, calibrate_int8, collect_frames
-    from pipeline.config import config_from_dict
+    from engines.video import VideoSource
 
-    cfg = config_from_dict({"cameras": {"bench": {"url": str(video)}}})
-    got = collect_frames(cfg, frames)
+    @dataclass(frozen=True)
+    class _Camera(VideoSource):
+        enabled: bool = True
+
+    got = collect_frames({"bench": _Camera(str(video))}, frames)
     opts = Int8Options(frames=frames, holdout=0.5, max_deviation=float("inf"),
                        max_calibration_tiles=16, threads=threads)
     if ops:

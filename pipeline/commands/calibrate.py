@@ -1,6 +1,6 @@
 """``crowdstream calibrate int8 CONFIG`` and ``crowdstream calibrate ground CAMERA``.
 
-Each kind lives in its own module (``calibrate.int8_cli``, ``calibrate.ground_cli``) with the usual
+Each kind lives in its own module (``pipeline.commands.calibrate_int8``, ``pipeline.commands.calibrate_ground``) with the usual
 ``configure(parser)`` / ``main(args)`` pair; this module only dispatches.
 """
 
@@ -10,8 +10,8 @@ import argparse
 import importlib
 
 KINDS = {
-    "int8": ("calibrate.int8_cli", "calibrate an INT8 engine on frames from the configured cameras"),
-    "ground": ("calibrate.ground_cli", "fit a camera's ground plane for density in people per m²"),
+    "int8": ("pipeline.commands.calibrate_int8", "calibrate an INT8 engine on frames from the configured cameras"),
+    "ground": ("pipeline.commands.calibrate_ground", "fit a camera's ground plane for density in people per m²"),
 }
 
 

@@ -1,16 +1,20 @@
-"""Opening video sources with PyAV and turning their packets into timestamped frames.
+"""The one way to open video: classify a URL, open it with PyAV, decode, sample and pace.
 
-This module is the decode half of ingest, kept free of shared memory and processes so it can be
-tested and benchmarked on its own. It knows how each kind of source must be opened (RTSP over
-TCP or UDP, RTMP, HLS over HTTP(S), local files, V4L2 devices), which FFmpeg options make a live
-stream start fast and fail loudly, and how to sample and pace frames.
+Every reader of video goes through here: ingest (live cameras and files), the trainer (frames of
+a video dataset), INT8 and ground calibration (a few frames of a camera), ``probe_video`` (frame
+size and length before a run). It knows how each kind of source must be opened (RTSP over TCP or
+UDP, RTMP, HLS over HTTP(S), local files, V4L2 devices) and which FFmpeg options make a live
+stream start fast and fail loudly. No shared memory, no processes: it is tested on its own.
+
+``source_kind`` is the one classifier of a camera URL; ``is_live`` is derived from it, and the
+queue policy a camera gets (``latest`` for live, ``lossless`` for files) from that.
 
 Example::
 
-    src = open_source(cfg)                      # cfg: pipeline.config.CameraConfig
-    for frame in iter_video_frames(src, stall_timeout_s=10):
-        img = frame.to_ndarray(format="bgr24")  # (h, w, 3) uint8
-    src.close()
+    container = open_source("clip.mp4")          # or any object with the SourceSettings fields
+    for frame in iter_video_frames(container, stall_timeout_s=None):
+        img = frame.to_ndarray(format="bgr24")     # (h, w, 3) uint8
+    container.close()
 """
 
 from __future__ import annotations
@@ -18,16 +22,16 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
 
 if TYPE_CHECKING:  # PyAV is imported lazily: the CLI imports this module's users cheaply
     import av.container
     import av.video.frame
     import av.video.stream
-
-    from pipeline.config import CameraConfig
 
 SourceKind = Literal["rtsp", "rtmp", "http", "v4l2", "stream", "file"]
 
@@ -64,27 +68,75 @@ def redact_url(url: str) -> str:
     return _CREDENTIALS.sub(r"\1:***@", url)
 
 
+_KIND_BY_SCHEME: dict[str, SourceKind] = {
+    "rtsp": "rtsp", "rtsps": "rtsp", "rtmp": "rtmp", "rtmps": "rtmp", "http": "http",
+    "https": "http", "udp": "stream", "srt": "stream", "tcp": "stream",
+}
+
+
 def source_kind(url: str) -> SourceKind:
     """Classify a camera URL: ``rtsp``, ``rtmp``, ``http`` (HLS or progressive), ``v4l2``,
-    ``stream`` (udp://, srt://) or ``file``. Everything but ``file`` is live, exactly as
-    ``CameraConfig.is_live`` decides.
+    ``stream`` (udp://, srt://, tcp://) or ``file``. Schemes are case-insensitive; a path (relative
+    or absolute) or ``file://`` is a file. Everything but ``file`` is live (``is_live``).
 
     Example::
 
-        source_kind("rtsp://cam/1") == "rtsp"; source_kind("/dev/video0") == "v4l2"
+        source_kind("RTSP://cam/1") == "rtsp"; source_kind("/dev/video0") == "v4l2"
     """
-    low = url.lower()
-    if low.startswith(("rtsp://", "rtsps://")):
-        return "rtsp"
-    if low.startswith(("rtmp://", "rtmps://")):
-        return "rtmp"
-    if low.startswith(("http://", "https://")):
-        return "http"
-    if low.startswith("/dev/video"):
+    scheme, sep, _ = url.partition("://")
+    if sep:
+        return _KIND_BY_SCHEME.get(scheme.lower(), "file")
+    if url.startswith("/dev/video"):
         return "v4l2"
-    if low.startswith(("udp://", "srt://")):
-        return "stream"
     return "file"
+
+
+def is_live(url: str) -> bool:
+    """True for every source that is not a file (cameras, streams, capture devices)."""
+    return source_kind(url) != "file"
+
+
+def file_path(url: str) -> str:
+    """The local path of a file source (``file://`` stripped)."""
+    return url[len("file://"):] if url.lower().startswith("file://") else url
+
+
+class ReconnectSettings(Protocol):
+    """The timeouts ``open_source`` reads (``pipeline.config.ReconnectConfig`` has them)."""
+
+    stall_timeout_s: float
+    open_timeout_s: float
+
+
+class SourceSettings(Protocol):
+    """What ``open_source`` needs of a camera (``pipeline.config.CameraConfig`` has it all)."""
+
+    url: str
+    options: dict[str, str]
+    rtsp_transport: str
+    decode_threads: int
+    reconnect: Any  # ReconnectSettings
+
+
+@dataclass(frozen=True)
+class _Timeouts:
+    stall_timeout_s: float = 10.0
+    open_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """A source given as a bare URL with default settings (``open_source("clip.mp4")``)."""
+
+    url: str
+    options: dict[str, str] = field(default_factory=dict)
+    rtsp_transport: str = "tcp"
+    decode_threads: int = 0
+    reconnect: Any = field(default_factory=_Timeouts)
+
+
+def as_source(source: str | SourceSettings) -> SourceSettings:
+    return VideoSource(source) if isinstance(source, str) else source
 
 
 @dataclass(frozen=True)
@@ -102,15 +154,16 @@ class OpenSpec:
         return self.kind != "file"
 
 
-def open_spec(cfg: CameraConfig) -> OpenSpec:
+def open_spec(source: str | SourceSettings) -> OpenSpec:
     """Build the ``av.open`` arguments for a camera. ``cfg.options`` override every default.
 
     Live sources get small probe sizes (first frame in ~0.1 s), ``+genpts+discardcorrupt`` and a
     socket timeout so that a hung server raises instead of blocking forever.
     """
+    cfg = as_source(source)
     rc = cfg.reconnect
     kind = source_kind(cfg.url)
-    url = cfg.url
+    url = file_path(cfg.url) if kind == "file" else cfg.url
     fmt: str | None = None
     opts: dict[str, str] = {"fflags": "+genpts+discardcorrupt"}
     read_timeout_us = str(int(rc.stall_timeout_s * 1e6))
@@ -130,7 +183,7 @@ def open_spec(cfg: CameraConfig) -> OpenSpec:
     return OpenSpec(url=url, kind=kind, format=fmt, options=opts, timeout=timeout)
 
 
-def open_source(cfg: CameraConfig) -> av.container.InputContainer:
+def open_source(source: str | SourceSettings) -> av.container.InputContainer:
     """Open a camera's source and set up its first video stream for threaded decoding.
 
     Raises :class:`SourceError` with a message naming the source: ``retry=False`` for a file
@@ -139,11 +192,12 @@ def open_source(cfg: CameraConfig) -> av.container.InputContainer:
 
     Example::
 
-        container = open_source(CameraConfig(url="clip.mp4"))
+        container = open_source("clip.mp4")
         stream = container.streams.video[0]
     """
     import av
 
+    cfg = as_source(source)
     spec = open_spec(cfg)
     if not spec.live:
         _check_file(spec.url)
@@ -318,8 +372,71 @@ def frame_duration_s(container: av.container.InputContainer) -> float:
     return float(1 / rate) if rate else 0.04
 
 
+@dataclass(frozen=True)
+class VideoProbe:
+    """What a file source holds before a run: frame size and, when known, its length."""
+
+    height: int
+    width: int
+    frames: int | None  # frames the container announces (a hint: ``count_frames`` decodes)
+
+
+def probe_video(source: str | SourceSettings) -> VideoProbe | None:
+    """Size (and announced length) of a local video file; None for live sources and for files
+    that cannot be opened here (ingest then reports the camera's error with its reason)."""
+    cfg = as_source(source)
+    if is_live(cfg.url) or not os.path.isfile(file_path(cfg.url)):
+        return None
+    try:
+        container = open_source(cfg)
+    except SourceError:
+        return None
+    try:
+        s = container.streams.video[0]
+        n = int(s.frames or 0)
+        if not n and s.duration and s.average_rate:
+            n = int(float(s.duration * s.time_base) * float(s.average_rate))
+        return VideoProbe(int(s.codec_context.height), int(s.codec_context.width), n or None)
+    finally:
+        container.close()
+
+
+def read_first_frame(source: str | SourceSettings) -> np.ndarray:
+    """The first decodable frame of a file or stream as BGR uint8; ``SourceError`` otherwise."""
+    container = open_source(source)
+    try:
+        for frame in iter_video_frames(container, stall_timeout_s=None):
+            return frame.to_ndarray(format="bgr24")
+    finally:
+        container.close()
+    raise SourceError(f"no frame could be decoded from {redact_url(as_source(source).url)}",
+                      retry=False)
+
+
+def read_frames(source: str | SourceSettings, indices: Sequence[int] | None = None,
+                fmt: str = "rgb24") -> Iterator[tuple[int, np.ndarray]]:
+    """Decode a file once, yielding ``(index, image)`` for the 0-based frame indices asked for
+    (every frame when ``indices`` is None), in order. The trainer reads a video data set this
+    way, so it sees exactly the frames a pipeline decodes."""
+    wanted = None if indices is None else sorted(set(int(i) for i in indices))
+    container = open_source(source)
+    try:
+        k = 0
+        for i, frame in enumerate(iter_video_frames(container, stall_timeout_s=None)):
+            if wanted is not None:
+                if k >= len(wanted):
+                    return
+                if i != wanted[k]:
+                    continue
+                k += 1
+            yield i, frame.to_ndarray(format=fmt)
+    finally:
+        container.close()
+
+
 __all__ = [
-    "DecodeStats", "FpsSampler", "OpenSpec", "Pacer", "SourceError", "StreamStalled",
+    "DecodeStats", "SourceSettings", "VideoProbe", "VideoSource", "as_source", "file_path",
+    "is_live", "probe_video", "read_first_frame", "read_frames", "FpsSampler", "OpenSpec", "Pacer", "SourceError", "StreamStalled",
     "frame_duration_s", "iter_video_frames", "open_source", "open_spec", "redact_url",
     "source_kind",
     "stream_frame_count",

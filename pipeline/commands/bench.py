@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from engines.cli_export import parse_window
+from pipeline.commands.export import parse_window
 
 
 def parse_combos(text: str) -> list[tuple[str, str]]:
@@ -58,7 +58,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import tempfile
 
-    from engines.bench import DEMO_CLIP, bench_source, format_table, machine
+    from calibrate.bench import DEMO_CLIP, bench_source, format_table, machine
 
     picked = [v for v in (args.checkpoint, args.random_init, args.official) if v]
     if len(picked) != 1:

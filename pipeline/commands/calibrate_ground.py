@@ -79,9 +79,10 @@ def main(args: argparse.Namespace) -> int:
     import numpy as np
 
     from calibrate.ground import CalibrationError, GroundCalibration
-    from calibrate.preview import read_first_frame, render_preview, write_png
+    from calibrate.preview import render_preview, write_png
+    from engines.log import get_logger
+    from engines.video import SourceError, read_first_frame
     from pipeline.config import CalibrationConfig, GroundPointConfig, load_config
-    from pipeline.log import get_logger
 
     cfg = load_config(args.config)
     name = args.camera
@@ -109,7 +110,10 @@ def main(args: argparse.Namespace) -> int:
                 if frame is None:
                     raise ValueError(f"--image {args.image}: not a readable image")
             else:
-                frame = read_first_frame(cam.url, cam.options, cam.reconnect.open_timeout_s)
+                try:
+                    frame = read_first_frame(cam)
+                except SourceError as e:  # the camera's own reason, as a command error
+                    raise ValueError(f"camera {name}: {e}") from None
         return frame
 
     if cli_points:

@@ -1,0 +1,38 @@
+"""Where crowdstream keeps files that outlive a run: the engine cache and pulled models.
+
+One folder, ``$CROWDSTREAM_HOME`` when set, else ``$XDG_CACHE_HOME/crowdstream`` (by default
+``~/.cache/crowdstream``). Engines are keyed by the content hash of what they were built from, so
+every run directory shares them and a second run never exports again.
+
+Example::
+
+    engine_cache_dir()      # ~/.cache/crowdstream/engines
+    models_dir()            # ~/.cache/crowdstream/models
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def crowdstream_home() -> Path:
+    """The user's crowdstream folder (not created here)."""
+    env = os.environ.get("CROWDSTREAM_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "crowdstream"
+
+
+def engine_cache_dir() -> Path:
+    """Exported engines (ONNX, TensorRT plans) with their sidecars, shared by every run
+    (``$CROWDSTREAM_ENGINE_CACHE`` moves this folder alone)."""
+    env = os.environ.get("CROWDSTREAM_ENGINE_CACHE")
+    return Path(env).expanduser() if env else crowdstream_home() / "engines"
+
+
+def models_dir() -> Path:
+    """Checkpoints pulled by ``crowdstream models pull`` and converted to our format."""
+    return crowdstream_home() / "models"
