@@ -83,6 +83,9 @@ def _convert(tp: Any, value: Any, file: str | None, key: str, base_dir: Path | N
         if value is None and type(None) in args:
             return None
         errors = []
+        shaped = [a for a in args if _same_shape(a, value)]
+        if len(shaped) == 1:  # a mapping for a section, a list for a list: its errors are the ones
+            args = tuple(shaped)
         for arg in args:
             if arg is type(None):
                 continue
@@ -141,6 +144,15 @@ def _convert(tp: Any, value: Any, file: str | None, key: str, base_dir: Path | N
             return os.path.normpath(p if p.is_absolute() else (base_dir / p))
         return value
     raise TypeError(f"unsupported config type {tp!r} at {key}")
+
+
+def _same_shape(tp: Any, value: Any) -> bool:
+    """Whether ``value`` has the YAML shape ``tp`` needs (mapping / list / scalar)."""
+    if isinstance(value, dict):
+        return dataclasses.is_dataclass(tp) or get_origin(tp) is dict
+    if isinstance(value, list):
+        return get_origin(tp) in (list, tuple)
+    return False
 
 
 def _build_dataclass(cls: Any, value: Any, file: str | None, key: str, base_dir: Path | None) -> Any:

@@ -29,20 +29,6 @@ from engines.yamlconfig import ConfigError, build, interpolate_env, path_field, 
 
 
 @dataclass
-class DatasetSource:
-    """One dataset: a folder and its format (see ``engines.train.datasets.FORMATS``)."""
-
-    root: str = path_field()
-    format: Literal["shanghaitech", "qnrf", "nwpu", "jhu", "json"] = "json"
-    split: str | None = None  # sub-folder / split list name, per format
-    select: str | None = None  # 1-based positions to keep, e.g. "1-700"
-
-    def __post_init__(self) -> None:
-        if not self.root:
-            raise ValueError("root is required (the dataset folder)")
-
-
-@dataclass
 class ResizeConfig:
     """Resize rule applied once when images are loaded (CLIP-EBC preprocessing)."""
 
@@ -52,10 +38,47 @@ class ResizeConfig:
 
 
 @dataclass
-class DataConfig:
-    """Training and validation data; without ``val``, ``holdout`` of train is held out."""
+class DatasetSource:
+    """One dataset: a folder and its format (see ``engines.train.datasets.FORMATS``), and how it
+    takes part in a multi-dataset run (its share of each epoch, its held-back part, its zoom)."""
 
-    train: DatasetSource = field(default_factory=DatasetSource)
+    root: str = path_field()
+    format: Literal["shanghaitech", "qnrf", "nwpu", "jhu", "json"] = "json"
+    split: str | None = None  # sub-folder / split list name, per format
+    select: str | None = None  # 1-based positions to keep, e.g. "1-700"
+    name: str | None = None  # label in logs, metrics.csv and the model card (default: folder)
+    video: str | None = None  # json: decode each entry's frame_index from this video (in root)
+    labels: str | None = path_field(None)  # json: the annotation file, when not in root
+    holdout: float | None = None  # random share held back for validation
+    val_select: str | None = None  # positions (within select) held back instead, e.g. "701-800"
+    weight: float = 1.0  # share of each epoch's views, relative to the other sources
+    resize: ResizeConfig | None = None  # this source's resize rule (default: data.resize)
+    zoom: tuple[float, float] | None = None  # this source's zoom range (default: augment's)
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ValueError("root is required (the dataset folder)")
+        if self.holdout is not None and not 0.0 < self.holdout < 1.0:
+            raise ValueError(f"holdout must be a share in (0, 1), got {self.holdout}")
+        if self.holdout is not None and self.val_select:
+            raise ValueError("give holdout or val_select, not both")
+        if self.weight <= 0:
+            raise ValueError(f"weight must be > 0, got {self.weight}")
+        if self.zoom is not None and not 0 < self.zoom[0] <= self.zoom[1]:
+            raise ValueError(f"zoom must be (min, max) with 0 < min <= max, got {self.zoom}")
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.root).name
+
+
+@dataclass
+class DataConfig:
+    """Training and validation data: one source or a list (a multi-dataset run). Validation is
+    ``val`` when given, else each source's held-back part (``holdout`` / ``val_select``, or the
+    top-level ``holdout`` applied to every source that states neither)."""
+
+    train: DatasetSource | list[DatasetSource] = field(default_factory=DatasetSource)
     val: DatasetSource | None = None
     holdout: float | None = None
     resize: ResizeConfig = field(default_factory=ResizeConfig)

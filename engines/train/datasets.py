@@ -13,7 +13,13 @@ Formats (``FORMATS``), each in its published layout:
 - ``json``: our own layout (``../shared/data``): ``points.json`` with
   ``{"images": [{"image", "points"}]}`` or ``train_points.json`` with
   ``{"frames": [{"frame_index", "image", "points"}]}`` (video frames of a fixed camera); images
-  beside the JSON or under ``images/`` / ``frames_train/`` / ``frames/``.
+  beside the JSON or under ``images/`` / ``frames_train/`` / ``frames/``. Frames may come from a
+  video instead of image files: a top-level ``"video"`` (or one per entry), a path relative to the
+  dataset folder, with each entry's 0-based ``frame_index`` in it; ``labels=`` names an
+  annotation file kept elsewhere (our own scene labels live in the repo, the videos beside it).
+
+Video frames are decoded by ``engines.video`` (the pipeline's own decoder), so a model trained
+on them sees exactly the H.264 frames a camera delivers, not re-encoded JPEGs.
 
 Every reader returns a list of ``Sample`` (image path + (n, 2) head points in pixels, x then y).
 A wrong layout raises ``DatasetError`` naming what was expected where.
@@ -52,6 +58,7 @@ class Sample:
     image_path: Path
     points: np.ndarray  # (n, 2) float32, x then y, pixels of the stored image
     frame_index: int | None = None  # for video frames: 0-based index in the sequence
+    video: Path | None = None  # decode frame ``frame_index`` of this video instead of an image
     _cache: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -62,6 +69,8 @@ class Sample:
         """Decode the image as HxWx3 uint8 RGB (kept in memory after ``cache()``)."""
         if self._cache is not None:
             return self._cache
+        if self.video is not None:
+            return _decode_frames(self.video, [self.frame_index or 0])[self.frame_index or 0]
         import cv2
 
         img = cv2.imread(str(self.image_path), cv2.IMREAD_COLOR)
@@ -74,21 +83,61 @@ class Sample:
         self._cache = self.load_rgb()
 
 
+def cache_all(samples: Sequence[Sample]) -> None:
+    """Decode and keep every sample's pixels; each video is decoded once, in one pass."""
+    by_video: dict[Path, list[Sample]] = {}
+    for s in samples:
+        if s._cache is not None:
+            continue
+        if s.video is not None:
+            by_video.setdefault(s.video, []).append(s)
+        else:
+            s.cache()
+    for video, group in by_video.items():
+        frames = _decode_frames(video, [s.frame_index or 0 for s in group])
+        for s in group:
+            s._cache = frames[s.frame_index or 0]
+
+
+def _decode_frames(video: Path, indices: Sequence[int]) -> dict[int, np.ndarray]:
+    from engines.video import SourceError, read_frames
+
+    try:
+        got = dict(read_frames(str(video), indices))
+    except SourceError as e:
+        raise DatasetError(f"{video}: {e}") from None
+    missing = sorted(set(indices) - set(got))
+    if missing:
+        raise DatasetError(f"{video}: frame(s) {missing[:5]} not in the video "
+                           f"({len(got)} of {len(set(indices))} decoded)")
+    return got
+
+
 def load_dataset(root: str | Path, fmt: str, *, split: str | None = None,
-                 select: str | None = None) -> list[Sample]:
+                 select: str | None = None, video: str | Path | None = None,
+                 labels: str | Path | None = None) -> list[Sample]:
     """Read the dataset in ``root`` laid out as ``fmt``; ``select`` keeps 1-based positions.
 
     ``select`` is a range list such as ``"1-700"`` or ``"1-100,201-300"`` over the samples in their
-    natural order (frame order for videos, numeric file order otherwise).
+    natural order (frame order for videos, numeric file order otherwise). ``video`` (json format)
+    decodes every entry's ``frame_index`` from that video (relative to ``root``) instead of
+    reading its image file; ``labels`` is an annotation file to use instead of the one in
+    ``root``.
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder does not exist")
     readers = {"shanghaitech": _read_shanghaitech, "qnrf": _read_qnrf, "nwpu": _read_nwpu,
-               "jhu": _read_jhu, "json": _read_json}
-    if fmt not in readers:
+               "jhu": _read_jhu}
+    if fmt == "json":
+        samples = _read_json(root, split, Path(video) if video else None,
+                             Path(labels) if labels else None)
+    elif fmt in readers:
+        if video or labels:
+            raise DatasetError(f"video/labels apply to the json format, not {fmt!r}")
+        samples = readers[fmt](root, split)
+    else:
         raise DatasetError(f"unknown dataset format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    samples = readers[fmt](root, split)
     if not samples:
         raise DatasetError(f"{root}: no annotated images found for format {fmt!r}")
     if select:
@@ -286,11 +335,17 @@ def _read_jhu(root: Path, split: str | None) -> list[Sample]:
     return samples
 
 
-def _read_json(root: Path, split: str | None) -> list[Sample]:
+def _read_json(root: Path, split: str | None, video: Path | None = None,
+               labels: Path | None = None) -> list[Sample]:
     if split:
         root = root / split
-    candidates = [root / "points.json", root / "train_points.json"]
-    ann = next((p for p in candidates if p.is_file()), None)
+    if labels is not None:
+        ann: Path | None = labels if labels.is_absolute() else root / labels
+        if not ann.is_file():
+            raise DatasetError(f"{ann}: labels file not found")
+    else:
+        candidates = [root / "points.json", root / "train_points.json"]
+        ann = next((p for p in candidates if p.is_file()), None)
     if ann is None:
         raise DatasetError(f"{root}: expected points.json ({{'images': [...]}}) or "
                            "train_points.json ({'frames': [...]})")
@@ -304,22 +359,35 @@ def _read_json(root: Path, split: str | None) -> list[Sample]:
     entries = data[key]
     if not isinstance(entries, list):
         raise DatasetError(f"{ann}: '{key}' must be a list")
+    default_video = video or (Path(data["video"]) if data.get("video") else None)
     dirs = [root, root / "images", root / "frames_train", root / "frames"]
     samples = []
     for i, e in enumerate(entries):
         where = f"{ann}: {key}[{i}]"
-        if not isinstance(e, dict) or "image" not in e or "points" not in e:
-            raise DatasetError(f"{where}: expected a mapping with 'image' and 'points'")
-        img = next((d / e["image"] for d in dirs if (d / e["image"]).is_file()), None)
-        if img is None:
-            raise DatasetError(f"{where}: image {e['image']!r} not found in "
-                               f"{', '.join(str(d) for d in dirs)}")
+        if not isinstance(e, dict) or "points" not in e:
+            raise DatasetError(f"{where}: expected a mapping with 'points'")
+        vid = Path(e["video"]) if e.get("video") and video is None else default_video
         pts = _points_array(e["points"], where)
         if "count" in e and int(e["count"]) != len(pts):
             raise DatasetError(f"{where}: 'count' is {e['count']} but {len(pts)} points listed")
         fi = e.get("frame_index")
+        if vid is not None:
+            if fi is None:
+                raise DatasetError(f"{where}: a video frame needs its 0-based 'frame_index'")
+            path = root / vid
+            if not path.is_file():
+                raise DatasetError(f"{where}: video {path} not found")
+            name = e.get("image") and Path(e["image"]).stem or f"{path.stem}#{int(fi)}"
+            samples.append(Sample(name, path, pts, frame_index=int(fi), video=path))
+            continue
+        if "image" not in e:
+            raise DatasetError(f"{where}: expected 'image' (or a 'video' with 'frame_index')")
+        img = next((d / e["image"] for d in dirs if (d / e["image"]).is_file()), None)
+        if img is None:
+            raise DatasetError(f"{where}: image {e['image']!r} not found in "
+                               f"{', '.join(str(d) for d in dirs)}")
         samples.append(Sample(Path(e["image"]).stem, img, pts,
                               frame_index=int(fi) if fi is not None else None))
     if key == "frames":
-        samples.sort(key=lambda s: s.frame_index if s.frame_index is not None else 0)
+        samples.sort(key=lambda s: (str(s.video or ""), s.frame_index or 0))
     return samples

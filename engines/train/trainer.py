@@ -37,12 +37,18 @@ import torch
 from torch import nn
 
 from engines.log import get_logger
-from engines.train.config import OptimConfig, TrainConfig
-from engines.train.datasets import Sample, holdout_split, load_dataset
+from engines.train.config import DatasetSource, OptimConfig, ResizeConfig, TrainConfig
+from engines.train.datasets import (
+    Sample,
+    cache_all,
+    holdout_split,
+    load_dataset,
+    parse_ranges,
+)
 from engines.train.evaluate import evaluate
 from engines.train.labels import bin_index, block_counts, fine_bins, measure_anchors
 from engines.train.loss import DACELoss
-from engines.train.transforms import augment, resize_for_training, to_tensor_layout
+from engines.train.transforms import AugmentConfig, augment, resize_for_training, to_tensor_layout
 
 log = get_logger("train")
 
@@ -67,6 +73,26 @@ def epoch_order(n_items: int, n_views: int, seed: int, epoch: int) -> np.ndarray
     return np.concatenate([rng.permutation(n_items) for _ in range(reps)])[:n_views]
 
 
+def mixed_epoch_order(sizes: Sequence[int], weights: Sequence[float], n_views: int, seed: int,
+                      epoch: int) -> np.ndarray:
+    """A multi-dataset epoch: each source gets ``n_views * weight / sum(weights)`` views (whole
+    permutations of its items first), as indices into the sources' items laid end to end, the
+    whole list shuffled. One source gives exactly ``epoch_order``."""
+    if len(sizes) == 1:
+        return epoch_order(sizes[0], n_views, seed, epoch)
+    rng = np.random.default_rng([seed, epoch, len(sizes)])
+    w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+    shares = np.floor(w * n_views).astype(int)
+    shares[: n_views - int(shares.sum())] += 1  # the remainder, one each to the first sources
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    parts = []
+    for size, share, off in zip(sizes, shares, offsets, strict=True):
+        reps = -(-int(share) // size) if share else 0
+        perm = [rng.permutation(size) for _ in range(reps)]
+        parts.append(np.concatenate(perm)[:share] + off if perm else np.zeros(0, int))
+    return rng.permutation(np.concatenate(parts))
+
+
 def precise_bn(model: nn.Module, images: Sequence[np.ndarray], batch: int = 2) -> None:
     """Recompute every BatchNorm's running mean/variance on ``images`` (HxWx3 uint8, full size).
 
@@ -86,13 +112,25 @@ def precise_bn(model: nn.Module, images: Sequence[np.ndarray], batch: int = 2) -
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            for i in range(0, len(images), batch):
-                x = np.stack([to_tensor_layout(im) for im in images[i:i + batch]])
+            for group in _same_size_runs(images, batch):
+                x = np.stack([to_tensor_layout(im) for im in group])
                 model(torch.from_numpy(x).to(device))
     finally:
         for m, mom in zip(bns, saved, strict=True):
             m.momentum = mom
         model.train(was_training)
+
+
+def _same_size_runs(images: Sequence[np.ndarray], batch: int) -> list[list[np.ndarray]]:
+    """Consecutive images in batches of at most ``batch`` that share one size (data sets of
+    mixed sizes cannot be stacked)."""
+    runs: list[list[np.ndarray]] = []
+    for im in images:
+        if runs and len(runs[-1]) < batch and runs[-1][0].shape == im.shape:
+            runs[-1].append(im)
+        else:
+            runs.append([im])
+    return runs
 
 
 def calibrated_copy(model: nn.Module, images: Sequence[np.ndarray], counts: Sequence[int],
@@ -140,29 +178,47 @@ class Prepared:
     points: np.ndarray
     image: np.ndarray | None
     scale: tuple[float, float]
+    source: int = 0  # index of its data source
+    resize: ResizeConfig | None = None  # the rule it was resized by
 
     def rgb(self, cfg: TrainConfig) -> np.ndarray:
         if self.image is not None:
             return self.image
-        img, _ = _resize(self.sample.load_rgb(), self.sample.points, cfg)
+        img, _ = _resize(self.sample.load_rgb(), self.sample.points,
+                         self.resize or cfg.data.resize)
         return img
 
 
-def _resize(img: np.ndarray, pts: np.ndarray, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    r = cfg.data.resize
+def _resize(img: np.ndarray, pts: np.ndarray, r: ResizeConfig) -> tuple[np.ndarray, np.ndarray]:
     return resize_for_training(img, pts, min_side=r.min_side, max_side=r.max_side,
                                multiple=r.multiple)
 
 
-def prepare(samples: Sequence[Sample], cfg: TrainConfig) -> list[Prepared]:
-    """Apply the resize rule once (and keep the pixels when ``data.cache``)."""
+def prepare(samples: Sequence[Sample], cfg: TrainConfig, source: int = 0,
+            resize: ResizeConfig | None = None) -> list[Prepared]:
+    """Apply the resize rule once (and keep the pixels when ``data.cache``). Video frames are
+    decoded in one pass per video first."""
+    rule = resize or cfg.data.resize
+    if cfg.data.cache:
+        cache_all(samples)
     out = []
     for s in samples:
         img = s.load_rgb()
-        rimg, pts = _resize(img, s.points, cfg)
+        rimg, pts = _resize(img, s.points, rule)
         scale = (rimg.shape[1] / img.shape[1], rimg.shape[0] / img.shape[0])
-        out.append(Prepared(s, pts, rimg if cfg.data.cache else None, scale))
+        out.append(Prepared(s, pts, rimg if cfg.data.cache else None, scale, source, rule))
+        s._cache = None  # the prepared copy is the one kept
     return out
+
+
+@dataclass
+class SourceSplit:
+    """One data source's training and validation samples."""
+
+    label: str
+    source: DatasetSource
+    train: list[Sample]
+    val: list[Sample]
 
 
 class Progress:
@@ -222,20 +278,41 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.amp = bool(cfg.optim.amp and self.device.type == "cuda")
+        self._augments: list[AugmentConfig] = [cfg.augment]  # per data source, set by fit()
 
     # -- data ------------------------------------------------------------------------------
 
-    def load_data(self) -> tuple[list[Sample], list[Sample]]:
+    def sources(self) -> list[DatasetSource]:
+        t = self.cfg.data.train
+        return list(t) if isinstance(t, list) else [t]
+
+    def load_data(self) -> list[SourceSplit]:
+        """Every source's (train, validation) samples; see ``DataConfig`` for the rules."""
         d = self.cfg.data
-        train = load_dataset(d.train.root, d.train.format, split=d.train.split,
-                             select=d.train.select)
-        if d.val is not None:
-            val = load_dataset(d.val.root, d.val.format, split=d.val.split, select=d.val.select)
-        elif d.holdout:
-            train, val = holdout_split(train, d.holdout, seed=self.cfg.seed)
-        else:
-            val = []
-        return train, val
+        srcs = self.sources()
+        if d.val is not None and len(srcs) > 1:
+            raise ValueError("data.val names one validation set; with several training sources "
+                             "hold back part of each (holdout / val_select) instead")
+        out = []
+        for i, src in enumerate(srcs):
+            samples = load_dataset(src.root, src.format, split=src.split, select=src.select,
+                                   video=src.video, labels=src.labels)
+            frac = src.holdout if src.holdout is not None else (
+                None if src.val_select else d.holdout)
+            if d.val is not None:
+                train = samples
+                val = load_dataset(d.val.root, d.val.format, split=d.val.split,
+                                   select=d.val.select, video=d.val.video, labels=d.val.labels)
+            elif src.val_select:
+                held = set(parse_ranges(src.val_select, len(samples)))
+                train = [x for j, x in enumerate(samples) if j not in held]
+                val = [x for j, x in enumerate(samples) if j in held]
+            elif frac:
+                train, val = holdout_split(samples, frac, seed=self.cfg.seed + i)
+            else:
+                train, val = samples, []
+            out.append(SourceSplit(src.label, src, train, val))
+        return out
 
     # -- model -----------------------------------------------------------------------------
 
@@ -276,7 +353,7 @@ class Trainer:
         return model
 
     def _dataset_name(self) -> str:
-        return Path(self.cfg.data.train.root).name
+        return "+".join(src.label for src in self.sources())
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -285,10 +362,23 @@ class Trainer:
         cfg, o = self.cfg, self.cfg.optim
         t_start = time.monotonic()
         self.out.mkdir(parents=True, exist_ok=True)
-        train_s, val_s = self.load_data()
-        log.info("data", train=len(train_s), val=len(val_s), root=cfg.data.train.root)
-        train = prepare(train_s, cfg)
-        val = prepare(val_s, cfg)
+        splits = self.load_data()
+        train: list[Prepared] = []
+        vals: list[tuple[str, list[Prepared]]] = []
+        for i, sp in enumerate(splits):
+            log.info("data", source=sp.label, train=len(sp.train), val=len(sp.val),
+                     root=sp.source.root)
+            train += prepare(sp.train, cfg, i, sp.source.resize)
+            if sp.val:
+                vals.append((sp.label, prepare(sp.val, cfg, i, sp.source.resize)))
+        train_s = [x for sp in splits for x in sp.train]
+        val_s = [x for sp in splits for x in sp.val]
+        self._augments = [self._augment_for(sp.source) for sp in splits]
+        sizes = [sum(1 for p in train if p.source == i) for i in range(len(splits))]
+        if any(n == 0 for n in sizes):
+            empty = [sp.label for sp, n in zip(splits, sizes, strict=True) if n == 0]
+            raise ValueError(f"no training images left in source(s) {empty} after the hold-out")
+        weights = [sp.source.weight for sp in splits]
         state: dict[str, Any] | None = None
         if resume:
             state = self._read_state(resume)
@@ -330,7 +420,11 @@ class Trainer:
         for epoch in range(start_epoch, o.epochs + 1):
             progress.start_epoch()
             t0 = time.monotonic()
-            order = epoch_order(len(train) * o.crops_per_image, n_views, cfg.seed, epoch)
+            if len(sizes) == 1:
+                order = epoch_order(len(train) * o.crops_per_image, n_views, cfg.seed, epoch)
+            else:
+                order = mixed_epoch_order([n * o.crops_per_image for n in sizes], weights,
+                                          n_views, cfg.seed, epoch)
             sums = {"loss": 0.0, "ce": 0.0, "ot": 0.0, "tv": 0.0, "l1": 0.0, "mae": 0.0}
             lr = o.lr
             for step in range(steps):
@@ -371,21 +465,21 @@ class Trainer:
                 sub = train[:: max(1, len(train) // e.calibrate)]
                 deployed, row["count_scale"] = calibrated_copy(
                     model, [p.rgb(cfg) for p in sub], [len(p.points) for p in sub], e.overlap)
-            if val and epoch >= e.start and (epoch - e.start) % e.every == 0 or (
-                    val and epoch == o.epochs):
-                res = evaluate(deployed, [p.sample for p in val], overlap=e.overlap,
-                               images=[p.rgb(cfg) for p in val])
-                row["val_mae"], row["val_rmse"] = res.mae, res.rmse
+            if vals and (epoch >= e.start and (epoch - e.start) % e.every == 0
+                         or epoch == o.epochs):
+                row.update(self._validate(deployed, vals))
             row["seconds"] = time.monotonic() - t0
             history.append(row)
             meta = self._metadata(epoch, row, train_s, val_s)
             from engines.checkpoint import save_checkpoint
 
-            improved = row["val_mae"] != "" and row["val_mae"] < best["val_mae"]
+            score = row.get("val_score", "")
+            improved = score != "" and score < best.get("val_score", best["val_mae"])
             if improved:
-                best = {"val_mae": row["val_mae"], "val_rmse": row["val_rmse"], "epoch": epoch}
+                best = {"val_mae": row["val_mae"], "val_rmse": row["val_rmse"], "epoch": epoch,
+                        "val_score": score}
                 save_checkpoint(self.out / "best.pt", deployed, {**meta, "best": True})
-            elif not val and epoch == o.epochs:
+            elif not vals and epoch == o.epochs:
                 save_checkpoint(self.out / "best.pt", deployed, meta)
             save_checkpoint(self.out / "last.pt", deployed, meta)
             if cfg.keep_every:
@@ -395,7 +489,9 @@ class Trainer:
             log.info("epoch", epoch=epoch, loss=round(row["loss"], 4),
                      train_mae=round(row["train_mae"], 3),
                      val_mae=_r(row["val_mae"]), val_rmse=_r(row["val_rmse"]),
-                     best_mae=_r(best["val_mae"]), seconds=round(row["seconds"], 1))
+                     val_score=_r(row.get("val_score", "")), best_epoch=best["epoch"],
+                     **{k.replace(":", "_"): _r(v) for k, v in row.items()
+                        if k.startswith("val_mae:")}, seconds=round(row["seconds"], 1))
             elapsed_min = (time.monotonic() - t_start) / 60
             per_epoch_min = float(np.mean([h["seconds"] for h in history[-3:]])) / 60
             if cfg.time_limit_min and elapsed_min + per_epoch_min > cfg.time_limit_min:
@@ -405,6 +501,35 @@ class Trainer:
                 "best_val_rmse": best["val_rmse"], "best_epoch": best["epoch"],
                 "out_dir": str(self.out), "history": history}
 
+    def _augment_for(self, src: DatasetSource) -> AugmentConfig:
+        if src.zoom is None:
+            return self.cfg.augment
+        return dataclasses.replace(self.cfg.augment, zoom_min=src.zoom[0], zoom_max=src.zoom[1])
+
+    def _validate(self, model: nn.Module, vals: Sequence[tuple[str, list[Prepared]]]
+                  ) -> dict[str, Any]:
+        """Per-source MAE/RMSE; ``val_score`` ranks epochs: the MAE itself for one source, else
+        the mean over sources of MAE relative to the source's mean count (at least 1), so a dense
+        data set's large numbers do not drown a sparse one's."""
+        cfg, row = self.cfg, {}
+        rel = []
+        for label, items in vals:
+            res = evaluate(model, [p.sample for p in items], overlap=cfg.eval.overlap,
+                           images=[p.rgb(cfg) for p in items])
+            summ = res.summary()
+            row[f"val_mae:{label}"], row[f"val_rmse:{label}"] = res.mae, res.rmse
+            row[f"val_mean_pred:{label}"] = summ["mean_pred"]
+            rel.append(res.mae / max(1.0, summ["mean_true"]))
+            if len(vals) == 1:
+                row["val_mae"], row["val_rmse"] = res.mae, res.rmse
+        if len(vals) == 1:
+            row["val_score"] = row["val_mae"]
+        else:
+            row["val_mae"] = float(np.mean([row[f"val_mae:{lb}"] for lb, _ in vals]))
+            row["val_rmse"] = float(np.mean([row[f"val_rmse:{lb}"] for lb, _ in vals]))
+            row["val_score"] = float(np.mean(rel))
+        return row
+
     def _batch(self, train: Sequence[Prepared], order: np.ndarray, positions: Sequence[int],
                epoch: int, bins: Sequence[tuple[float, float | None]], block: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -413,7 +538,7 @@ class Trainer:
             p = train[int(order[i]) % len(train)]
             # the view's augmentation is keyed by its place in the epoch: replayable on resume
             rng = np.random.default_rng([self.cfg.seed, epoch, int(i)])
-            img, pt = augment(p.rgb(self.cfg), p.points, self.cfg.augment, rng)
+            img, pt = augment(p.rgb(self.cfg), p.points, self._augments[p.source], rng)
             counts = block_counts(pt, img.shape[:2], block)
             imgs.append(to_tensor_layout(img))
             cnt_maps.append(counts.astype(np.float32))
@@ -429,14 +554,21 @@ class Trainer:
     def _metadata(self, epoch: int, row: dict[str, Any], train: Sequence[Sample],
                   val: Sequence[Sample]) -> dict[str, Any]:
         d = self.cfg.data
+        per_source = {k.split(":", 1)[1]: {} for k in row if k.startswith("val_mae:")}
+        for k, v in row.items():
+            if ":" in k and k.startswith("val_"):
+                metric, label = k.split(":", 1)
+                per_source[label][metric.removeprefix("val_")] = v
         return {"trainer": "crowdstream.engines.train", "epoch": epoch,
                 "count_scale": row.get("count_scale", 1.0),
                 "val_mae": row["val_mae"], "val_rmse": row["val_rmse"],
+                "val_score": row.get("val_score", ""), "val_per_source": per_source,
                 "train_mae": row["train_mae"], "train_images": len(train),
-                "val_images": len(val), "dataset": {"root": d.train.root,
-                                                    "format": d.train.format,
-                                                    "select": d.train.select,
-                                                    "val_select": d.val.select if d.val else None},
+                "val_images": len(val),
+                "datasets": [{"name": src.label, "root": src.root, "format": src.format,
+                              "select": src.select, "video": src.video,
+                              "holdout": src.holdout if src.holdout is not None else d.holdout,
+                              "val_select": src.val_select} for src in self.sources()],
                 "config": _plain(dataclasses.asdict(self.cfg))}
 
     def _write_state(self, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -466,7 +598,9 @@ class Trainer:
 
     def _write_csv(self, history: list[dict[str, Any]]) -> None:
         cols = ["epoch", "lr", "loss", "ce", "ot", "tv", "l1", "train_mae", "val_mae",
-                "val_rmse", "count_scale", "seconds"]
+                "val_rmse", "val_score", "count_scale", "seconds"]
+        for row in history:  # per-source columns, in first-seen order
+            cols += [k for k in row if ":" in k and k not in cols]
         with (self.out / "metrics.csv").open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
             w.writeheader()

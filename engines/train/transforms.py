@@ -2,8 +2,9 @@
 
 - ``resize_for_training``: keep the aspect ratio so the short side is at least ``min_side`` and the
   long side at most ``max_side``, then round both sides to ``multiple`` (points scaled alike).
-- ``augment``: a random crop of ``crop * s`` pixels with ``s ~ U[1, zoom_max]`` resized back to
-  ``crop`` (zoom-out: heads shrink, blocks get denser), horizontal flip, colour jitter, Gaussian
+- ``augment``: a random crop of ``crop * s`` pixels with ``s`` in ``[zoom_min, zoom_max]`` resized
+  back to ``crop`` (s > 1 zooms out: heads shrink, blocks get denser; s < 1 zooms in: people look
+  as big as near a camera), horizontal flip, colour jitter, Gaussian
   blur and salt-and-pepper noise, each with its own probability. All randomness comes from the
   ``numpy.random.Generator`` passed in, so a (seed, epoch, index) triple replays exactly.
 
@@ -26,7 +27,10 @@ class AugmentConfig:
     """Training-time augmentation; probabilities are per sample."""
 
     crop: tuple[int, int] = (448, 448)  # (h, w) of the network input during training
-    zoom_max: float = 2.0  # crop s*crop pixels, s ~ U[1, zoom_max], then resize to crop
+    zoom_max: float = 2.0  # crop s*crop pixels, s ~ U[zoom_min, zoom_max], then resize to crop
+    # below 1: zoom in (a smaller region enlarged: people look bigger, as near a camera);
+    # s is drawn log-uniformly when the range straddles 1, so in and out are equally likely
+    zoom_min: float = 1.0
     hflip: float = 0.5
     jitter_p: float = 0.2
     brightness: float = 0.1
@@ -61,7 +65,7 @@ def augment(image: np.ndarray, points: np.ndarray, cfg: AugmentConfig,
     """One random training view: uint8 HxWx3 ``crop``-sized image and its points."""
     ch, cw = cfg.crop
     h, w = image.shape[:2]
-    s = float(rng.uniform(1.0, cfg.zoom_max)) if cfg.zoom_max > 1.0 else 1.0
+    s = _zoom(cfg.zoom_min, cfg.zoom_max, rng)
     # the zoomed window, limited to the image (then resized to exactly crop)
     wh, ww = min(h, int(round(ch * s))), min(w, int(round(cw * s)))
     if h < ch or w < cw:  # small image: pad to the crop so the window always exists
@@ -92,6 +96,14 @@ def augment(image: np.ndarray, points: np.ndarray, cfg: AugmentConfig,
     if rng.random() < cfg.noise_p and cfg.noise_amount > 0:
         view = _salt_pepper(view, cfg.noise_amount, rng)
     return view, pts
+
+
+def _zoom(lo: float, hi: float, rng: np.random.Generator) -> float:
+    if hi <= lo:
+        return lo
+    if lo >= 1.0:  # the original zoom-out rule, unchanged: s ~ U[1, zoom_max]
+        return float(rng.uniform(lo, hi))
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
 def to_tensor_layout(image: np.ndarray) -> np.ndarray:
