@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Any
 
+from engines.redact import redact
+
 _CONFIGURED = False
 
 
@@ -25,7 +27,7 @@ def setup_logging(level: str | None = None, json_lines: bool | None = None) -> N
     level = level or os.environ.get("CROWDSTREAM_LOG_LEVEL", "INFO")
     json_lines = json_lines if json_lines is not None else os.environ.get("CROWDSTREAM_LOG_JSON") == "1"
     handler = logging.StreamHandler(sys.stderr)
-    fmt = _JsonFormatter() if json_lines else logging.Formatter(
+    fmt = _JsonFormatter() if json_lines else _RedactingFormatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s", "%H:%M:%S")
     handler.setFormatter(fmt)
     root = logging.getLogger("crowdstream")
@@ -39,7 +41,14 @@ class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {"ts": record.created, "level": record.levelname, "logger": record.name,
                "event": record.msg, **getattr(record, "fields", {})}
-        return json.dumps(doc, default=str)
+        return redact(json.dumps(doc, default=str))
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Every line, ours or a library's, goes through ``engines.redact.redact``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def _fmt(v: Any) -> str:

@@ -20,13 +20,14 @@ Example::
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
+
+from engines.redact import redact_url
 
 if TYPE_CHECKING:  # PyAV is imported lazily: the CLI imports this module's users cheaply
     import av.container
@@ -53,19 +54,6 @@ class StreamStalled(SourceError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retry=True)
-
-
-_CREDENTIALS = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*):[^/@]*@")
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for logs and state reasons.
-
-    Example::
-
-        redact_url("rtsp://admin:s3cret@10.0.0.5/1") == "rtsp://admin:***@10.0.0.5/1"
-    """
-    return _CREDENTIALS.sub(r"\1:***@", url)
 
 
 _KIND_BY_SCHEME: dict[str, SourceKind] = {
@@ -437,7 +425,7 @@ def read_frames(source: str | SourceSettings, indices: Sequence[int] | None = No
 __all__ = [
     "DecodeStats", "SourceSettings", "VideoProbe", "VideoSource", "as_source", "file_path",
     "is_live", "probe_video", "read_first_frame", "read_frames", "FpsSampler", "OpenSpec", "Pacer", "SourceError", "StreamStalled",
-    "frame_duration_s", "iter_video_frames", "open_source", "open_spec", "redact_url",
+    "frame_duration_s", "iter_video_frames", "open_source", "open_spec",
     "source_kind",
     "stream_frame_count",
 ]

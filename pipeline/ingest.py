@@ -34,6 +34,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from engines.log import get_logger
+from engines.redact import redact_url
 from engines.video import (
     DecodeStats,
     FpsSampler,
@@ -43,7 +44,6 @@ from engines.video import (
     frame_duration_s,
     iter_video_frames,
     open_source,
-    redact_url,
     source_kind,
     stream_frame_count,
 )

@@ -82,7 +82,9 @@ def _ingest_entry(camera: str, cfg: CameraConfig, handle: Any, events: Any, stop
     set_process_name(f"cs-ingest-{camera}")
     from engines.log import setup_logging
     from pipeline.ingest import run_ingest
+    from pipeline.secrets import register_secrets_of_camera
 
+    register_secrets_of_camera(cfg)
     setup_logging(log_level)
     _watch_parent(parent_pid, stop)
     run_ingest(camera, cfg, handle, events, stop)

@@ -258,7 +258,7 @@ def test_stall_watchdog_when_only_audio_keeps_flowing(tmp_path: Path) -> None:
 def test_passwords_never_reach_reasons() -> None:
     from rtsp_server import free_port
 
-    from engines.video import redact_url
+    from engines.redact import redact_url
 
     assert redact_url("rtsp://admin:s3cret@10.0.0.5:554/1") == "rtsp://admin:***@10.0.0.5:554/1"
     assert redact_url("rtsp://10.0.0.5/a:b@c") == "rtsp://10.0.0.5/a:b@c"  # no credentials

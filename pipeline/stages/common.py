@@ -64,7 +64,9 @@ def enter_stage(args: StageArgs) -> None:
     """Per-process setup: logging, and leave Ctrl-C to the supervisor (a terminal's SIGINT
     reaches the whole process group; the supervisor drains and then stops the stages)."""
     from engines.log import setup_logging
+    from pipeline.secrets import register_config_secrets
 
+    register_config_secrets(args.cfg)
     setup_logging(args.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
