@@ -257,11 +257,22 @@ def iter_video_frames(container: av.container.InputContainer, *, stall_timeout_s
 
     stats = stats if stats is not None else DecodeStats()
     stream = container.streams.video[0]
-    last = time.monotonic()
+    last = last_data = time.monotonic()
     # Demux every stream, not just the video one: PyAV skips unselected packets inside its own
     # loop, so a source whose audio keeps flowing after its video died would never come back
     # here for the stall check (and each read is short, so the read timeout never fires).
     for packet in container.demux():
+        if stall_timeout_s is not None:
+            # A hung RTSP server leaves half a frame in the depacketiser, which FFmpeg hands over
+            # only when its read gives up: that late packet must not count as the camera being
+            # alive again (it made detection take twice stall_timeout_s).
+            now = time.monotonic()
+            ref = max(last_data, last, progress()) if progress is not None else max(last_data,
+                                                                                    last)
+            if now - ref >= stall_timeout_s:
+                raise StreamStalled(f"no data for {now - ref:.1f} s (stall_timeout_s "
+                                    f"{stall_timeout_s:g})")
+            last_data = now
         if packet.stream_index != stream.index:
             frames = []
         else:

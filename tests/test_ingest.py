@@ -96,9 +96,10 @@ def test_hung_server_detected_by_read_timeout(rtsp_server: RtspServer) -> None:
             st = run.wait_state("cam", "reconnecting", timeout=10, after=t_stop)
         finally:
             rtsp_server.resume()
-        # the server sends ahead of real time; the rest is the 1.5 s read timeout
-        assert st.ts - t_stop < 6.0
-        assert "timeout" in st.reason, st.reason
+        # within stall_timeout_s + 1 s of the last data (it took twice the timeout before:
+        # FFmpeg released a half-received frame when its read gave up, which looked alive)
+        assert st.ts - t_stop <= 1.5 + 1.0, (st.ts - t_stop, st.reason)
+        assert "no data for" in st.reason or "timeout" in st.reason, st.reason
         t_res = time.time()
         run.wait_state("cam", "online", timeout=15, after=t_res)
 
