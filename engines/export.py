@@ -7,14 +7,16 @@ Every export is checked by running ONNX Runtime on two random tiles against torc
 L2 difference goes into the sidecar.
 
 Engines built from a checkpoint are cached by content: the key hashes the checkpoint's bytes, the
-prompt, the window, the batch limit, the precision and the exporter version, so a config that
-names a checkpoint exports once and later runs reuse the file.
+prompt, the window, the batch limit, the precision and the exporter version. The cache is the
+user's folder :func:`engines.paths.engine_cache_dir`, shared by every run (a config's
+``model.cache_dir`` or ``cache_dir=`` here moves it), so a checkpoint exports once and every later
+run, of any config, reuses the file.
 
 Example::
 
-    path = ensure_engine("ckpt.pt", cache_dir="runs/x/engines", backend="onnx",
-                         precision="fp32", max_batch=8)
-    # -> runs/x/engines/ckpt-onnx-fp32-<key>.onnx (+ .onnx.json)
+    path = ensure_engine("ckpt.pt", cache_dir=None, backend="onnx", precision="fp32",
+                         max_batch=8)
+    # -> ~/.cache/crowdstream/engines/ckpt-onnx-fp32-<key>.onnx (+ .onnx.json)
 """
 
 from __future__ import annotations
@@ -281,8 +283,8 @@ def ensure_engine(source: str | None, *, cache_dir: str | os.PathLike[str] | Non
 
     ``backend`` "onnx" (fp32; int8 must come from ``crowdstream calibrate int8``, which writes
     into the same cache) or "tensorrt" (fp32/fp16/int8-from-QDQ plan, built on ``device``).
-    Without ``cache_dir`` the engine goes to :func:`engines.paths.engine_cache_dir`. A cache hit reads the
-    checkpoint's bytes for its hash but loads no model.
+    Without ``cache_dir`` the engine goes to :func:`engines.paths.engine_cache_dir`. A cache hit
+    reads the checkpoint's bytes for its hash but loads no model.
     """
     if backend not in ("onnx", "tensorrt"):
         raise EngineError(f"engine files are onnx or tensorrt, not {backend!r}")
