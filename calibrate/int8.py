@@ -16,10 +16,15 @@ Steps (``crowdstream calibrate int8 CONFIG`` runs them):
 5. Where TensorRT and a CUDA device exist, a TensorRT INT8 plan plus calibration cache is built
    from the same calibration tiles.
 
+The caller passes the model settings and cameras in (``calibrate`` never imports ``pipeline``;
+``pipeline.commands.calibrate_int8`` hands over the loaded run config's sections).
+
 Example::
 
     from calibrate.int8 import Int8Options, calibrate_from_config
-    result = calibrate_from_config(load_config("configs/demo.yaml"), Int8Options(frames=24))
+    cfg = load_config("configs/demo.yaml")          # pipeline.config, in the caller
+    result = calibrate_from_config(cfg.model, cfg.cameras, cfg.model.engine_cache_dir,
+                                   Int8Options(frames=24))
     print(result.report["relative_deviation"], result.engine_path)
 """
 

@@ -7,14 +7,16 @@ Every export is checked by running ONNX Runtime on two random tiles against torc
 L2 difference goes into the sidecar.
 
 Engines built from a checkpoint are cached by content: the key hashes the checkpoint's bytes, the
-prompt, the window, the batch limit, the precision and the exporter version, so a config that
-names a checkpoint exports once and later runs reuse the file.
+prompt, the window, the batch limit, the precision and the exporter version. The cache is the
+user's folder :func:`engines.paths.engine_cache_dir`, shared by every run (a config's
+``model.cache_dir`` or ``cache_dir=`` here moves it), so a checkpoint exports once and every later
+run, of any config, reuses the file.
 
 Example::
 
-    path = ensure_engine("ckpt.pt", cache_dir="runs/x/engines", backend="onnx",
-                         precision="fp32", max_batch=8)
-    # -> runs/x/engines/ckpt-onnx-fp32-<key>.onnx (+ .onnx.json)
+    path = ensure_engine("ckpt.pt", cache_dir=None, backend="onnx", precision="fp32",
+                         max_batch=8)
+    # -> ~/.cache/crowdstream/engines/ckpt-onnx-fp32-<key>.onnx (+ .onnx.json)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +35,9 @@ from engines.backends.base import EngineError
 from engines.backends.sidecar import read_sidecar, sidecar_path, write_sidecar
 from engines.log import get_logger
 from engines.paths import engine_cache_dir
+
+if TYPE_CHECKING:
+    from engines.models import CountingModel
 
 log = get_logger("export")
 
@@ -42,10 +47,9 @@ INPUT_NAME = "tiles"
 OUTPUT_NAME = "density"
 
 
-def resolve_window(model: Any, window: tuple[int, int] | None) -> tuple[int, int]:
+def resolve_window(model: CountingModel, window: tuple[int, int] | None) -> tuple[int, int]:
     """``window`` or the model's own; checked against its block size."""
-    spec = getattr(model, "spec", None)
-    win = tuple(window) if window else tuple(spec.window)
+    win = tuple(window) if window else tuple(model.spec.window)
     block = int(model.block_size)
     if len(win) != 2 or win[0] % block or win[1] % block or min(win) <= 0:
         raise EngineError(f"window {win} must be (height, width), multiples of the model's block "
@@ -55,12 +59,11 @@ def resolve_window(model: Any, window: tuple[int, int] | None) -> tuple[int, int
 
 def load_source_model(source: str | None, *, random_init: str | None = None,
                       text_prompt: str | None = None, seed: int = 0
-                      ) -> tuple[Any, str, dict[str, Any]]:
+                      ) -> tuple[CountingModel, str, dict[str, Any]]:
     """(model, content hash, info) from one of our checkpoints or a small random-init spec.
 
-    ``text_prompt`` (CLIP-Count) must match the prompt the model's text features were computed
-    for, or the model must be able to switch (``set_text_prompt``); otherwise it is an error that
-    says so. The hash of a random-init model covers its spec and seed.
+    ``text_prompt`` switches a text-prompted model (CLIP-Count) to that class; models that count
+    a fixed class ignore it. The hash of a random-init model covers its spec and seed.
     """
     import torch
 
@@ -68,13 +71,13 @@ def load_source_model(source: str | None, *, random_init: str | None = None,
         raise EngineError("give exactly one of a checkpoint path or random_init (a small spec "
                           "name such as 'ebc-tiny-rn')")
     if random_init is not None:
-        from engines.models import create_model, small_spec
+        from engines.models import create_model, model_class, small_spec
 
         try:
             spec = small_spec(random_init)
-        except (KeyError, ValueError) as e:
+        except ValueError as e:
             raise EngineError(f"unknown random_init {random_init!r}: {e}") from e
-        if text_prompt and spec.family == "clip_count":
+        if text_prompt and model_class(spec.family).text_prompted:
             spec = spec.replace(text_prompt=text_prompt)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -93,17 +96,10 @@ def load_source_model(source: str | None, *, random_init: str | None = None,
     return model, digest, info
 
 
-def _apply_prompt(model: Any, text_prompt: str | None) -> Any:
-    spec = getattr(model, "spec", None)
-    if not text_prompt or spec is None or spec.family != "clip_count":
-        return model
-    if spec.text_prompt == text_prompt:
-        return model
-    setter = getattr(model, "set_text_prompt", None)
-    if setter is None:
-        raise EngineError(f"this CLIP-Count model's text features are for {spec.text_prompt!r}; "
-                          f"it cannot switch to {text_prompt!r} (no text tower)")
-    setter(text_prompt)
+def _apply_prompt(model: CountingModel, text_prompt: str | None) -> CountingModel:
+    """Switch a text-prompted model to ``text_prompt``; other models count a fixed class."""
+    if text_prompt and model.text_prompted and model.spec.text_prompt != text_prompt:
+        model.set_text_prompt(text_prompt)
     return model
 
 
@@ -211,7 +207,7 @@ def _cached(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def build_onnx_engine(model: Any, out_path: str | os.PathLike[str], *, window: tuple[int, int],
+def build_onnx_engine(model: CountingModel, out_path: str | os.PathLike[str], *, window: tuple[int, int],
                       max_batch: int, source_hash: str, info: dict[str, Any],
                       text_prompt: str | None = None) -> dict[str, Any]:
     """Export an fp32 ONNX engine to ``out_path`` (atomically) with its sidecar; returns it."""
@@ -226,15 +222,14 @@ def build_onnx_engine(model: Any, out_path: str | os.PathLike[str], *, window: t
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    spec = getattr(model, "spec", None)
+    spec = model.spec
     meta = {"backend": "onnx", "precision": "fp32", "window": list(window),
             "block_size": int(model.block_size),
             "batch": {"min": 1, "opt": int(max_batch), "max": int(max_batch)},
             "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
             "checkpoint_hash": source_hash, **info,
-            "text_prompt": (text_prompt or getattr(spec, "text_prompt", None))
-            if getattr(spec, "family", None) == "clip_count" else None,
-            "spec": spec.to_dict() if spec is not None else None,
+            "text_prompt": (text_prompt or spec.text_prompt) if model.text_prompted else None,
+            "spec": spec.to_dict(),
             "exporter": {"torch": torch.__version__, "onnx": onnx.__version__, "opset": OPSET,
                          "export_version": EXPORT_VERSION},
             "export_check_rel_l2": err}
@@ -262,7 +257,7 @@ def source_digest(source: str | None, random_init: str | None, seed: int = 0) ->
 
     try:
         spec = small_spec(random_init)  # type: ignore[arg-type]
-    except (KeyError, ValueError) as e:
+    except ValueError as e:
         raise EngineError(f"unknown random_init {random_init!r}: {e}") from e
     return hashlib.sha256(json.dumps({"random_init": random_init, "seed": seed,
                                       "spec": spec.to_dict()}, sort_keys=True,
@@ -288,8 +283,8 @@ def ensure_engine(source: str | None, *, cache_dir: str | os.PathLike[str] | Non
 
     ``backend`` "onnx" (fp32; int8 must come from ``crowdstream calibrate int8``, which writes
     into the same cache) or "tensorrt" (fp32/fp16/int8-from-QDQ plan, built on ``device``).
-    Without ``cache_dir`` the engine goes to :func:`engines.paths.engine_cache_dir`. A cache hit reads the
-    checkpoint's bytes for its hash but loads no model.
+    Without ``cache_dir`` the engine goes to :func:`engines.paths.engine_cache_dir`. A cache hit
+    reads the checkpoint's bytes for its hash but loads no model.
     """
     if backend not in ("onnx", "tensorrt"):
         raise EngineError(f"engine files are onnx or tensorrt, not {backend!r}")

@@ -61,9 +61,10 @@ def _run_torch(model: Any, tiles: np.ndarray) -> np.ndarray:
 
 def _whole_image(model: Any, image: np.ndarray, block: int) -> np.ndarray:
     """One forward over the whole frame, zero-padded to the model's grid (official ResNet eval)."""
-    spec = getattr(model, "spec", None)
-    if spec is not None and spec.family == "clip_count":
-        raise ValueError("whole-image prediction is for CLIP-EBC; CLIP-Count sees fixed windows")
+    if not getattr(model, "whole_image", True):
+        name = getattr(model, "title", "") or type(model).__name__
+        raise ValueError(f"whole-image prediction is for models that take any frame size "
+                         f"(CLIP-EBC); {name} sees fixed windows")
     step = int(np.lcm(int(getattr(model, "encoder_stride", block)), block))
     h, w = image.shape[:2]
     ph, pw = -(-h // step) * step, -(-w // step) * step

@@ -1,10 +1,12 @@
 """Sliding-window tiling and count-preserving stitching.
 
 One implementation for the trainer's evaluation, ``engines.predict`` and the pipeline's tile
-stage. Windows are laid on a frame padded (bottom/right, zeros) to a multiple of the model's block
+and post stages. Windows are laid on a frame padded (bottom/right, zeros) to a multiple of the model's block
 size; the last window in each direction is shifted back to end at the border, so every window lies
 inside the frame and starts on the block grid. Overlaps are averaged, which keeps the count when the
-windows agree (the official CLIP-EBC merge).
+windows agree (the official CLIP-EBC merge). :meth:`TileLayout.plan` is memoised: a layout is
+immutable and a camera's frame size rarely changes, so the stage that cuts a frame size and the
+stage that stitches it share one cache (per process) instead of keeping their own.
 
 Example::
 
@@ -15,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -59,22 +62,14 @@ class TileLayout:
         block: int,
         overlap: float = 0.0,
     ) -> TileLayout:
-        """Lay windows of ``window`` (h, w) over a ``height x width`` frame.
+        """Lay windows of ``window`` (h, w) over a ``height x width`` frame (memoised).
 
         ``overlap`` is the share of a window shared with its neighbour (0 <= overlap < 1); the
-        stride is rounded down to the block grid.
+        stride is rounded down to the block grid. The same arguments return the same (immutable)
+        layout object.
         """
-        wh, ww = window
-        if wh % block or ww % block:
-            raise ValueError(f"window {window} must be a multiple of the block size {block}")
-        if not 0.0 <= overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-        ph = max(_round_up(height, block), wh)
-        pw = max(_round_up(width, block), ww)
-        sh = max(block, int(wh * (1.0 - overlap)) // block * block)
-        sw = max(block, int(ww * (1.0 - overlap)) // block * block)
-        positions = tuple((y, x) for y in _starts(ph, wh, sh) for x in _starts(pw, ww, sw))
-        return cls(height, width, (wh, ww), block, positions, ph, pw)
+        return _plan(int(height), int(width), (int(window[0]), int(window[1])), int(block),
+                     float(overlap))
 
     @property
     def count(self) -> int:
@@ -131,3 +126,21 @@ class TileLayout:
         merged = total / np.maximum(cover, 1.0)
         h, w = self.map_shape
         return merged[:h, :w]
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(height: int, width: int, window: tuple[int, int], block: int,
+          overlap: float) -> TileLayout:
+    """The layout of :meth:`TileLayout.plan`; bounded, since frame sizes in a run are few
+    (evaluation over many image sizes just evicts the oldest)."""
+    wh, ww = window
+    if wh % block or ww % block:
+        raise ValueError(f"window {window} must be a multiple of the block size {block}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    ph = max(_round_up(height, block), wh)
+    pw = max(_round_up(width, block), ww)
+    sh = max(block, int(wh * (1.0 - overlap)) // block * block)
+    sw = max(block, int(ww * (1.0 - overlap)) // block * block)
+    positions = tuple((y, x) for y in _starts(ph, wh, sh) for x in _starts(pw, ww, sw))
+    return TileLayout(height, width, (wh, ww), block, positions, ph, pw)

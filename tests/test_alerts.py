@@ -142,7 +142,6 @@ def test_webhook_gives_up_on_unreachable_url() -> None:
 
 
 def test_density_m2_rule_on_a_calibrated_zone() -> None:
-    pytest.importorskip("calibrate.ground", reason="calibrate.ground not present")
     from pipeline.zones import ZoneSink
 
     # top-down camera, 100 px = 1 m: the left half of a 512x288 frame is 2.56 m x 2.88 m

@@ -8,19 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
-
-from engines.backends import EngineError, load_engine  # noqa: E402
-from engines.backends.sidecar import (  # noqa: E402
+from engines.backends import EngineError, load_engine
+from engines.backends.sidecar import (
     FORMAT_VERSION,
     check_tensorrt_compat,
     read_sidecar,
     sidecar_path,
     write_sidecar,
 )
-from pipeline.cli import main as cli  # noqa: E402
+from pipeline.cli import main as cli
 
 
 @pytest.fixture(scope="module")

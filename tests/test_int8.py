@@ -7,20 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
-pytest.importorskip("av")
-
-from calibrate.int8 import (  # noqa: E402
+from calibrate.int8 import (
     Int8Options,
     Int8Refused,
     calibrate_from_config,
     collect_frames,
     split_holdout,
 )
-from engines.backends import load_engine  # noqa: E402
-from pipeline.config import config_from_dict  # noqa: E402
+from engines.backends import load_engine
+from pipeline.config import config_from_dict
 
 DEMO_CLIP = Path(__file__).resolve().parent.parent / "configs" / "demo" / "mall_demo.mp4"
 

@@ -192,7 +192,6 @@ def test_vit_patch_features_match_open_clip_tokens() -> None:
 
 def test_timm_backbone_through_the_same_factory(tmp_path: Path) -> None:
     """EBC-ZIP-style backbones (open_clip towers on timm trunks, e.g. ConvNeXt) build and count."""
-    pytest.importorskip("timm")
     from engines.checkpoint import load_checkpoint, save_checkpoint
 
     base = small_spec("ebc-tiny-rn")

@@ -82,6 +82,7 @@ def test_tile_and_post_stitch_in_order_with_roi_and_frames(tmp_path: Path, shm) 
     post = PostProcessor(cfg, ["a", "b"], rings, pool, [sink], "test-engine")
     tiler = Tiler(pool, overlap=0.0, batch_timeout_s=0.0)
     lay = TileLayout.plan(100, 150, WIN, BLOCK)  # 2 x 3 = 6 tiles: more than a batch of 5
+    assert tiler.layout(100, 150) is post._layout(100, 150) is lay  # one layout cache
     n_frames = 4
     for i in range(n_frames):
         for c, ring in enumerate(rings):

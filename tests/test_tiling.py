@@ -41,3 +41,14 @@ def test_cut_writes_rgb_in_unit_range_into_given_buffer() -> None:
 def test_bad_window_is_refused() -> None:
     with pytest.raises(ValueError, match="multiple of the block size"):
         TileLayout.plan(100, 100, window=(100, 100), block=8)
+
+
+def test_plan_is_one_memoised_layout_per_geometry() -> None:
+    """The tile and post stages (and predict, calibration) share one cache: same geometry, however
+    spelled, gives the same immutable layout; another geometry another one."""
+    lay = TileLayout.plan(720, 1280, window=(224, 224), block=8, overlap=0.25)
+    assert TileLayout.plan(np.int64(720), 1280, [224, 224], np.int32(8), 0.25) is lay
+    assert TileLayout.plan(720, 1280, window=(224, 224), block=8) is not lay
+    assert TileLayout.plan(720, 1280, window=(224, 224), block=8).count < lay.count
+    with pytest.raises(ValueError, match="overlap must be in"):
+        TileLayout.plan(720, 1280, window=(224, 224), block=8, overlap=1.0)

@@ -49,7 +49,6 @@ def test_zone_counts_are_mask_weighted_sums() -> None:
 
 
 def test_zone_density_per_m2_with_ground_calibration() -> None:
-    pytest.importorskip("calibrate.ground", reason="engineer E's calibrate.ground not present")
     # a top-down camera: 100 px = 1 m on a 512x288 frame, so the frame covers 5.12 m x 2.88 m
     h = [[0.01, 0, 0], [0, 0.01, 0], [0, 0, 1]]
     cfg = config_from_dict({"cameras": {"c": {

@@ -14,8 +14,8 @@ asked for would be a silent slowdown of an order of magnitude, so that is an err
 Example::
 
     from engines.backends import load_engine
-    engine = load_engine("model.pt", backend="auto", device="cpu", max_batch=8,
-                         cache_dir="runs/demo/engines")
+    engine = load_engine("model.pt", backend="auto", device="cpu", max_batch=8)
+    # the exported engine is cached in engines.paths.engine_cache_dir(), shared by every run
     engine.warmup()
     maps = engine.run(tiles)            # (n, 1, H/8, W/8) float32
     print(engine.description)
@@ -46,7 +46,8 @@ def load_engine(source: str | os.PathLike[str] | None, *, backend: str = "auto",
                 threads: int | None = None) -> Engine:
     """Build or load the engine for ``source`` (checkpoint or engine file) or ``random_init``.
 
-    A checkpoint with backend onnx / tensorrt / auto is exported once into ``cache_dir``, keyed by
+    A checkpoint with backend onnx / tensorrt / auto is exported once into ``cache_dir`` (default:
+    the user's engine cache shared by every run, :func:`engines.paths.engine_cache_dir`), keyed by
     the checkpoint's content hash (see :mod:`engines.export`). ``threads`` caps CPU threads
     (ONNX Runtime intra-op / torch). Errors are :class:`EngineError` with what to do.
     """

@@ -24,8 +24,6 @@ from engines.log import get_logger
 
 log = get_logger("engine.onnx")
 
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
 
 def import_onnxruntime() -> Any:
     """``import onnxruntime`` or raise :class:`EngineError` saying how to get it."""

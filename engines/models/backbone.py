@@ -28,6 +28,11 @@ from torch import nn
 from engines.models.spec import ModelSpec
 
 
+def tiny_text_config() -> dict[str, Any]:
+    """A 2-layer, width-64 open_clip text tower config for the tiny random-init specs."""
+    return {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}
+
+
 def backbone_config(spec: ModelSpec) -> dict[str, Any]:
     """The open_clip config dict (``embed_dim``, ``vision_cfg``, ``text_cfg``...) of the spec."""
     if isinstance(spec.backbone, dict):

@@ -31,7 +31,6 @@ _LAST_ANCHOR: dict[int, dict[str, float]] = {
     4: {"sha": 4.29992, "shb": 4.41009, "nwpu": 4.21931, "qnrf": 4.21937, "jhu": 4.24058},
     11: {"qnrf": 11.0},
 }
-DATASETS = ("sha", "shb", "nwpu", "qnrf", "jhu")
 
 _WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen "
           "fourteen fifteen sixteen seventeen eighteen nineteen").split()

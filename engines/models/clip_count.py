@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.models import backbone as bb
-from engines.models.spec import ModelSpec
+from engines.models.registry import CountingModel, register_family, register_model
+from engines.models.spec import CLIP_MEAN, CLIP_STD, ModelSpec
 
 
 def sincos_1d(dim: int, length: int) -> torch.Tensor:
@@ -268,18 +269,24 @@ def encode_class_prompt(text: nn.Module, spec: ModelSpec, prompt: str,
     return x.float().cpu()
 
 
-class ClipCount(nn.Module):
+@register_family("clip_count")
+class ClipCount(CountingModel):
     """CLIP-Count; ``forward(x in [0,1]) -> (B, 1, H, W)`` objects per pixel (sum = count).
 
     ``block_size`` is 1. Build with :meth:`build` (towers from ``spec.pretrained`` or random), or
-    ``ClipCount(spec)`` then ``load_state_dict`` for weights from a checkpoint.
+    ``ClipCount(spec)`` then ``load_state_dict`` for weights from a checkpoint. The counted class
+    is the text prompt built in (:meth:`set_text_prompt` switches it); the window is resized to
+    the encoder's input inside, so it sees fixed windows only.
     """
+
+    title = "CLIP-Count"
+    text_prompted = True
 
     def __init__(self, spec: ModelSpec, visual: nn.Module | None = None,
                  text_embedding: torch.Tensor | None = None) -> None:
         super().__init__()
-        if spec.family != "clip_count":
-            raise ValueError(f"ClipCount needs a clip_count spec, got family {spec.family!r}")
+        if spec.family != self.family:
+            raise ValueError(f"ClipCount needs a {self.family} spec, got family {spec.family!r}")
         if bb.is_resnet(spec):
             raise ValueError("CLIP-Count needs a ViT backbone")
         self.spec = spec
@@ -365,3 +372,18 @@ class ClipCount(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Objects per pixel, (B, 1, H, W), for RGB input in [0, 1]."""
         return self.forward_density(x) / self.spec.density_scale
+
+
+# -- named specs: a tiny random-init config for tests and CPU experiments ---------------------
+
+
+@register_model("count-tiny")
+def _count_tiny() -> ModelSpec:
+    backbone = {"name": "tiny-vit3", "embed_dim": 128,
+                "vision_cfg": {"layers": 3, "width": 64, "patch_size": 16, "head_width": 32,
+                               "image_size": 64},
+                "text_cfg": bb.tiny_text_config()}
+    return ModelSpec(family="clip_count", backbone=backbone, window=(128, 128), block_size=1,
+                     mean=CLIP_MEAN, std=CLIP_STD, resize_height=128, encoder_size=64,
+                     num_vpt=4, vpt_depth=2, heads=4, text_prompt="people", density_scale=60.0,
+                     name="count-tiny")

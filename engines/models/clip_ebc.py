@@ -21,13 +21,16 @@ Example::
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engines.models import backbone as bb
-from engines.models.spec import ModelSpec
+from engines.models.bins import make_prompts, official_bins
+from engines.models.registry import CountingModel, register_family, register_model
+from engines.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 
 def _conv3x3(cin: int, cout: int) -> nn.Conv2d:
@@ -87,19 +90,25 @@ def _strip_quickgelu(name: str) -> str:
     return name[: -len("-quickgelu")] if name.endswith("-quickgelu") else name
 
 
-class ClipEBC(nn.Module):
+@register_family("clip_ebc")
+class ClipEBC(CountingModel):
     """CLIP-EBC counting model; ``forward(x in [0,1]) -> (B, 1, H/8, W/8)`` counts per block.
 
     Build with :meth:`build` (open_clip weights from ``spec.pretrained`` or random init, text
     features encoded once) or, for weights that come from a checkpoint, ``ClipEBC(spec)`` (random
-    tower, zero text buffer, no text tower needed), then ``load_state_dict``.
+    tower, zero text buffer, no text tower needed), then ``load_state_dict``. Its prompts describe
+    the count bins, not the counted class, so it has no text prompt to switch; it runs on whole
+    frames as well as on windows (the official ResNet evaluation).
     """
+
+    title = "CLIP-EBC"
+    whole_image = True
 
     def __init__(self, spec: ModelSpec, visual: nn.Module | None = None,
                  text_features: torch.Tensor | None = None) -> None:
         super().__init__()
-        if spec.family != "clip_ebc":
-            raise ValueError(f"ClipEBC needs a clip_ebc spec, got family {spec.family!r}")
+        if spec.family != self.family:
+            raise ValueError(f"ClipEBC needs a {self.family} spec, got family {spec.family!r}")
         self.spec = spec
         self.block_size = spec.block_size
         cfg = bb.backbone_config(spec)
@@ -176,6 +185,18 @@ class ClipEBC(nn.Module):
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
     # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def check_spec(cls, spec: ModelSpec) -> dict[str, Any]:
+        """Bins, one anchor per bin, and one prompt per bin (generated from the bins if none)."""
+        k = len(spec.bins)
+        if not k:
+            raise ValueError(f"a {cls.family} spec needs bins")
+        if len(spec.anchors) != k:
+            raise ValueError(f"{k} bins but {len(spec.anchors)} anchors")
+        if spec.prompts and len(spec.prompts) != k:
+            raise ValueError(f"{k} bins but {len(spec.prompts)} prompts")
+        return {} if spec.prompts else {"prompts": tuple(make_prompts(spec.bins, spec.prompt_type))}
 
     @classmethod
     def build(cls, spec: ModelSpec) -> ClipEBC:
@@ -265,3 +286,30 @@ class ClipEBC(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Counts per ``block_size`` cell, (B, 1, H/b, W/b), for RGB input in [0, 1]."""
         return self.forward_train(x)[1]
+
+
+# -- named specs: tiny random-init configs for tests and CPU experiments ----------------------
+
+
+@register_model("ebc-tiny-rn")
+def _ebc_tiny_rn() -> ModelSpec:
+    bins, anchors = official_bins("sha", 4)
+    backbone = {"name": "tiny-rn", "embed_dim": 64,
+                "vision_cfg": {"layers": [1, 1, 1, 1], "width": 16, "image_size": 224,
+                               "head_width": 64},
+                "text_cfg": bb.tiny_text_config()}
+    return ModelSpec(family="clip_ebc", backbone=backbone, window=(224, 224), block_size=8,
+                     bins=tuple(bins), anchors=tuple(anchors), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                     decoder_channels=(128,), name="ebc-tiny-rn", dataset="sha", truncation=4)
+
+
+@register_model("ebc-tiny-vit")
+def _ebc_tiny_vit() -> ModelSpec:
+    bins, anchors = official_bins("sha", 4)
+    backbone = {"name": "tiny-vit", "embed_dim": 64,
+                "vision_cfg": {"layers": 2, "width": 64, "patch_size": 16, "head_width": 32,
+                               "image_size": 224},
+                "text_cfg": bb.tiny_text_config()}
+    return ModelSpec(family="clip_ebc", backbone=backbone, window=(224, 224), block_size=8,
+                     bins=tuple(bins), anchors=tuple(anchors), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                     num_vpt=4, deep_vpt=True, name="ebc-tiny-vit", dataset="sha", truncation=4)

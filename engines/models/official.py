@@ -38,6 +38,8 @@ from torch import nn
 
 from engines.models import backbone as bb
 from engines.models.bins import official_bins
+from engines.models.clip_count import ClipCount
+from engines.models.clip_ebc import ClipEBC
 from engines.models.spec import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 
@@ -230,12 +232,10 @@ def ebc_text_features(state: dict[str, torch.Tensor], spec: ModelSpec, source: s
     return bb.encode_prompts(text, spec, list(spec.prompts))
 
 
-def load_official_ebc(path: str | os.PathLike[str], spec: ModelSpec) -> nn.Module:
+def load_official_ebc(path: str | os.PathLike[str], spec: ModelSpec) -> ClipEBC:
     """An official CLIP-EBC ``best_*.pth`` (or ``ckpt.pth``) as our ``ClipEBC`` for ``spec``."""
-    from engines.models.clip_ebc import ClipEBC
-
-    if spec.family != "clip_ebc":
-        raise ValueError(f"load_official_ebc needs a clip_ebc spec, got {spec.family!r}")
+    if spec.family != ClipEBC.family:
+        raise ValueError(f"load_official_ebc needs a {ClipEBC.family} spec, got {spec.family!r}")
     state = _read(path)
     if isinstance(state, dict) and "model_state_dict" in state:
         state = state["model_state_dict"]
@@ -284,17 +284,16 @@ def count_spec_from_hparams(spec: ModelSpec, hparams: dict[str, Any], source: st
     return spec.replace(**changes) if changes else spec
 
 
-def load_official_count(path: str | os.PathLike[str], spec: ModelSpec | None = None) -> nn.Module:
+def load_official_count(path: str | os.PathLike[str], spec: ModelSpec | None = None) -> ClipCount:
     """The official CLIP-Count Lightning ``.ckpt`` as our ``ClipCount``.
 
     The frozen CLIP towers come from ``spec.pretrained`` (default spec: open_clip ViT-B-16
     ``"openai"``, which must be downloadable or cached; or pass a spec with a local file).
     """
-    from engines.models.clip_count import ClipCount
-
     spec = spec or official_count_spec()
-    if spec.family != "clip_count":
-        raise ValueError(f"load_official_count needs a clip_count spec, got {spec.family!r}")
+    if spec.family != ClipCount.family:
+        raise ValueError(f"load_official_count needs a {ClipCount.family} spec, got "
+                         f"{spec.family!r}")
     ckpt = _read(path)
     source = str(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
@@ -315,13 +314,6 @@ def load_official_count(path: str | os.PathLike[str], spec: ModelSpec | None = N
     load_strict(model, state, source, skip=("img_encoder.vit.", "text_embedding"))
     model.set_text_prompt(spec.text_prompt, text=text)
     return model.eval()
-
-
-def load_official(path: str | os.PathLike[str], spec: ModelSpec) -> nn.Module:
-    """Either official format, chosen by the spec's family."""
-    if spec.family == "clip_ebc":
-        return load_official_ebc(path, spec)
-    return load_official_count(path, spec)
 
 
 # -- command line: convert to our self-describing checkpoint -----------------------------------

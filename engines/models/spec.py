@@ -32,14 +32,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from engines.models.registry import model_class
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 Bin = tuple[float, float | None]  # inclusive [lo, hi]; hi None means +infinity
-
-FAMILIES = ("clip_ebc", "clip_count")
 
 
 def _tuple2(value: Any, name: str) -> tuple[int, int]:
@@ -57,7 +57,8 @@ class ModelSpec:
     """The full configuration of one counting model.
 
     Common fields:
-      family: ``"clip_ebc"`` (blockwise classification) or ``"clip_count"`` (text-guided density).
+      family: a registered model family (``engines.models.list_families()``): ``"clip_ebc"``
+        (blockwise classification) or ``"clip_count"`` (text-guided density).
       backbone: open_clip model name or inline open_clip config dict (see module docstring).
       pretrained: open_clip tag (``"openai"``) or local file for the backbone; ``None`` = random.
       quick_gelu: build the towers with QuickGELU (OpenAI CLIP weights were trained with it).
@@ -83,7 +84,7 @@ class ModelSpec:
     Provenance (not used to build): ``name``, ``dataset``, ``truncation``.
     """
 
-    family: Literal["clip_ebc", "clip_count"]
+    family: str
     backbone: str | dict[str, Any]
     window: tuple[int, int]
     block_size: int
@@ -118,8 +119,7 @@ class ModelSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        family = model_class(self.family)  # unknown: a ValueError naming the registered ones
         if not isinstance(self.backbone, (str, dict)):
             raise ValueError(f"backbone must be an open_clip name or a config dict, got {self.backbone!r}")
         object.__setattr__(self, "window", _tuple2(self.window, "window"))
@@ -138,17 +138,9 @@ class ModelSpec:
         object.__setattr__(self, "prompts", tuple(str(p) for p in self.prompts))
         if self.decoder_channels is not None:
             object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
-        if self.family == "clip_ebc":
-            if not bins:
-                raise ValueError("a clip_ebc spec needs bins")
-            if len(self.anchors) != len(bins):
-                raise ValueError(f"{len(bins)} bins but {len(self.anchors)} anchors")
-            if self.prompts and len(self.prompts) != len(bins):
-                raise ValueError(f"{len(bins)} bins but {len(self.prompts)} prompts")
-            if not self.prompts:
-                from engines.models.bins import make_prompts
-
-                object.__setattr__(self, "prompts", tuple(make_prompts(bins, self.prompt_type)))
+        # the family's own fields (bins and prompts for CLIP-EBC...), checked and completed
+        for key, value in family.check_spec(self).items():
+            object.__setattr__(self, key, value)
         if self.window[0] % self.block_size or self.window[1] % self.block_size:
             raise ValueError(f"window {self.window} is not a multiple of block_size {self.block_size}")
 
@@ -158,10 +150,6 @@ class ModelSpec:
     def backbone_name(self) -> str:
         """A short label for logs: the open_clip name or ``"custom"``."""
         return self.backbone if isinstance(self.backbone, str) else str(self.backbone.get("name", "custom"))
-
-    @property
-    def num_bins(self) -> int:
-        return len(self.bins)
 
     def replace(self, **changes: Any) -> ModelSpec:
         """A copy with some fields changed (validated again).

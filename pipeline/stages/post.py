@@ -72,16 +72,12 @@ class PostProcessor:
         self.want_frames = any(getattr(s, "wants_frames", False) for s in sinks)
         self.pending: list[_Pending | None] = [None] * len(cameras)
         self.smoothers = [Smoother(cfg.cameras[c].smoothing) for c in cameras]
-        self.layouts: dict[tuple[int, int], TileLayout] = {}
         self.masks: dict[tuple[int, tuple[int, int]], np.ndarray | None] = {}
         self.sink_errors: dict[int, int] = {}
 
     def _layout(self, h: int, w: int) -> TileLayout:
-        lay = self.layouts.get((h, w))
-        if lay is None:
-            lay = TileLayout.plan(h, w, self.pool.window, self.pool.block, self.cfg.model.overlap)
-            self.layouts[(h, w)] = lay
-        return lay
+        # the tile stage's layout for this frame size (one memoised ``TileLayout.plan``)
+        return TileLayout.plan(h, w, self.pool.window, self.pool.block, self.cfg.model.overlap)
 
     def _mask(self, cam: int, shape: tuple[int, int]) -> np.ndarray | None:
         key = (cam, shape)

@@ -34,17 +34,13 @@ class Tiler:
         self.overlap = overlap
         self.batch_timeout_s = batch_timeout_s
         self.stop = stop
-        self.layouts: dict[tuple[int, int], TileLayout] = {}
         self.slot: int | None = None
         self.n = 0
         self.t_first = 0.0
 
     def layout(self, h: int, w: int) -> TileLayout:
-        lay = self.layouts.get((h, w))
-        if lay is None:
-            lay = TileLayout.plan(h, w, self.pool.window, self.pool.block, self.overlap)
-            self.layouts[(h, w)] = lay
-        return lay
+        """The windows of an ``h x w`` frame (from the one memoised ``TileLayout.plan``)."""
+        return TileLayout.plan(h, w, self.pool.window, self.pool.block, self.overlap)
 
     def _acquire(self) -> bool:
         while self.slot is None:
