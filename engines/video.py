@@ -238,6 +238,7 @@ class DecodeStats:
     frames: int = 0
     decode_errors: int = 0
     last_error: str = ""
+    last_time: float | None = None  # presentation time (s) of the last decoded frame
 
 
 def iter_video_frames(container: av.container.InputContainer, *, stall_timeout_s: float | None,
@@ -286,6 +287,8 @@ def iter_video_frames(container: av.container.InputContainer, *, stall_timeout_s
                 frames = []
         for frame in frames:
             stats.frames += 1
+            if frame.time is not None:
+                stats.last_time = float(frame.time)
             yield frame
             last = time.monotonic()
         if stall_timeout_s is not None:
@@ -359,10 +362,35 @@ class Pacer:
         self._anchor = None
 
 
-def stream_frame_count(container: av.container.InputContainer) -> int:
-    """Frames the container's index announces for the video stream (0 when unknown)."""
-    stream: av.video.stream.VideoStream = container.streams.video[0]
-    return int(stream.frames or 0)
+def truncation(container: av.container.InputContainer, stats: DecodeStats) -> str:
+    """Why a file that decoded without an error still ended early, or "".
+
+    Judged by time, not by the frame count in the header (an AVI header may count each frame
+    twice: ``concourse_720p.avi`` announces 682 and holds 341, all of them): the last frame must
+    reach the duration the container declares, give or take two frames or 2%.
+    """
+    stream = container.streams.video[0]
+    declared = (float(stream.duration * stream.time_base) if stream.duration
+                else float(container.duration) / 1e6 if container.duration else 0.0)
+    start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+    if not declared or stats.last_time is None:
+        return ""
+    reached = stats.last_time - start + frame_duration_s(container)
+    if reached + 2 * frame_duration_s(container) < declared * 0.98:
+        return (f"truncated file: frames stop at {reached:.1f} s of the {declared:.1f} s "
+                f"the file declares ({stats.frames} frames decoded)")
+    return ""
+
+
+def count_frames(source: str | SourceSettings) -> int:
+    """Frames of a file's video stream, counted by demuxing its packets (no decoding: a
+    3 MB clip takes milliseconds). Headers can be wrong; this is what ingest will deliver."""
+    container = open_source(source)
+    try:
+        stream = container.streams.video[0]
+        return sum(1 for p in container.demux(stream) if p.size)
+    finally:
+        container.close()
 
 
 def frame_duration_s(container: av.container.InputContainer) -> float:
@@ -377,7 +405,7 @@ class VideoProbe:
 
     height: int
     width: int
-    frames: int | None  # frames the container announces (a hint: ``count_frames`` decodes)
+    frames: int | None  # video packets demuxed (``count_frames``), not the header's claim
 
 
 def probe_video(source: str | SourceSettings) -> VideoProbe | None:
@@ -392,12 +420,14 @@ def probe_video(source: str | SourceSettings) -> VideoProbe | None:
         return None
     try:
         s = container.streams.video[0]
-        n = int(s.frames or 0)
-        if not n and s.duration and s.average_rate:
-            n = int(float(s.duration * s.time_base) * float(s.average_rate))
-        return VideoProbe(int(s.codec_context.height), int(s.codec_context.width), n or None)
+        size = VideoProbe(int(s.codec_context.height), int(s.codec_context.width), None)
     finally:
         container.close()
+    try:
+        n = count_frames(cfg)
+    except SourceError:
+        n = 0
+    return VideoProbe(size.height, size.width, n or None)
 
 
 def read_first_frame(source: str | SourceSettings) -> np.ndarray:
@@ -438,5 +468,5 @@ __all__ = [
     "is_live", "probe_video", "read_first_frame", "read_frames", "FpsSampler", "OpenSpec", "Pacer", "SourceError", "StreamStalled",
     "frame_duration_s", "iter_video_frames", "open_source", "open_spec",
     "source_kind",
-    "stream_frame_count",
+    "count_frames", "truncation",
 ]

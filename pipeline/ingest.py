@@ -45,7 +45,7 @@ from engines.video import (
     iter_video_frames,
     open_source,
     source_kind,
-    stream_frame_count,
+    truncation,
 )
 from pipeline.config import CameraConfig
 from pipeline.events import CameraState, CameraStatus
@@ -234,9 +234,9 @@ class Ingest:
         if stats.frames == 0:
             return ("not a video file (no frame could be decoded"
                     + (f"; FFmpeg: {stats.last_error})" if stats.last_error else ")"))
-        expected = stream_frame_count(container)
-        if expected and stats.frames < expected:
-            return f"truncated file: decoded {stats.frames} of {expected} frames"
+        cut = truncation(container, stats)
+        if cut:
+            return cut
         if stats.decode_errors:
             return (f"corrupt file: {stats.decode_errors} packets could not be decoded "
                     f"(FFmpeg: {stats.last_error})")

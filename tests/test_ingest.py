@@ -127,8 +127,9 @@ def test_bad_files_fail_alone_with_clear_reasons(tmp_path: Path) -> None:
     assert [m.frame_index for m in run.received["good"].metas] == list(range(30))
     assert reasons["text"].startswith("not a video file") and str(text) in reasons["text"]
     assert reasons["cut"].startswith("not a video file") and str(cut) in reasons["cut"]
-    assert reasons["fast_cut"].startswith("truncated file: decoded ")
-    assert "of 60 frames" in reasons["fast_cut"] and str(fast_cut) in reasons["fast_cut"]
+    assert reasons["fast_cut"].startswith("truncated file: frames stop at ")
+    assert "of the 2.4 s the file declares" in reasons["fast_cut"]
+    assert str(fast_cut) in reasons["fast_cut"]
     assert reasons["missing"] == f"file not found: {tmp_path / 'nope.mp4'}"
     assert 0 < len(recs["fast_cut"].metas) < 60  # what could be decoded was delivered
     for k in bad:
@@ -257,3 +258,19 @@ def test_restarted_file_ingest_resumes_after_the_last_frame_written(tmp_path: Pa
     finally:
         ring.close()
         ring.unlink()
+
+
+def test_a_complete_file_whose_header_overcounts_is_finished(shared_data: Path) -> None:
+    """concourse_720p.avi's header says 682 frames; it holds 341, all decodable: a complete file
+    (once reported as truncated, marked offline, and the run exited 1)."""
+    from engines.video import count_frames, probe_video
+
+    clip = shared_data / "videos" / "concourse_720p.avi"
+    assert count_frames(str(clip)) == 341
+    assert probe_video(str(clip)).frames == 341
+    with IngestRun() as run:
+        rec = run.add("concourse", CameraConfig(url=str(clip)), max_hw=(720, 1280))
+        st = run.wait_state("concourse", "finished", timeout=60)
+        assert run.join("concourse", 10) == 0
+    assert st.reason == "end of file after 341 frames"
+    assert len(rec.metas) == 341 and rec.end is not None and rec.end.reason == "finished"
