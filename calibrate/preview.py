@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from calibrate.ground import CalibrationError, GroundCalibration
+from engines.draw import draw_text
 
 
 class NamedPolygon(Protocol):
@@ -83,11 +84,7 @@ def _polyline(img: np.ndarray, pts: np.ndarray, color: tuple[int, int, int], thi
 
 def _text(img: np.ndarray, text: str, org: tuple[int, int], color: tuple[int, int, int] = WHITE,
           scale: float = 0.45) -> None:
-    import cv2
-
-    x, y = org
-    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+    draw_text(img, text, org, scale=scale, color=color)
 
 
 def draw_grid(img: np.ndarray, cal: GroundCalibration, grid_m: float = 1.0) -> float | None:
