@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from engines.log import get_logger
+from engines.modelcard import Figure, ModelCard
 from engines.train.config import OptimConfig, TrainConfig
 from engines.train.datasets import Sample, holdout_split, load_dataset
 from engines.train.evaluate import evaluate
@@ -379,17 +380,16 @@ class Trainer:
             row["seconds"] = time.monotonic() - t0
             history.append(row)
             meta = self._metadata(epoch, row, train_s, val_s)
-            from engines.checkpoint import save_checkpoint
-
+            saved = (deployed, meta, epoch, row, train_s, val_s)
             improved = row["val_mae"] != "" and row["val_mae"] < best["val_mae"]
             if improved:
                 best = {"val_mae": row["val_mae"], "val_rmse": row["val_rmse"], "epoch": epoch}
-                save_checkpoint(self.out / "best.pt", deployed, {**meta, "best": True})
+                self._save("best.pt", *saved, extra={"best": True})
             elif not val and epoch == o.epochs:
-                save_checkpoint(self.out / "best.pt", deployed, meta)
-            save_checkpoint(self.out / "last.pt", deployed, meta)
+                self._save("best.pt", *saved)
+            self._save("last.pt", *saved)
             if cfg.keep_every:
-                save_checkpoint(self.out / f"epoch_{epoch:03d}.pt", deployed, meta)
+                self._save(f"epoch_{epoch:03d}.pt", *saved)
             self._write_state(model, optimizer, scaler, epoch, best, history)
             self._write_csv(history)
             log.info("epoch", epoch=epoch, loss=round(row["loss"], 4),
@@ -438,6 +438,64 @@ class Trainer:
                                                     "select": d.train.select,
                                                     "val_select": d.val.select if d.val else None},
                 "config": _plain(dataclasses.asdict(self.cfg))}
+
+    def _save(self, name: str, model: nn.Module, meta: dict[str, Any], epoch: int,
+              row: dict[str, Any], train: Sequence[Sample], val: Sequence[Sample],
+              extra: dict[str, Any] | None = None) -> None:
+        """One checkpoint file with its metadata and model card."""
+        from engines.checkpoint import save_checkpoint
+
+        card = self._card(epoch, row, train, val, self.out / name, model.spec)
+        save_checkpoint(self.out / name, model, {**meta, **(extra or {})}, card=card)
+
+    def _card(self, epoch: int, row: dict[str, Any], train: Sequence[Sample],
+              val: Sequence[Sample], path: Path, spec: Any) -> ModelCard:
+        """The checkpoint's model card: the config's ``card:`` words plus what was measured."""
+        c, d, o = self.cfg.card, self.cfg.data, self.cfg.optim
+        figures = []
+        if row["val_mae"] != "":
+            figures.append(Figure(dataset=self._val_label(), mae=round(float(row["val_mae"]), 4),
+                                  rmse=round(float(row["val_rmse"]), 4), images=len(val),
+                                  command=self._eval_command(path),
+                                  source=f"measured here (validation after epoch {epoch})"))
+        src = d.train
+        trained_on = c.trained_on or [f"{Path(src.root).name} ({src.format}"
+                                      + (f", split {src.split}" if src.split else "")
+                                      + (f", images {src.select}" if src.select else "")
+                                      + f"): {len(train)} images"]
+        recipe = c.recipe or (f"{o.optimizer} lr {o.lr:g}, batch {o.batch_size}, epoch {epoch} "
+                              f"of {o.epochs}, crop {list(self.cfg.augment.crop)}, block "
+                              f"{spec.block_size}, {len(spec.bins)} bins; the whole config is in "
+                              "this checkpoint's metadata")
+        return ModelCard(name=c.name or spec.name or self.out.name, summary=c.summary,
+                         trained_on=tuple(trained_on), recipe=recipe,
+                         command=c.command or "crowdstream train CONFIG (the config is in this "
+                                              "checkpoint's metadata)",
+                         figures=tuple(figures), scenes=tuple(c.scenes), not_for=tuple(c.not_for),
+                         licence=c.licence, attribution=c.attribution)
+
+    def _val_label(self) -> str:
+        d = self.cfg.data
+        if d.val is None:
+            return f"{Path(d.train.root).name}: {d.holdout:g} held out at random (seed {self.cfg.seed})"
+        return (f"{Path(d.val.root).name}" + (f" split {d.val.split}" if d.val.split else "")
+                + (f" images {d.val.select}" if d.val.select else "") + " (validation)")
+
+    def _eval_command(self, path: Path) -> str:
+        """The ``crowdstream eval`` command that gives the validation figure again."""
+        import shlex
+
+        d, e = self.cfg.data, self.cfg.eval
+        if d.val is None:
+            return ""  # a random hold-out: the trainer's own split, not a dataset selection
+        cmd = ["crowdstream", "eval", str(path), "--data", d.val.root, "--format", d.val.format]
+        if d.val.split:
+            cmd += ["--split", d.val.split]
+        if d.val.select:
+            cmd += ["--select", d.val.select]
+        if e.overlap:
+            cmd += ["--overlap", f"{e.overlap:g}"]
+        return shlex.join(cmd)
 
     def _write_state(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                      scaler: torch.amp.GradScaler, epoch: int, best: dict[str, Any],
