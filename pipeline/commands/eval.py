@@ -31,6 +31,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None, help="split name (format-specific)")
     p.add_argument("--select", default=None, help="1-based positions to keep, e.g. 701-800")
     p.add_argument("--overlap", type=float, default=0.0, help="sliding-window overlap [0, 1)")
+    p.add_argument("--tiling", choices=["plain", "clip_count"], default="plain",
+                   help="clip_count: CLIP-Count's official evaluation strip (384-high, stride "
+                        "128, sigmoid blend) instead of the plain windows")
     p.add_argument("--backend", default="torch",
                    help="engine backend for a checkpoint: torch (default), onnx, tensorrt, auto")
     p.add_argument("--device", default="cpu")
@@ -70,7 +73,8 @@ def main(args: argparse.Namespace) -> int:
             if (i + 1) % 25 == 0 or i + 1 == n:
                 log.info("progress", images=f"{i + 1}/{n}")
 
-        result = evaluate(model, samples, overlap=args.overlap, on_image=progress)
+        result = evaluate(model, samples, overlap=args.overlap, on_image=progress,
+                          tiling=args.tiling)
         source = args.model
     summary = {"source": str(source), "data": str(args.data), "select": args.select,
                **result.summary()}
