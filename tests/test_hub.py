@@ -33,6 +33,7 @@ from engines.models.hub import (
     HubError,
     LayoutError,
     Registry,
+    TextProgress,
     converted_path,
     pull,
     resolve,
@@ -146,7 +147,10 @@ def test_interrupted_download_resumes_with_a_range_request(
     reg, _state, data = ebc_release
     half = len(data) // 2
     server.drop_at["/v1.0.0/tiny_ebc.tgz"] = half  # the first answer breaks off mid-file
-    path = pull("tiny-ebc", registry=reg)
+    shown = io.StringIO()
+    path = pull("tiny-ebc", registry=reg, progress_for=lambda label: TextProgress(label, shown))
+    lines = shown.getvalue().splitlines()  # not a terminal: one line per 10 %, then the total
+    assert lines[-1].startswith(f"tiny-ebc: {len(data) / 1e6:.1f}/{len(data) / 1e6:.1f} MB 100.0%")
     assert server.requests == [("/v1.0.0/tiny_ebc.tgz", None),
                                ("/v1.0.0/tiny_ebc.tgz", f"bytes={half}-")]
     dl = home / "downloads" / "tiny_ebc.tgz"
@@ -426,6 +430,9 @@ def test_the_shipped_registry_is_complete_and_documented() -> None:
         assert e.licence and e.attribution and e.source.page, name
         assert f"`{name}`" in readme, f"{name} is not documented in the README"
         assert e.status or e.args is not None, name
+        for key in ("trained_on", "scenes", "not_for"):  # a comma in a YAML [a, b] list splits
+            for item in e.card.get(key, []):
+                assert item.count("(") == item.count(")"), (name, key, item)
         if isinstance(e.args, EbcArgs):
             ds = name.split("-")[3]  # clip-ebc-<backbone>-<data set>[-rmse]
             assert e.args.dataset == ds, name

@@ -675,10 +675,10 @@ def _obtain(entry: Entry, cache: Path, book: HashBook, local_file: str | os.Path
             raise HubError(f"--file {src}: no such file")
         return src, verify(entry, src, book, f"local file {src.name}"), f"local file {src.name}"
     if not entry.source.urls:
-        notes = " ".join(entry.notes)
-        raise HubError(f"{entry.name}: no download URL on record. {notes or ''} Download it from "
-                       f"{entry.source.page} and run `crowdstream models pull {entry.name} "
-                       f"--file FILE`.".replace("  ", " "))
+        how = " ".join(entry.notes) or (f"Download it and run `crowdstream models pull "
+                                        f"{entry.name} --file FILE`.")
+        raise HubError(f"{entry.name}: no download URL on record (page: {entry.source.page}). "
+                       f"{how}")
     dl = cache / "downloads" / entry.file_name
     errors = []
     for url in entry.source.urls if not dl.is_file() else []:
