@@ -9,6 +9,14 @@ Resize rules, from the model's spec: ``resize_height`` (CLIP-Count: every frame 
 keeping the aspect) or ``min_side`` (frames whose shorter side is smaller are upscaled, bicubic).
 Otherwise frames keep their size (frames smaller than the window are zero-padded by the tiling).
 
+``tiling="clip_count"`` reproduces CLIP-Count's official test-time procedure instead (for
+per-pixel models, ``block_size`` 1): portrait frames are turned to landscape (as the official
+ShanghaiTech loader does; the map is turned back), the short side is resized to the window height
+(PIL bilinear, as torchvision's ``Resize(384)``), the frame is zero-padded on the right by
+``stride - W % stride`` with ``stride = window / 3`` (128 for 384), windows at that stride are
+blended with a sigmoid ramp (``engines.tiling.strip_blend``) and the map is cropped back. The
+plain tiling stays the default (it is what the video pipeline runs).
+
 Example::
 
     model, _ = load_checkpoint("model.pt")
@@ -23,7 +31,9 @@ from typing import Any
 import numpy as np
 
 from engines.density import DensityMap
-from engines.tiling import TileLayout
+from engines.tiling import TileLayout, strip_blend, strip_plan
+
+TILINGS = ("plain", "clip_count")
 
 
 def _geometry(model: Any) -> tuple[tuple[int, int], int, Any]:
@@ -74,21 +84,92 @@ def _whole_image(model: Any, image: np.ndarray, block: int) -> np.ndarray:
     return out[: -(-h // block), : -(-w // block)]
 
 
+def _run_batches(model_or_engine: Any, tiles: np.ndarray, batch_size: int | None) -> np.ndarray:
+    """Run (n, 3, h, w) tiles ``batch_size`` at a time (default: the engine's ``max_batch``, or
+    8), in eval mode; (n, 1, h', w') maps."""
+    is_engine = _is_engine(model_or_engine)
+    bs = batch_size or (int(getattr(model_or_engine, "max_batch", 8)) if is_engine else 8)
+    if bs < 1:
+        raise ValueError(f"batch_size must be >= 1, got {bs}")
+    training = bool(getattr(model_or_engine, "training", False))
+    if training:
+        model_or_engine.eval()  # BN/dropout in eval mode for prediction; restored below
+    try:
+        outs = []
+        for i in range(0, tiles.shape[0], bs):
+            chunk = tiles[i : i + bs]
+            if is_engine:
+                outs.append(np.asarray(model_or_engine.run(chunk), dtype=np.float32))
+            else:
+                outs.append(_run_torch(model_or_engine, chunk))
+    finally:
+        if training:
+            model_or_engine.train()
+    return np.concatenate(outs, axis=0)
+
+
+def _is_engine(model_or_engine: Any) -> bool:
+    return hasattr(model_or_engine, "run") and not hasattr(model_or_engine, "parameters")
+
+
+def clip_count_size(height: int, width: int, target: int) -> tuple[int, int]:
+    """torchvision ``Resize(target)`` on a landscape frame: short side (height) to ``target``,
+    long side ``int(target * width / height)`` (truncated, as torchvision does)."""
+    return target, max(1, int(target * width / height))
+
+
+def _clip_count_strip(model_or_engine: Any, image: np.ndarray, window: tuple[int, int],
+                      block: int, batch_size: int | None) -> DensityMap:
+    if block != 1 or window[0] != window[1] or window[0] % 3:
+        raise ValueError(f"tiling 'clip_count' needs a per-pixel model (block_size 1) with a "
+                         f"square window divisible by 3 (CLIP-Count: 384), got window {window}, "
+                         f"block {block}")
+    size = window[0]
+    stride = size // 3
+    portrait = image.shape[0] > image.shape[1]
+    if portrait:
+        image = np.rot90(image, k=1)  # PIL rotate(90, expand=True): counter-clockwise
+    h, w = image.shape[:2]
+    nh, nw = clip_count_size(h, w, size)
+    if (nh, nw) != (h, w):
+        from PIL import Image
+
+        image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+            (nw, nh), Image.Resampling.BILINEAR))
+    padded, starts = strip_plan(nw, size, stride)
+    frame = np.zeros((3, size, padded), dtype=np.float32)
+    frame[:, :, :nw] = image.transpose(2, 0, 1) / np.float32(255.0)
+    tiles = np.stack([frame[:, :, x : x + size] for x in starts])
+    maps = _run_batches(model_or_engine, tiles, batch_size)
+    merged = strip_blend(maps, stride)[:, :nw]
+    if portrait:
+        merged = np.ascontiguousarray(np.rot90(merged, k=-1))
+    return DensityMap(merged, block_size=1, scale=nh / h)
+
+
 def predict(model_or_engine: Any, image: np.ndarray, overlap: float = 0.0, *,
-            batch_size: int | None = None, whole: bool = False) -> DensityMap:
+            batch_size: int | None = None, whole: bool = False,
+            tiling: str = "plain") -> DensityMap:
     """Count ``image`` (H x W x 3 uint8 RGB, any size) with a model or engine.
 
     ``overlap`` is the share of a window shared with its neighbour (0 <= overlap < 1); windows
     run ``batch_size`` at a time (default: the engine's ``max_batch``, or 8). ``whole=True``
     (torch CLIP-EBC models only) runs the whole frame in one forward instead, as the official
-    ResNet evaluation does. Returns a ``DensityMap`` whose ``scale`` is the resize factor, so
-    ``cell_pixels`` is in the original image's pixels.
+    ResNet evaluation does. ``tiling="clip_count"`` runs CLIP-Count's official evaluation strip
+    (see the module docstring; ``overlap`` does not apply). Returns a ``DensityMap`` whose
+    ``scale`` is the resize factor, so ``cell_pixels`` is in the original image's pixels.
     """
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be an H x W x 3 array, got shape {getattr(image, 'shape', None)}")
     if image.dtype != np.uint8:
         raise ValueError(f"image must be uint8 RGB, got {image.dtype}")
+    if tiling not in TILINGS:
+        raise ValueError(f"tiling must be one of {TILINGS}, got {tiling!r}")
     window, block, spec = _geometry(model_or_engine)
+    if tiling == "clip_count":
+        if whole:
+            raise ValueError("whole=True and tiling='clip_count' exclude each other")
+        return _clip_count_strip(model_or_engine, image, window, block, batch_size)
     h, w = image.shape[:2]
     nh, nw = resize_for(spec, h, w)
     if (nh, nw) != (h, w):
@@ -96,9 +177,8 @@ def predict(model_or_engine: Any, image: np.ndarray, overlap: float = 0.0, *,
 
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_CUBIC)
     scale = nh / h
-    is_engine = hasattr(model_or_engine, "run") and not hasattr(model_or_engine, "parameters")
     if whole:
-        if is_engine:
+        if _is_engine(model_or_engine):
             raise ValueError("whole-image prediction needs a torch model (engines have a fixed window)")
         training = bool(model_or_engine.training)
         model_or_engine.eval()
@@ -109,22 +189,5 @@ def predict(model_or_engine: Any, image: np.ndarray, overlap: float = 0.0, *,
         return DensityMap(merged, block_size=block, scale=scale)
     layout = TileLayout.plan(nh, nw, window=window, block=block, overlap=overlap)
     tiles = layout.cut(np.ascontiguousarray(image))
-    bs = batch_size or (int(getattr(model_or_engine, "max_batch", 8)) if is_engine else 8)
-    if bs < 1:
-        raise ValueError(f"batch_size must be >= 1, got {bs}")
-    training = bool(getattr(model_or_engine, "training", False))
-    if training:
-        model_or_engine.eval()  # BN/dropout in eval mode for prediction; restored below
-    try:
-        outs = []
-        for i in range(0, layout.count, bs):
-            chunk = tiles[i : i + bs]
-            if is_engine:
-                outs.append(np.asarray(model_or_engine.run(chunk), dtype=np.float32))
-            else:
-                outs.append(_run_torch(model_or_engine, chunk))
-    finally:
-        if training:
-            model_or_engine.train()
-    maps = np.concatenate(outs, axis=0)
+    maps = _run_batches(model_or_engine, tiles, batch_size)
     return DensityMap(layout.stitch(maps), block_size=block, scale=scale)

@@ -7,6 +7,8 @@ inside the frame and starts on the block grid. Overlaps are averaged, which keep
 windows agree (the official CLIP-EBC merge). :meth:`TileLayout.plan` is memoised: a layout is
 immutable and a camera's frame size rarely changes, so the stage that cuts a frame size and the
 stage that stitches it share one cache (per process) instead of keeping their own.
+CLIP-Count's own evaluation strip (right padding, fixed stride, sigmoid-weighted blend) is
+:func:`strip_plan` + :func:`strip_blend`.
 
 Example::
 
@@ -144,3 +146,51 @@ def _plan(height: int, width: int, window: tuple[int, int], block: int,
     sw = max(block, int(ww * (1.0 - overlap)) // block * block)
     positions = tuple((y, x) for y in _starts(ph, wh, sh) for x in _starts(pw, ww, sw))
     return TileLayout(height, width, (wh, ww), block, positions, ph, pw)
+
+
+# -- CLIP-Count's evaluation strip ----------------------------------------------------------------
+
+
+def strip_plan(width: int, window: int, stride: int) -> tuple[int, list[int]]:
+    """CLIP-Count's horizontal windows over a frame ``width`` wide: (padded width, starts).
+
+    As the official ``sliding_window``: the frame is zero-padded on the right by ``stride -
+    width % stride`` (always, even when ``width`` is a multiple), then windows start every
+    ``stride`` pixels while they fit. A frame narrower than the window is padded up to it (the
+    official code has no window for it). ``window`` must be a multiple of ``stride`` so that
+    the windows end exactly at the padded border.
+    """
+    if stride < 1 or window % stride:
+        raise ValueError(f"window {window} must be a positive multiple of the stride {stride}")
+    padded = max(width + stride - width % stride, window)
+    return padded, list(range(0, padded - window + 1, stride))
+
+
+def sigmoid_ramp(length: int) -> np.ndarray:
+    """The official blend weights of the next window: ``sigmoid(linspace(-3, 3, length))``."""
+    return 1.0 / (1.0 + np.exp(-np.linspace(-3.0, 3.0, length)))
+
+
+def strip_blend(maps: np.ndarray, stride: int) -> np.ndarray:
+    """Merge per-window maps (n, [1,] h, window) left to right as CLIP-Count's ``window_composite``.
+
+    Each new window overlaps the composite's last ``window - stride`` columns; there the result
+    is ``(1 - r) * composite + r * window`` with ``r`` = :func:`sigmoid_ramp`, computed in float64
+    and stored in float32 (as the official torch code does). Columns blended before are blended
+    again by later windows, exactly as officially. Returns (h, padded width) float32.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    maps = maps.reshape(maps.shape[0], maps.shape[-2], maps.shape[-1])
+    n, h, window = maps.shape
+    blend = window - stride
+    if n == 0 or blend < 0:
+        raise ValueError(f"need >= 1 window map no narrower than the stride, got {maps.shape}")
+    out = np.zeros((h, window + (n - 1) * stride), dtype=np.float32)
+    out[:, :window] = maps[0]
+    ramp = sigmoid_ramp(blend)
+    for i in range(1, n):
+        x = i * stride  # the composite so far ends at x + blend
+        prev = out[:, x : x + blend].astype(np.float64)
+        out[:, x : x + blend] = (1.0 - ramp) * prev + ramp * maps[i, :, :blend]
+        out[:, x + blend : x + window] = maps[i, :, blend:]
+    return out

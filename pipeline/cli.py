@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pipeline.commands.export", "build an engine (ONNX / TensorRT) from a checkpoint"),
     "calibrate": ("pipeline.commands.calibrate", "INT8 engine calibration or camera ground-plane calibration"),
     "bench": ("pipeline.commands.bench", "measure engine throughput per backend and precision"),
+    "models": ("pipeline.commands.models", "released models: list, info, pull, convert; model cards"),
 }
 
 

@@ -188,6 +188,7 @@ class ModelConfig:
 
     checkpoint: str | None = path_field(None)  # our checkpoint (exported once, cached by hash)
     engine: str | None = path_field(None)  # a prebuilt engine file (.onnx / .plan)
+    name: str | None = None  # a released model by registry name (`crowdstream models list`): pulled and converted on first use
     backend: Literal["auto", "torch", "onnx", "tensorrt"] = "auto"
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     device: str = "cpu"  # "cpu", "cuda", "cuda:1"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from engines.draw import colorize, draw_text, legend
 from pipeline.overlay import AlertView, OverlayView, ZoneView, render_overlay

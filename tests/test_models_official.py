@@ -340,13 +340,23 @@ def test_convert_command_writes_our_checkpoint(tmp_path: Path, capsys: pytest.Ca
     import json
 
     from engines.checkpoint import file_hash
-    from engines.models.official import main
+    from pipeline.cli import main
 
     spec, shapes = tiny_official_ebc("rn")
     torch.save(random_state(shapes, seed=4), tmp_path / "best_mae_0.pth")
     (tmp_path / "spec.json").write_text(json.dumps(spec.to_dict()))
-    rc = main(["ebc", str(tmp_path / "best_mae_0.pth"), str(tmp_path / "out.pt"), "--spec", str(tmp_path / "spec.json")])
+    rc = main(["models", "convert", "ebc", str(tmp_path / "best_mae_0.pth"), str(tmp_path / "out.pt"),
+               "--spec", str(tmp_path / "spec.json")])
     assert rc == 0 and "wrote" in capsys.readouterr().out
     model, meta = load_checkpoint(tmp_path / "out.pt")
     assert model.spec == spec
-    assert meta == {"source": "best_mae_0.pth", "source_sha256": file_hash(tmp_path / "best_mae_0.pth")}
+    assert {k: meta[k] for k in ("source", "source_sha256")} == {
+        "source": "best_mae_0.pth", "source_sha256": file_hash(tmp_path / "best_mae_0.pth")}
+    assert meta["card"]["source"] == "best_mae_0.pth" and "--spec" in meta["card"]["command"]
+
+
+def test_ebc_conversion_needs_the_data_set() -> None:
+    with pytest.raises(ValueError, match="data set"):
+        official_ebc_spec("ViT-B-16", "")
+    with pytest.raises(ValueError, match="no official anchors for dataset 'mall'"):
+        official_ebc_spec("ViT-B-16", "mall")

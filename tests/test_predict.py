@@ -120,3 +120,68 @@ def test_whole_image_mode() -> None:
         predict(create_model(small_spec("count-tiny")), image, whole=True)
     with pytest.raises(ValueError, match="torch model"):
         predict(NumpyEngine(local, 2), image, whole=True)
+
+
+# -- CLIP-Count's official evaluation strip (tiling="clip_count") ---------------------------------
+
+
+class PixelCounter(nn.Module):
+    """A per-pixel, purely local model (block 1): objects per pixel = mean brightness. Windows
+    that overlap agree, so the sigmoid blend must give back exactly the local map."""
+
+    block_size = 1
+    window = (96, 96)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1, keepdim=True)
+
+
+class PixelEngine:
+    """The same model behind an engine's ``run`` (numpy batches), recording the batch sizes."""
+
+    window, block_size, max_batch = (96, 96), 1, 2
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, ...]] = []
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append(batch.shape)
+        return batch.mean(axis=1, keepdims=True)
+
+
+def _pil_resize(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def test_clip_count_strip_resizes_pads_blends_and_crops() -> None:
+    image = np.random.default_rng(4).integers(0, 256, size=(120, 200, 3), dtype=np.uint8)
+    dm = predict(PixelCounter(), image, tiling="clip_count")
+    # short side to the window height (96), long side int(96 * 200 / 120) = 160, as torchvision
+    local = _pil_resize(image, 96, 160).mean(axis=2) / 255.0
+    assert dm.map.shape == (96, 160) and dm.block_size == 1 and dm.scale == pytest.approx(0.8)
+    np.testing.assert_allclose(dm.map, local, rtol=1e-5, atol=1e-6)  # padding cropped off
+    engine = PixelEngine()
+    via_engine = predict(engine, image, tiling="clip_count")
+    # 160 + (32 - 160 % 32) = 192 padded: windows at 0, 32, 64, 96 -> 4 windows, 2 per batch
+    assert [b[0] for b in engine.batches] == [2, 2] and engine.batches[0][1:] == (3, 96, 96)
+    np.testing.assert_allclose(via_engine.map, dm.map, rtol=1e-6)
+
+
+def test_clip_count_strip_turns_portrait_frames_as_the_official_loader() -> None:
+    image = np.random.default_rng(5).integers(0, 256, size=(200, 120, 3), dtype=np.uint8)
+    dm = predict(PixelCounter(), image, tiling="clip_count")
+    turned = _pil_resize(np.ascontiguousarray(np.rot90(image)), 96, 160).mean(axis=2) / 255.0
+    assert dm.map.shape == (160, 96)  # back in the frame's orientation
+    np.testing.assert_allclose(dm.map, np.rot90(turned, k=-1), rtol=1e-5, atol=1e-6)
+
+
+def test_clip_count_strip_refuses_what_it_cannot_do() -> None:
+    image = np.zeros((50, 80, 3), np.uint8)
+    with pytest.raises(ValueError, match="block_size 1"):
+        predict(LocalCounter(), image, tiling="clip_count")
+    with pytest.raises(ValueError, match="tiling must be one of"):
+        predict(PixelCounter(), image, tiling="clipcount")
+    with pytest.raises(ValueError, match="exclude each other"):
+        predict(PixelCounter(), image, tiling="clip_count", whole=True)

@@ -52,3 +52,43 @@ def test_plan_is_one_memoised_layout_per_geometry() -> None:
     assert TileLayout.plan(720, 1280, window=(224, 224), block=8).count < lay.count
     with pytest.raises(ValueError, match="overlap must be in"):
         TileLayout.plan(720, 1280, window=(224, 224), block=8, overlap=1.0)
+
+
+# -- CLIP-Count's evaluation strip -----------------------------------------------------------------
+
+
+def test_strip_plan_pads_right_by_stride_minus_remainder() -> None:
+    from engines.tiling import strip_plan
+
+    # 1000 % 128 = 104: pad 24 -> 1024; windows of 384 every 128 end exactly at the border
+    assert strip_plan(1000, 384, 128) == (1024, [0, 128, 256, 384, 512, 640])
+    # a multiple of the stride is padded by a whole stride (the official code always pads)
+    assert strip_plan(1024, 384, 128) == (1152, [0, 128, 256, 384, 512, 640, 768])
+    assert strip_plan(200, 384, 128) == (384, [0])  # narrower than a window: one window
+    with pytest.raises(ValueError, match="multiple of the stride"):
+        strip_plan(500, 384, 100)
+
+
+def test_strip_blend_keeps_a_constant_map_constant() -> None:
+    from engines.tiling import strip_blend
+
+    maps = np.full((6, 1, 384, 384), 2.5, np.float32)
+    out = strip_blend(maps, 128)
+    assert out.shape == (384, 384 + 5 * 128) and out.dtype == np.float32
+    np.testing.assert_allclose(out, 2.5, rtol=1e-6)
+
+
+def test_strip_blend_matches_a_hand_computed_case() -> None:
+    """Window 6, stride 2: each new window blends the composite's last 4 columns with
+    r = sigmoid(linspace(-3, 3, 4)) = sigmoid(-3, -1, 1, 3); blended columns blend again."""
+    from engines.tiling import sigmoid_ramp, strip_blend
+
+    r0, r1, r2, r3 = 0.04742587, 0.26894142, 0.73105858, 0.95257413
+    np.testing.assert_allclose(sigmoid_ramp(4), [r0, r1, r2, r3], rtol=1e-6)
+    maps = np.stack([np.full((1, 6), v, np.float32) for v in (0.0, 1.0, 3.0)])
+    want = [0, 0,                                 # window 0 alone
+            r0, r1,                               # windows 0|1 blended once
+            (1 - r0) * r2 + 3 * r0, (1 - r1) * r3 + 3 * r1,  # blended again with window 2
+            (1 - r2) * 1 + 3 * r2, (1 - r3) * 1 + 3 * r3,    # window 1 alone, blended with 2
+            3, 3]                                 # window 2 alone
+    np.testing.assert_allclose(strip_blend(maps, 2)[0], want, rtol=1e-6, atol=1e-7)

@@ -21,13 +21,13 @@ Example::
     model = load_official_ebc("best_mae_0.pth", spec)
     save_checkpoint("nwpu_vitb16.pt", model, {"source": "CLIP-EBC release v1.0.0"})
 
-or from a shell: ``python -m engines.models.official ebc best_mae_0.pth out.pt --backbone
-ViT-B-16 --dataset nwpu``.
+or from a shell: ``crowdstream models convert ebc best_mae_0.pth out.pt --backbone ViT-B-16
+--dataset nwpu``; ``crowdstream models pull NAME`` downloads and converts a released file with
+the arguments its registry entry records (``engines.models.hub``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,8 +38,6 @@ from torch import nn
 
 from engines.models import backbone as bb
 from engines.models.bins import official_bins
-from engines.models.clip_count import ClipCount
-from engines.models.clip_ebc import ClipEBC
 from engines.models.spec import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 
@@ -57,41 +55,56 @@ OFFICIAL_ACCURACY: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 
-def official_ebc_spec(backbone: str = "ViT-B-16", dataset: str = "nwpu", truncation: int = 4,
+def _is_vit(backbone: str | dict[str, Any]) -> bool:
+    if isinstance(backbone, dict):
+        return isinstance(backbone.get("vision_cfg", {}).get("layers"), int)
+    return backbone.startswith("ViT")
+
+
+def official_ebc_spec(backbone: str | dict[str, Any], dataset: str, truncation: int = 4,
                       window: int | None = None, num_vpt: int | None = None,
-                      prompt_type: str = "word") -> ModelSpec:
+                      prompt_type: str = "word", deep_vpt: bool = True,
+                      name: str | None = None) -> ModelSpec:
     """The spec of a released CLIP-EBC model.
 
-    ``backbone``: open_clip name (``ViT-B-16``, ``RN50``, ``RN101``, ``RN50x4``...);
-    ``dataset``/``truncation`` pick the official anchors; ``window`` defaults to 224 for ViTs
-    (448 for ResNets, their training crop); ``num_vpt`` defaults to 32 for ViTs (use 0 for the
-    v1.0.0 fully fine-tuned ViT checkpoints, input 256). ImageNet normalisation, block 8.
+    ``backbone``: open_clip name (``ViT-B-16``, ``RN50``, ``RN101``, ``RN50x4``...) or an inline
+    open_clip config (small test architectures); ``dataset``/``truncation`` pick the official
+    anchors (required: the files do not say which data set they were trained on, and the last
+    anchor differs per data set); ``window`` defaults to 224 for ViTs (448 for ResNets, their
+    training crop); ``num_vpt`` defaults to 32 for ViTs (use 0 for the v1.0.0 fully fine-tuned
+    ViT checkpoints, input 256). ImageNet normalisation, block 8, "fine" bins, "average" anchors.
     """
+    if not dataset:
+        raise ValueError("official_ebc_spec needs the data set whose anchors the model was "
+                         "trained with (sha, shb, nwpu, qnrf, jhu)")
     bins, anchors = official_bins(dataset, truncation)
-    is_vit = backbone.startswith("ViT")
+    is_vit = _is_vit(backbone)
     size = window or (224 if is_vit else 448)
     vpt = (32 if num_vpt is None else num_vpt) if is_vit else 0
+    label = backbone if isinstance(backbone, str) else str(backbone.get("name", "custom"))
     return ModelSpec(family="clip_ebc", backbone=backbone, pretrained=None, quick_gelu=True,
                      window=(size, size), block_size=8, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                      bins=tuple(bins), anchors=tuple(anchors), prompt_type=prompt_type,  # type: ignore[arg-type]
-                     num_vpt=vpt, deep_vpt=True, vpt_drop=0.0, dataset=dataset,
+                     num_vpt=vpt, deep_vpt=deep_vpt, vpt_drop=0.0, dataset=dataset,
                      truncation=truncation,
-                     name=f"clip-ebc-{backbone.lower().replace('-', '')}-{dataset}")
+                     name=name or f"clip-ebc-{label.lower().replace('-', '')}-{dataset}")
 
 
 def official_count_spec(pretrained: str | None = "openai", heads: int = 4, vpt_width: int = 20,
                         vpt_depth: int = 10, n_ctx: int = 2, text_prompt: str = "people",
-                        backbone: str = "ViT-B-16") -> ModelSpec:
+                        backbone: str | dict[str, Any] = "ViT-B-16", window: int = 384,
+                        encoder_size: int = 224, name: str = "clip-count-vit-b16") -> ModelSpec:
     """The spec of the released CLIP-Count model (ViT-B/16, 4 heads, VPT 10 x 20, 384 window).
 
     ``pretrained`` is where the frozen CLIP weights come from: the open_clip tag ``"openai"`` or
-    a local file with the OpenAI ViT-B/16 CLIP state dict.
+    a local file with the OpenAI ViT-B/16 CLIP state dict. ``backbone`` may be an inline open_clip
+    config (with ``window``/``encoder_size``) for small test architectures.
     """
     return ModelSpec(family="clip_count", backbone=backbone, pretrained=pretrained, quick_gelu=True,
-                     window=(384, 384), block_size=1, mean=CLIP_MEAN, std=CLIP_STD,
-                     resize_height=384, encoder_size=224, num_vpt=vpt_width, vpt_depth=vpt_depth,
-                     heads=heads, n_ctx=n_ctx, text_prompt=text_prompt, density_scale=60.0,
-                     name="clip-count-vit-b16")
+                     window=(window, window), block_size=1, mean=CLIP_MEAN, std=CLIP_STD,
+                     resize_height=window, encoder_size=encoder_size, num_vpt=vpt_width,
+                     vpt_depth=vpt_depth, heads=heads, n_ctx=n_ctx, text_prompt=text_prompt,
+                     density_scale=60.0, name=name)
 
 
 # -- strict mapping ----------------------------------------------------------------------------
@@ -232,10 +245,12 @@ def ebc_text_features(state: dict[str, torch.Tensor], spec: ModelSpec, source: s
     return bb.encode_prompts(text, spec, list(spec.prompts))
 
 
-def load_official_ebc(path: str | os.PathLike[str], spec: ModelSpec) -> ClipEBC:
+def load_official_ebc(path: str | os.PathLike[str], spec: ModelSpec) -> nn.Module:
     """An official CLIP-EBC ``best_*.pth`` (or ``ckpt.pth``) as our ``ClipEBC`` for ``spec``."""
-    if spec.family != ClipEBC.family:
-        raise ValueError(f"load_official_ebc needs a {ClipEBC.family} spec, got {spec.family!r}")
+    from engines.models.clip_ebc import ClipEBC
+
+    if spec.family != "clip_ebc":
+        raise ValueError(f"load_official_ebc needs a clip_ebc spec, got {spec.family!r}")
     state = _read(path)
     if isinstance(state, dict) and "model_state_dict" in state:
         state = state["model_state_dict"]
@@ -284,16 +299,17 @@ def count_spec_from_hparams(spec: ModelSpec, hparams: dict[str, Any], source: st
     return spec.replace(**changes) if changes else spec
 
 
-def load_official_count(path: str | os.PathLike[str], spec: ModelSpec | None = None) -> ClipCount:
+def load_official_count(path: str | os.PathLike[str], spec: ModelSpec | None = None) -> nn.Module:
     """The official CLIP-Count Lightning ``.ckpt`` as our ``ClipCount``.
 
     The frozen CLIP towers come from ``spec.pretrained`` (default spec: open_clip ViT-B-16
     ``"openai"``, which must be downloadable or cached; or pass a spec with a local file).
     """
+    from engines.models.clip_count import ClipCount
+
     spec = spec or official_count_spec()
-    if spec.family != ClipCount.family:
-        raise ValueError(f"load_official_count needs a {ClipCount.family} spec, got "
-                         f"{spec.family!r}")
+    if spec.family != "clip_count":
+        raise ValueError(f"load_official_count needs a clip_count spec, got {spec.family!r}")
     ckpt = _read(path)
     source = str(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
@@ -316,45 +332,8 @@ def load_official_count(path: str | os.PathLike[str], spec: ModelSpec | None = N
     return model.eval()
 
 
-# -- command line: convert to our self-describing checkpoint -----------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m engines.models.official {ebc,count} SRC DST [options]``."""
-    from engines.checkpoint import file_hash, save_checkpoint
-
-    p = argparse.ArgumentParser(prog="python -m engines.models.official",
-                                description="convert an official checkpoint to a crowdstream model file")
-    p.add_argument("kind", choices=["ebc", "count"])
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--backbone", default=None, help="open_clip name (ebc default ViT-B-16)")
-    p.add_argument("--dataset", default="nwpu", help="anchors: sha, shb, nwpu, qnrf, jhu (ebc)")
-    p.add_argument("--truncation", type=int, default=4)
-    p.add_argument("--window", type=int, default=None)
-    p.add_argument("--num-vpt", type=int, default=None)
-    p.add_argument("--pretrained", default="openai", help="CLIP weights for count: tag or file")
-    p.add_argument("--text-prompt", default="people")
-    p.add_argument("--spec", default=None,
-                   help="a JSON ModelSpec (ModelSpec.to_dict()) to use instead of the presets")
-    a = p.parse_args(argv)
-    if a.spec:
-        import json
-
-        with open(a.spec, encoding="utf-8") as f:
-            spec = ModelSpec.from_dict(json.load(f))
-        model = load_official_ebc(a.src, spec) if a.kind == "ebc" else load_official_count(a.src, spec)
-    elif a.kind == "ebc":
-        spec = official_ebc_spec(a.backbone or "ViT-B-16", a.dataset, a.truncation, a.window, a.num_vpt)
-        model = load_official_ebc(a.src, spec)
-    else:
-        spec = official_count_spec(a.pretrained, text_prompt=a.text_prompt,
-                                   backbone=a.backbone or "ViT-B-16")
-        model = load_official_count(a.src, spec)
-    save_checkpoint(a.dst, model, {"source": os.path.basename(a.src), "source_sha256": file_hash(a.src)})
-    print(f"wrote {a.dst} ({model.spec.name})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def load_official(path: str | os.PathLike[str], spec: ModelSpec) -> nn.Module:
+    """Either official format, chosen by the spec's family."""
+    if spec.family == "clip_ebc":
+        return load_official_ebc(path, spec)
+    return load_official_count(path, spec)

@@ -145,6 +145,22 @@ class EvalConfig:
 
 
 @dataclass
+class CardSection:
+    """The model card's words the trainer cannot measure (``engines.modelcard``); the trainer
+    adds the training data, the recipe and the validation figures with their eval command."""
+
+    name: str | None = None  # default: the model spec's name
+    summary: str = ""
+    trained_on: list[str] = field(default_factory=list)  # default: the training data selection
+    recipe: str = ""  # default: a summary of this config (the whole config is in the metadata)
+    command: str = ""  # default: set by `crowdstream train`
+    scenes: list[str] = field(default_factory=list)
+    not_for: list[str] = field(default_factory=list)
+    licence: str = ""
+    attribution: str = ""
+
+
+@dataclass
 class TrainConfig:
     """Everything ``crowdstream train`` needs."""
 
@@ -160,6 +176,7 @@ class TrainConfig:
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
     time_limit_min: float | None = None  # stop at the first epoch end past this wall time
     keep_every: bool = False  # also keep epoch_NNN.pt checkpoints
+    card: CardSection = field(default_factory=CardSection)  # words for the checkpoints' card
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -77,19 +77,21 @@ class EvalResult:
 
 def evaluate(model_or_engine: Any, samples: Sequence[Sample], *, overlap: float = 0.0,
              images: Sequence[np.ndarray] | None = None,
-             on_image: Callable[[int, Record], None] | None = None) -> EvalResult:
+             on_image: Callable[[int, Record], None] | None = None,
+             tiling: str = "plain") -> EvalResult:
     """Count every sample with ``engines.predict.predict`` (the model's resize rules, then the
     whole image when it fits the window, else sliding windows with ``overlap``).
 
     ``images`` may give already-decoded images matching the samples' points; ``on_image`` is
-    called after each image (progress).
+    called after each image (progress); ``tiling="clip_count"`` uses CLIP-Count's official
+    evaluation strip instead of the plain windows.
     """
     from engines.predict import predict
 
     records = []
     for i, s in enumerate(samples):
         img = images[i] if images is not None else s.load_rgb()
-        dm = predict(model_or_engine, img, overlap=overlap)
+        dm = predict(model_or_engine, img, overlap=overlap, tiling=tiling)
         rec = Record(s.name, s.frame_index, float(s.count), dm.count)
         records.append(rec)
         if on_image is not None:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from engines.log import get_logger
+from engines.modelcard import Figure, ModelCard
 from engines.train.config import DatasetSource, OptimConfig, ResizeConfig, TrainConfig
 from engines.train.datasets import (
     Sample,
@@ -270,9 +271,11 @@ def _hms(s: float) -> str:
 class Trainer:
     """Train a CLIP-EBC model as ``cfg`` describes; see the module docstring for outputs."""
 
-    def __init__(self, cfg: TrainConfig, *, quiet: bool = False) -> None:
+    def __init__(self, cfg: TrainConfig, *, quiet: bool = False,
+                 config_path: str | Path | None = None) -> None:
         self.cfg = cfg
         self.quiet = quiet
+        self.config_path = str(config_path) if config_path else None  # for the card's commands
         self.out = Path(cfg.out_dir)
         self.device = torch.device(cfg.device)
         if cfg.threads:
@@ -363,6 +366,8 @@ class Trainer:
         t_start = time.monotonic()
         self.out.mkdir(parents=True, exist_ok=True)
         splits = self.load_data()
+        self._train_of = {sp.label: set(map(id, sp.train)) for sp in splits}
+        self._val_of = {sp.label: set(map(id, sp.val)) for sp in splits}
         train: list[Prepared] = []
         vals: list[tuple[str, list[Prepared]]] = []
         for i, sp in enumerate(splits):
@@ -471,19 +476,18 @@ class Trainer:
             row["seconds"] = time.monotonic() - t0
             history.append(row)
             meta = self._metadata(epoch, row, train_s, val_s)
-            from engines.checkpoint import save_checkpoint
-
+            saved = (deployed, meta, epoch, row, train_s, val_s)
             score = row.get("val_score", "")
             improved = score != "" and score < best.get("val_score", best["val_mae"])
             if improved:
                 best = {"val_mae": row["val_mae"], "val_rmse": row["val_rmse"], "epoch": epoch,
                         "val_score": score}
-                save_checkpoint(self.out / "best.pt", deployed, {**meta, "best": True})
+                self._save("best.pt", *saved, extra={"best": True})
             elif not vals and epoch == o.epochs:
-                save_checkpoint(self.out / "best.pt", deployed, meta)
-            save_checkpoint(self.out / "last.pt", deployed, meta)
+                self._save("best.pt", *saved)
+            self._save("last.pt", *saved)
             if cfg.keep_every:
-                save_checkpoint(self.out / f"epoch_{epoch:03d}.pt", deployed, meta)
+                self._save(f"epoch_{epoch:03d}.pt", *saved)
             self._write_state(model, optimizer, scaler, epoch, best, history)
             self._write_csv(history)
             log.info("epoch", epoch=epoch, loss=round(row["loss"], 4),
@@ -500,6 +504,21 @@ class Trainer:
         return {"epochs": history[-1]["epoch"] if history else 0, "best_val_mae": best["val_mae"],
                 "best_val_rmse": best["val_rmse"], "best_epoch": best["epoch"],
                 "out_dir": str(self.out), "history": history}
+
+    def validation_sets(self, sources: Sequence[str] | None = None
+                        ) -> list[tuple[str, list[Prepared]]]:
+        """The held-back part of each source (or of those named), prepared exactly as ``fit``
+        validates them: ``crowdstream eval --train-config`` scores a model on these."""
+        out = []
+        for i, sp in enumerate(self.load_data()):
+            if sp.val and (not sources or sp.label in sources):
+                out.append((sp.label, prepare(sp.val, self.cfg, i, sp.source.resize)))
+        if sources:
+            missing = sorted(set(sources) - {label for label, _ in out})
+            if missing:
+                raise ValueError(f"no held-back part for source(s) {missing}; sources with one: "
+                                 f"{[sp.label for sp in self.load_data() if sp.val]}")
+        return out
 
     def _augment_for(self, src: DatasetSource) -> AugmentConfig:
         if src.zoom is None:
@@ -570,6 +589,78 @@ class Trainer:
                               "holdout": src.holdout if src.holdout is not None else d.holdout,
                               "val_select": src.val_select} for src in self.sources()],
                 "config": _plain(dataclasses.asdict(self.cfg))}
+
+    def _save(self, name: str, model: nn.Module, meta: dict[str, Any], epoch: int,
+              row: dict[str, Any], train: Sequence[Sample], val: Sequence[Sample],
+              extra: dict[str, Any] | None = None) -> None:
+        """One checkpoint file with its metadata and model card."""
+        from engines.checkpoint import save_checkpoint
+
+        card = self._card(epoch, row, train, val, self.out / name, model.spec)
+        save_checkpoint(self.out / name, model, {**meta, **(extra or {})}, card=card)
+
+    def _card(self, epoch: int, row: dict[str, Any], train: Sequence[Sample],
+              val: Sequence[Sample], path: Path, spec: Any) -> ModelCard:
+        """The checkpoint's model card: the config's ``card:`` words plus what was measured
+        (one figure per validated source, each with the command that gives it again)."""
+        c, o = self.cfg.card, self.cfg.optim
+        figures = []
+        for src in self.sources():
+            mae = row.get(f"val_mae:{src.label}", "")
+            if mae == "":
+                continue
+            n = sum(1 for s in val if id(s) in self._val_of.get(src.label, ()))
+            figures.append(Figure(dataset=self._val_label(src), mae=round(float(mae), 4),
+                                  rmse=round(float(row[f"val_rmse:{src.label}"]), 4), images=n,
+                                  command=self._eval_command(path, src),
+                                  source=f"measured here (validation after epoch {epoch})"))
+        trained_on = c.trained_on or [
+            f"{src.label} ({src.format}" + (f", video {src.video}" if src.video else "")
+            + (f", images {src.select}" if src.select else "") + "): "
+            + f"{sum(1 for s in train if id(s) in self._train_of.get(src.label, ()))} images"
+            for src in self.sources()]
+        recipe = c.recipe or (f"{o.optimizer} lr {o.lr:g}, batch {o.batch_size}, epoch {epoch} "
+                              f"of {o.epochs}, crop {list(self.cfg.augment.crop)}, block "
+                              f"{spec.block_size}, {len(spec.bins)} bins; the whole config is in "
+                              "this checkpoint's metadata")
+        command = c.command or (f"crowdstream train {self.config_path}" if self.config_path else
+                                "crowdstream train CONFIG (the config is in this checkpoint's "
+                                "metadata)")
+        return ModelCard(name=c.name or spec.name or self.out.name, summary=c.summary,
+                         trained_on=tuple(trained_on), recipe=recipe, command=command,
+                         figures=tuple(figures), scenes=tuple(c.scenes), not_for=tuple(c.not_for),
+                         licence=c.licence, attribution=c.attribution)
+
+    def _val_label(self, src: DatasetSource) -> str:
+        d = self.cfg.data
+        if d.val is not None:
+            return (f"{Path(d.val.root).name}" + (f" split {d.val.split}" if d.val.split else "")
+                    + (f" images {d.val.select}" if d.val.select else "") + " (validation)")
+        if src.val_select:
+            return f"{src.label}: positions {src.val_select} held back"
+        frac = src.holdout if src.holdout is not None else d.holdout
+        return f"{src.label}: {frac:g} held back at random (seed {self.cfg.seed})"
+
+    def _eval_command(self, path: Path, src: DatasetSource) -> str:
+        """The ``crowdstream eval`` command that gives the validation figure again."""
+        import shlex
+
+        d, e = self.cfg.data, self.cfg.eval
+        if d.val is None:
+            if not self.config_path:
+                return ""  # the trainer's own split: reproducible only from its config
+            cmd = ["crowdstream", "eval", str(path), "--train-config", self.config_path,
+                   "--source", src.label]
+        else:
+            cmd = ["crowdstream", "eval", str(path), "--data", d.val.root, "--format",
+                   d.val.format]
+            if d.val.split:
+                cmd += ["--split", d.val.split]
+            if d.val.select:
+                cmd += ["--select", d.val.select]
+        if e.overlap:
+            cmd += ["--overlap", f"{e.overlap:g}"]
+        return shlex.join(cmd)
 
     def _write_state(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                      scaler: torch.amp.GradScaler, epoch: int, best: dict[str, Any],

@@ -33,7 +33,7 @@ def main(args: argparse.Namespace) -> int:
     overrides: dict = {}
     if args.random_init:
         overrides["model"] = {"random_init": args.random_init, "checkpoint": None,
-                              "engine": None}
+                              "engine": None, "name": None}
     if args.jsonl:
         overrides["jsonl"] = args.jsonl
     if args.metrics_port is not None:

@@ -28,6 +28,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import shlex
     import shutil
     from pathlib import Path
 
@@ -38,7 +39,10 @@ def main(args: argparse.Namespace) -> int:
     if args.out_dir:
         overrides["out_dir"] = str(Path(args.out_dir).resolve())
     cfg = load_train_config(args.config, overrides=overrides)
-    summary = Trainer(cfg, quiet=args.quiet).fit(resume=args.resume)
+    if not cfg.card.command:  # the model card records how its checkpoint was made
+        cfg.card.command = shlex.join(["crowdstream", "train", args.config]
+                                      + [f"--set={s}" for s in args.set])
+    summary = Trainer(cfg, quiet=args.quiet, config_path=args.config).fit(resume=args.resume)
     best = Path(cfg.out_dir) / "best.pt"
     if args.export and best.is_file():
         Path(args.export).parent.mkdir(parents=True, exist_ok=True)

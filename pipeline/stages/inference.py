@@ -1,7 +1,8 @@
 """Inference stage: the one process that imports torch / CUDA. Runs the engine on batch slots.
 
-On start it loads the engine (``model.engine`` / ``model.checkpoint`` / ``model.random_init``),
-reports its geometry to the supervisor (which then creates the batch pool to fit), and runs every
+On start it loads the engine (``model.engine`` / ``model.checkpoint`` / ``model.name``, a released
+model pulled on first use / ``model.random_init``), logs the model's name and intended scenes from
+its model card, reports its geometry to the supervisor (which then creates the batch pool to fit), and runs every
 queued batch in place: tiles are read from and density maps written to shared memory.
 
 Example (what the supervisor does)::
@@ -45,6 +46,11 @@ def choose_model(cfg: AppConfig) -> ModelChoice:
     """
     m: ModelConfig = cfg.model
     file = cfg.source_file
+    if m.name:
+        if m.engine or m.checkpoint:
+            raise ConfigError(file, "model.name", "set one of model.name, model.checkpoint and "
+                                                  "model.engine, not several")
+        return ModelChoice(pull_named(m.name, file), None)
     if m.engine:
         if not Path(m.engine).is_file():
             raise ConfigError(file, "model.engine", f"engine file not found: {m.engine}")
@@ -61,8 +67,34 @@ def choose_model(cfg: AppConfig) -> ModelChoice:
                           f"randomly initialised model)")
     if m.random_init:
         return ModelChoice(None, m.random_init)
-    raise ConfigError(file, "model", "no model: set model.checkpoint, model.engine or "
-                                     "model.random_init")
+    raise ConfigError(file, "model", "no model: set model.checkpoint, model.engine, model.name "
+                                     "or model.random_init")
+
+
+def pull_named(name: str, file: str | None) -> str:
+    """The converted checkpoint of the registry model ``name``, downloaded and converted now if
+    it is not in the cache yet (progress on stderr); a failure is a ``ConfigError``."""
+    from engines.models.hub import HubError, TextProgress, resolve
+
+    try:
+        return str(resolve(name, progress_for=lambda label: TextProgress(label)))
+    except (HubError, ValueError, OSError) as e:
+        raise ConfigError(file, "model.name", f"cannot use the released model {name!r}: {e}") \
+            from None
+
+
+def describe_model(choice: ModelChoice) -> dict[str, str]:
+    """The model's name and intended scenes from its card, for the start-up log."""
+    if choice.random_init:
+        return {"name": choice.random_init, "scenes": "none (random weights)"}
+    from engines.modelcard import card_of, scenes_line
+
+    try:
+        card = card_of(str(choice.source))
+    except (ValueError, OSError, RuntimeError):  # an unreadable card must not stop the run
+        card = None
+    return {"name": card.name if card else Path(str(choice.source)).name,
+            "scenes": scenes_line(card)}
 
 
 def load(cfg: AppConfig, choice: ModelChoice, text_prompt: str | None = None) -> Any:
@@ -109,6 +141,7 @@ def main(args: StageArgs, choice: ModelChoice, info_q: Any, pool_ready: Any) -> 
         info_q.put(engine_info(engine))
     log.info("engine ready", engine=engine.engine_id, model=choice.label,
              backend=engine.description.get("backend"), device=engine.description.get("device"))
+    log.info("model", **describe_model(choice))
     while not pool_ready.wait(0.2):
         if args.stop.is_set() or orphaned(args):
             return
