@@ -67,7 +67,7 @@ class RunConsole:
     def __init__(self, metrics: PipelineMetrics | None = None, stream: TextIO | None = None,
                  status: bool = True, every_s: float = 5.0) -> None:
         self.metrics = metrics
-        self.progress = Progress(label="files", stream=stream, every_s=min(1.0, every_s),
+        self.progress = Progress(stream=stream, every_s=min(1.0, every_s),
                                  plain_every_s=every_s, enabled=status)
 
     def start(self) -> None:
@@ -86,6 +86,7 @@ class RunConsole:
         post = f"post {self.metrics.rate('post'):.1f} fps" if total else ""
         last = " | ".join(p for p in (post, tail) if p)
         self.progress.update(done=done if total else None, total=total or None,
+                             label="files" if total else "",
                              lines=[*lines, last] if last else lines, force=force)
 
     def close(self, final: list[str] | None = None) -> None:

@@ -225,6 +225,7 @@ class Supervisor:
             self.redis = RedisService(embedded_data_dir(cfg), cfg.redis.embedded_port)
             self.redis_url = self.redis.start()
             self._add_child("redis", self.redis)
+            self.log.info("spawned", stage="redis", pid=self.redis.pid)
             self.out.note(f"embedded Redis at {self.redis_url} (data in {self.redis.data_dir}); "
                           f"connect with: {connect_hint(self.redis_url)}")
         names = [c.name for c in self.cams]
