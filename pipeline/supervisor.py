@@ -223,7 +223,10 @@ class Supervisor:
             self.redis_url = cfg.redis.url
         elif cfg.redis.enabled:
             self.redis = RedisService(embedded_data_dir(cfg), cfg.redis.embedded_port)
-            self.redis_url = self.redis.start()
+            try:
+                self.redis_url = self.redis.start()
+            except (RuntimeError, OSError) as e:  # ServiceError, or the server's own log tail
+                raise PipelineError(f"cannot start the embedded Redis: {e}") from None
             self._add_child("redis", self.redis)
             self.log.info("spawned", stage="redis", pid=self.redis.pid)
             self.out.note(f"embedded Redis at {self.redis_url} (data in {self.redis.data_dir}); "
