@@ -39,18 +39,26 @@ def format_eta(seconds: float) -> str:
     return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-class _Rate:
-    """Units per second from successive ``done`` values, lightly smoothed."""
+class Rate:
+    """Units per second from successive counter values, smoothed so a display does not flicker:
+    each new interval's rate gets ``weight`` (1.0: no smoothing).
 
-    def __init__(self) -> None:
+    Example::
+
+        r = Rate(); r.update(0.0, 0); r.update(1.0, 25)  # -> 25.0
+    """
+
+    def __init__(self, weight: float = 0.3) -> None:
+        self.weight = weight
         self.last: tuple[float, int] | None = None
         self.value = 0.0
 
-    def update(self, now: float, done: int) -> float:
-        if self.last is not None and now > self.last[0] and done >= self.last[1]:
-            inst = (done - self.last[1]) / (now - self.last[0])
-            self.value = inst if self.value == 0.0 else 0.3 * inst + 0.7 * self.value
-        self.last = (now, done)
+    def update(self, now: float, total: int) -> float:
+        if self.last is not None and now > self.last[0]:
+            inst = (total - self.last[1]) / (now - self.last[0])
+            self.value = inst if self.value == 0.0 else (self.weight * inst
+                                                         + (1.0 - self.weight) * self.value)
+        self.last = (now, total)
         return self.value
 
 
@@ -78,7 +86,7 @@ class Progress:
         self.enabled = enabled
         isatty = getattr(self.stream, "isatty", lambda: False)
         self.live = enabled and (isatty() if live is None else live)
-        self._rate = _Rate()
+        self._rate = Rate()
         self._last_draw = -math.inf
         self._lock = threading.RLock()
         self._live: Any = None  # rich.live.Live while the region is shown
@@ -272,4 +280,4 @@ class Progress:
         self._term = None
 
 
-__all__ = ["Progress", "format_eta"]
+__all__ = ["Progress", "Rate", "format_eta"]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from engines.progress import Rate
 from pipeline.events import CAMERA_STATES
 from pipeline.shm import BatchPool, FrameRing
 
@@ -72,21 +73,6 @@ class Snapshot:
         return all(c.ring["ended"] and c.ring["eos_seen"] for c in self.cameras.values())
 
 
-class _Rate:
-    """fps from counter deltas, lightly smoothed so the status line does not flicker."""
-
-    def __init__(self) -> None:
-        self.last: tuple[float, int] | None = None
-        self.value = 0.0
-
-    def update(self, ts: float, total: int) -> float:
-        if self.last is not None and ts > self.last[0]:
-            inst = (total - self.last[1]) / (ts - self.last[0])
-            self.value = inst if self.value == 0.0 else 0.5 * inst + 0.5 * self.value
-        self.last = (ts, total)
-        return self.value
-
-
 class PipelineMetrics:
     """Prometheus collectors (own registry) + console rendering for one run."""
 
@@ -117,14 +103,14 @@ class PipelineMetrics:
         self.up = Gauge("crowdstream_stage_up", "1 while the stage's process runs", ["stage"],
                         registry=r)
         self._prev: dict[tuple[str, str], int] = {}
-        self._rates: dict[str, _Rate] = {}
+        self._rates: dict[str, Rate] = {}
         self.last: Snapshot | None = None
         self.server: Any = None
         if port is not None:
             self.server, _ = start_http_server(port, addr=host, registry=r)
 
     def _rate(self, key: str, ts: float, total: int) -> float:
-        return self._rates.setdefault(key, _Rate()).update(ts, total)
+        return self._rates.setdefault(key, Rate(weight=0.5)).update(ts, total)
 
     def _inc(self, counter: Counter, cam: str, key: str, total: int) -> None:
         prev = self._prev.get((cam, key), 0)
