@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import CameraConfig  # noqa: E402
-from pipeline.ingest import run_ingest  # noqa: E402
+from pipeline.process import ChildSpec, StopFlag, spawn_child  # noqa: E402
 from pipeline.shm import EndOfStream, FrameRing  # noqa: E402
 
 DEFAULT_FILE = REPO.parent / "shared" / "data" / "videos" / "street_1080p.mp4"
@@ -184,10 +184,10 @@ def ingest(path: str, frames: int, hw: tuple[int, int]) -> tuple[float, float]:
     ring = FrameRing.create(f"csbench_{os.getpid()}_{os.urandom(3).hex()}", 8, hw[0], hw[1],
                             "lossless")
     events = ctx.Queue()
-    stop = ctx.Event()
+    stop = StopFlag(ctx)
     cfg = CameraConfig(url=path, loop=True)
-    p = ctx.Process(target=run_ingest, args=("bench", cfg, ring.handle(), events, stop))
-    p.start()
+    p = spawn_child(ctx, ChildSpec("ingest-bench", "pipeline.ingest:run_ingest", stop),
+                    "bench", cfg, ring.handle(), events, stop)
     n = 0
     t0 = c0 = r0 = 0.0
     try:

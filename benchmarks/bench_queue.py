@@ -23,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.process import StopFlag  # noqa: E402
 from pipeline.shm import EndOfStream, FrameMeta, FrameRing, run_prefix  # noqa: E402
 
 H, W = 1080, 1920
@@ -73,7 +74,7 @@ def bench_queue(n: int) -> float:
 def bench_ring(n: int, copy_out: bool) -> float:
     ctx = mp.get_context("spawn")
     ring = FrameRing.create(run_prefix() + "bench", 8, H, W, "lossless")
-    go = ctx.Event()
+    go = StopFlag(ctx)  # the house's one cross-process flag: here it says "go"
     p = ctx.Process(target=_ring_producer, args=(ring.handle(), n, go))
     p.start()
     time.sleep(1.0)  # let the child start and build its frames before the clock runs

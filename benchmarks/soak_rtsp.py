@@ -169,20 +169,20 @@ class IngestOnly:
 
     def __init__(self, url: str, fps: float | None, max_frames: int) -> None:
         from pipeline.config import CameraConfig, ReconnectConfig
-        from pipeline.ingest import run_ingest
+        from pipeline.process import ChildSpec, StopFlag, spawn_child
         from pipeline.shm import FrameRing
 
         self.prefix = f"cssoak_{os.getpid()}_"
         self.ring = FrameRing.create(self.prefix + "ring", 8, 1080, 1920, "latest")
         ctx = mp.get_context("spawn")
         self.events = ctx.Queue()
-        self.stop = ctx.Event()
+        self.stop = StopFlag(ctx)
         cfg = CameraConfig(url=url, fps=fps, options={"probesize": "2048"},
                            reconnect=ReconnectConfig(initial_s=0.5, cap_s=5.0,
                                                      stall_timeout_s=5.0))
-        self.proc = ctx.Process(target=run_ingest, args=("soak", cfg, self.ring.handle(),
-                                                         self.events, self.stop))
-        self.proc.start()
+        self.proc = spawn_child(ctx, ChildSpec("ingest-soak", "pipeline.ingest:run_ingest",
+                                               self.stop), "soak", cfg, self.ring.handle(),
+                                self.events, self.stop)
         # (capture_ts, latency s), allocated and touched up front so that recording does not
         # grow this process's RSS during the run
         self.lat = np.full((max_frames, 2), np.nan)

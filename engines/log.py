@@ -63,9 +63,6 @@ class StructLogger:
         self._log = logging.getLogger(f"crowdstream.{name}")
         self._bound = bound
 
-    def bind(self, **fields: Any) -> StructLogger:
-        return StructLogger(self._log.name.removeprefix("crowdstream."), **{**self._bound, **fields})
-
     def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
         if not self._log.isEnabledFor(level):
             return

@@ -330,9 +330,6 @@ class FpsSampler:
             self._next = t + self.interval
         return True
 
-    def reset(self) -> None:
-        self._next = None
-
 
 class Pacer:
     """Release frames of a file at their PTS rate against the wall clock (``realtime: true``).
@@ -357,9 +354,6 @@ class Pacer:
             self._anchor = (pts, now)  # fell far behind, or PTS jumped: re-anchor
             return 0.0
         return max(wait, 0.0)
-
-    def reset(self) -> None:
-        self._anchor = None
 
 
 def truncation(container: av.container.InputContainer, stats: DecodeStats) -> str:

@@ -1,6 +1,7 @@
 """Ingest: one process per source, decoding with PyAV into a shared-memory frame ring.
 
-``run_ingest`` is the process entry point the supervisor spawns for each camera. It opens the
+``run_ingest`` is the process target the supervisor spawns for each camera (through
+``pipeline.process.spawn_child``: name, Ctrl-C, logging and the parent watch are set up there). It opens the
 source (:mod:`engines.video`), decodes with frame+slice threading, optionally samples to
 ``cfg.fps`` by PTS and paces files in real time, and writes BGR uint8 frames with their source
 PTS, a monotonic per-camera frame index and the capture wall-clock time into the camera's ring:
@@ -20,16 +21,13 @@ This module must not import torch or CUDA: decode processes stay small and fork/
 Example::
 
     ring = FrameRing.create("cam0", slots=8, max_height=1080, max_width=1920, policy="latest")
-    p = ctx.Process(target=run_ingest, args=("cam0", cfg.cameras["cam0"], ring.handle(), events,
-                                             stop))
-    p.start()
+    stop = StopFlag(ctx)
+    spawn_child(ctx, ChildSpec("ingest-cam0", "pipeline.ingest:run_ingest", stop),
+                "cam0", cfg.cameras["cam0"], ring.handle(), events, stop)
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import signal
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -50,19 +48,19 @@ from engines.video import (
 from pipeline.config import CameraConfig
 from pipeline.events import CameraState, CameraStatus
 from pipeline.frame_convert import BgrWriter
+from pipeline.process import StopFlag
 from pipeline.shm import FrameMeta, FrameRing, FrameRingHandle
 
 if TYPE_CHECKING:
     import multiprocessing.queues
-    import multiprocessing.synchronize
 
     import av.container
 
-PUT_WAIT_S = 0.2  # a blocked lossless put re-checks the stop event this often
+PUT_WAIT_S = 0.2  # a blocked lossless put re-checks the stop flag this often
 
 
 class _Stopped(Exception):
-    """The stop event was set while waiting."""
+    """The stop flag was set while waiting."""
 
 
 class Ingest:
@@ -77,7 +75,7 @@ class Ingest:
     """
 
     def __init__(self, camera: str, cfg: CameraConfig, ring: FrameRing,
-                 emit: Any, stop: multiprocessing.synchronize.Event | threading.Event) -> None:
+                 emit: Any, stop: StopFlag) -> None:
         self.camera = camera
         self.cfg = cfg
         self.ring = ring
@@ -306,9 +304,8 @@ def _describe(e: BaseException, read_timeout_s: float) -> str:
 
 
 def run_ingest(camera: str, cfg: CameraConfig, ring: FrameRing | FrameRingHandle,
-               events: multiprocessing.queues.Queue[Any],
-               stop: multiprocessing.synchronize.Event) -> None:
-    """Process entry point: ingest one camera into ``ring`` until it ends or ``stop`` is set.
+               events: multiprocessing.queues.Queue[Any], stop: StopFlag) -> None:
+    """Process target: ingest one camera into ``ring`` until it ends or ``stop`` is set.
 
     ``ring`` is the camera's :class:`FrameRing`, or its ``handle()`` when this runs in a spawned
     process (the child attaches and detaches). Emits a :class:`CameraStatus` on ``events`` for
@@ -322,12 +319,10 @@ def run_ingest(camera: str, cfg: CameraConfig, ring: FrameRing | FrameRingHandle
     Example::
 
         ctx = multiprocessing.get_context("spawn")
-        ctx.Process(target=run_ingest, args=("lobby", cam_cfg, ring.handle(), events, stop)).start()
+        stop = StopFlag(ctx)
+        spawn_child(ctx, ChildSpec("ingest-lobby", "pipeline.ingest:run_ingest", stop),
+                    "lobby", cam_cfg, ring.handle(), events, stop)
     """
-    if (threading.current_thread() is threading.main_thread()
-            and multiprocessing.parent_process() is not None):
-        # Ctrl-C reaches the whole process group; the supervisor stops us through `stop`
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
     # a spawned child receives the ring's handle (its lock and semaphores travel only through
     # process creation) and attaches; an in-process caller may pass the ring itself
     attached = FrameRing.attach(ring) if isinstance(ring, FrameRingHandle) else None

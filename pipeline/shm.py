@@ -10,7 +10,14 @@ metadata (``FrameMeta``) is written into a fixed-size record next to the slot. T
 * ``latest`` -- when no slot is free, ``put`` takes back the oldest frame nobody has read yet and
   counts it in ``drops`` (live cameras: latency never builds up).
 
-Slots handed out by ``get`` are zero-copy views; the reader gives them back with ``release``.
+Slots handed out by ``get`` are zero-copy views; the reader gives them back with ``release``. A
+ring made with ``aux_bytes`` also carries a small byte blob per frame (``commit(..., aux=...)``,
+read back with ``aux(slot)``): the recorder's overlay data travels that way.
+
+The ring is transport only. The tile and post stages' bookkeeping about a camera's frames
+(sequence numbers, tiled / emitted / lost counts, latency samples, the last counted index, the end
+seen) is a separate ``FrameCounters`` record in the same segment, reached as ``ring.counters``:
+one segment per camera, so the run's cleanup and leak check cover both.
 
 Example (parent creates and owns the segment; a spawned child attaches through the handle)::
 
@@ -22,7 +29,8 @@ Example (parent creates and owns the segment; a spawned child attaches through t
     ring.close(); ring.unlink()
 
 ``BatchPool`` is the same machinery for batches of tiles (tile -> inference -> post) with the model
-outputs written back into the same slot.
+outputs written back into the same slot. ``RunSegments`` names every segment of a run under one
+run prefix (``run_prefix()``) and unlinks them all at the end; nothing of a run is made elsewhere.
 """
 
 from __future__ import annotations
@@ -40,8 +48,9 @@ import numpy as np
 from pipeline.events import CameraStatus, EndOfStream
 
 __all__ = [
-    "BatchPool", "BatchPoolHandle", "CameraStatus", "EndOfStream", "FrameMeta", "FrameRing",
-    "FrameRingHandle", "ShmSpaceError", "check_shm_space", "shm_free_bytes",
+    "BatchPool", "BatchPoolHandle", "CameraStatus", "EndOfStream", "FrameCounters", "FrameMeta",
+    "FrameRing", "FrameRingHandle", "RunSegments", "ShmSpaceError", "check_shm_space",
+    "run_prefix", "shm_free_bytes", "shm_segments",
 ]
 
 Policy = Literal["lossless", "latest"]
@@ -51,10 +60,10 @@ FREE, WRITING, READY, HELD, POSTED = 0, 1, 2, 3, 4
 # batch slot states
 B_FREE, B_FILLING, B_QUEUED, B_INFERRING, B_DONE, B_POSTING = 0, 1, 2, 3, 4, 5
 
-# int64 header words
+# int64 header words (transport only: the stages' bookkeeping is a FrameCounters record)
 _HDR_WORDS = 64
-H_DROPS, H_PUTS, H_GETS, H_END, H_SEQ, H_TILED, H_EMITTED, H_LOST, H_EOS_SEEN, H_LAT_N = range(10)
-H_BATCHES, H_TILES, H_REQUEUED, H_INFER_NS, H_LAST_INDEX, H_LAST_PUT = 10, 11, 12, 13, 14, 15
+H_DROPS, H_PUTS, H_GETS, H_END, H_LAST_PUT = 0, 1, 2, 3, 4
+H_BATCHES, H_TILES, H_REQUEUED, H_INFER_NS = 10, 11, 12, 13
 _FIFO_BASE = 32  # head, tail pairs from here on
 _REASON_BYTES = 128
 LATENCY_SAMPLES = 2048
@@ -93,7 +102,13 @@ def check_shm_space(need_bytes: int, what: str = "this run") -> None:
 
 _FRAME_META = np.dtype([
     ("camera", "S96"), ("frame_index", "<i8"), ("pts", "<f8"), ("capture_ts", "<f8"),
-    ("height", "<i4"), ("width", "<i4"), ("seq", "<i8"),
+    ("height", "<i4"), ("width", "<i4"), ("aux_len", "<i8"),
+])
+
+# the stages' per-camera bookkeeping, followed by LATENCY_SAMPLES float64 latencies
+_COUNTERS = np.dtype([
+    ("seq", "<i8"), ("tiled", "<i8"), ("emitted", "<i8"), ("lost", "<i8"), ("eos_seen", "<i8"),
+    ("last_index", "<i8"), ("lat_n", "<i8"),
 ])
 
 _TILE_DESC = np.dtype([
@@ -221,6 +236,72 @@ def _create_segment(name: str, size: int, what: str) -> shared_memory.SharedMemo
     return shared_memory.SharedMemory(name=name, create=True, size=size)
 
 
+class FrameCounters:
+    """The tile and post stages' bookkeeping about one camera's frames, in shared memory.
+
+    Kept apart from the ring's transport (slots, FIFOs, drops) but in the ring's segment, so it
+    survives a stage restart: the sequence number the tile stage gives each frame, how many frames
+    were tiled, emitted (counted) and lost, the last counted frame index, recent capture->result
+    latencies and whether the tile stage has seen the end of the stream. Each field has one
+    writer (tile: seq, tiled, eos_seen; post: emitted, last_index, latencies; lost: post, or the
+    supervisor while the readers are stopped), so no lock is needed.
+
+    Example::
+
+        c = ring.counters
+        seq = c.next_seq()                       # tile stage
+        c.record_result(0.08, frame_index=12)    # post stage
+        c.stats()["emitted"]
+    """
+
+    NBYTES = _align(_COUNTERS.itemsize) + LATENCY_SAMPLES * 8
+
+    def __init__(self, buf: np.ndarray) -> None:
+        self._rec = buf[:_COUNTERS.itemsize].view(_COUNTERS)
+        off = _align(_COUNTERS.itemsize)
+        self._lat = buf[off:off + LATENCY_SAMPLES * 8].view(np.float64)
+
+    def reset(self) -> None:
+        """All zero, no frame counted yet (the owner does this once, at creation)."""
+        self._rec[0] = 0
+        self._rec[0]["last_index"] = -1
+
+    def _add(self, key: str, n: int = 1) -> int:
+        v = int(self._rec[0][key])
+        self._rec[0][key] = v + n
+        return v
+
+    def next_seq(self) -> int:
+        """Per-camera sequence number for the next tiled frame (survives a tile-stage restart)."""
+        self._add("tiled")
+        return self._add("seq")
+
+    def set_eos_seen(self) -> None:
+        self._rec[0]["eos_seen"] = 1
+
+    def record_result(self, latency_s: float, frame_index: int = -1) -> None:
+        """Post stage: frame ``frame_index`` was counted, capture->result ``latency_s`` later."""
+        self._rec[0]["last_index"] = frame_index
+        n = self._add("lat_n")
+        self._lat[n % LATENCY_SAMPLES] = latency_s
+        self._add("emitted")
+
+    def record_lost(self, n: int = 1) -> None:
+        """Frames that will never be counted (incomplete tiles, readers killed holding them)."""
+        self._add("lost", n)
+
+    def latency_samples(self) -> np.ndarray:
+        n = min(int(self._rec[0]["lat_n"]), LATENCY_SAMPLES)
+        return self._lat[:n].copy()
+
+    def stats(self) -> dict[str, int]:
+        r = self._rec[0]
+        return {k: int(r[k]) for k in ("tiled", "emitted", "lost", "eos_seen", "last_index")}
+
+    def close(self) -> None:
+        self._rec = self._lat = None  # type: ignore[assignment]
+
+
 @dataclass
 class FrameRingHandle:
     """Everything a spawned child needs to attach (pass it as a ``Process`` argument: the lock
@@ -233,6 +314,7 @@ class FrameRingHandle:
     policy: Policy
     lock: Any
     sems: tuple[Any, ...]
+    aux_bytes: int = 0
 
 
 class FrameRing:
@@ -244,18 +326,20 @@ class FrameRing:
         self._q = q
         self._h = handle
         self.slot_bytes = handle.max_height * handle.max_width * 3
-        self._lat = q.extra.view(np.float64)
+        self._stride = _align(self.slot_bytes) + _align(handle.aux_bytes)
+        self.counters = FrameCounters(q.extra)
 
     @staticmethod
-    def nbytes(slots: int, max_height: int, max_width: int) -> int:
+    def nbytes(slots: int, max_height: int, max_width: int, aux_bytes: int = 0) -> int:
         """Size of the segment ``create`` makes (for up-front /dev/shm checks)."""
-        return (_Queues.header_bytes(slots, 2, _FRAME_META, LATENCY_SAMPLES * 8)
-                + slots * _align(max_height * max_width * 3))
+        return (_Queues.header_bytes(slots, 2, _FRAME_META, FrameCounters.NBYTES)
+                + slots * (_align(max_height * max_width * 3) + _align(aux_bytes)))
 
     @classmethod
     def create(cls, name: str, slots: int, max_height: int, max_width: int,
-               policy: Policy) -> FrameRing:
-        """Create (and own) a ring; raises ``ShmSpaceError`` when /dev/shm cannot hold it."""
+               policy: Policy, aux_bytes: int = 0) -> FrameRing:
+        """Create (and own) a ring; raises ``ShmSpaceError`` when /dev/shm cannot hold it.
+        ``aux_bytes``: room for a byte blob beside each frame (``commit(..., aux=...)``)."""
         if slots < 2:
             raise ValueError(f"a frame ring needs at least 2 slots, got {slots}")
         if policy not in ("lossless", "latest"):
@@ -263,21 +347,22 @@ class FrameRing:
         if max_height < 1 or max_width < 1:
             raise ValueError(f"bad frame size {max_height}x{max_width}")
         ctx = mp.get_context("spawn")
-        size = cls.nbytes(slots, max_height, max_width)
+        size = cls.nbytes(slots, max_height, max_width, aux_bytes)
         shm = _create_segment(name, size, f"frame ring {name!r} ({slots} slots of "
                                           f"{max_width}x{max_height})")
         handle = FrameRingHandle(name, slots, max_height, max_width, policy, ctx.Lock(),
-                                 (ctx.Semaphore(0), ctx.Semaphore(0)))
-        q = _Queues(shm, True, slots, 2, _FRAME_META, LATENCY_SAMPLES * 8, handle.lock,
+                                 (ctx.Semaphore(0), ctx.Semaphore(0)), aux_bytes)
+        q = _Queues(shm, True, slots, 2, _FRAME_META, FrameCounters.NBYTES, handle.lock,
                     handle.sems)
         q.hdr[:] = 0
-        q.hdr[H_LAST_INDEX] = -1
         q.hdr[H_LAST_PUT] = -1
         q.state[:] = FREE
         for s in range(slots):
             q._push(cls._F_FREE, s)
         q._reset_sem(cls._F_FREE, slots)
-        return cls(q, handle)
+        ring = cls(q, handle)
+        ring.counters.reset()
+        return ring
 
     def handle(self) -> FrameRingHandle:
         return self._h
@@ -285,7 +370,7 @@ class FrameRing:
     @classmethod
     def attach(cls, handle: FrameRingHandle) -> FrameRing:
         shm = shared_memory.SharedMemory(name=handle.name, create=False)
-        q = _Queues(shm, False, handle.slots, 2, _FRAME_META, LATENCY_SAMPLES * 8, handle.lock,
+        q = _Queues(shm, False, handle.slots, 2, _FRAME_META, FrameCounters.NBYTES, handle.lock,
                     handle.sems)
         return cls(q, handle)
 
@@ -301,9 +386,22 @@ class FrameRing:
     def slots(self) -> int:
         return self._h.slots
 
+    @property
+    def aux_capacity(self) -> int:
+        """Bytes of the blob each slot can carry beside its frame (0: none)."""
+        return self._h.aux_bytes
+
     def _view(self, slot: int, h: int, w: int) -> np.ndarray:
-        off = self._q.data_off + slot * _align(self.slot_bytes)
+        off = self._q.data_off + slot * self._stride
         return self._q._base[off:off + h * w * 3].reshape(h, w, 3)
+
+    def _aux_view(self, slot: int, n: int) -> np.ndarray:
+        off = self._q.data_off + slot * self._stride + _align(self.slot_bytes)
+        return self._q._base[off:off + n]
+
+    def aux(self, slot: int) -> bytes:
+        """A copy of the blob committed with the frame in ``slot`` (b"" when none)."""
+        return self._aux_view(slot, int(self._q.meta[slot]["aux_len"])).tobytes()
 
     # --- producer side ---
     def _take_free(self, timeout: float | None) -> int | None:
@@ -365,12 +463,19 @@ class FrameRing:
             return None
         return slot, self._view(slot, height, width)
 
-    def commit(self, slot: int, meta: FrameMeta) -> None:
-        """Publish a slot filled through ``reserve`` (``meta.height/width`` = the reserved size)."""
+    def commit(self, slot: int, meta: FrameMeta, aux: bytes = b"") -> None:
+        """Publish a slot filled through ``reserve`` (``meta.height/width`` = the reserved size),
+        with an optional blob of at most ``aux_capacity`` bytes."""
         q = self._q
         if q.state[slot] != WRITING:
             raise ValueError(f"slot {slot} of ring {self.name!r} was not reserved")
+        if len(aux) > self._h.aux_bytes:
+            raise ValueError(f"{len(aux)} bytes of aux data, ring {self.name!r} holds "
+                             f"{self._h.aux_bytes} per slot")
+        if aux:
+            self._aux_view(slot, len(aux))[:] = np.frombuffer(aux, np.uint8)
         m = q.meta[slot]
+        m["aux_len"] = len(aux)
         m["camera"] = meta.camera.encode()[:96]
         m["frame_index"] = meta.frame_index
         m["pts"] = math.nan if meta.pts is None else meta.pts
@@ -457,7 +562,7 @@ class FrameRing:
     # --- recovery (supervisor) ---
     def recover_readers(self) -> int:
         """Return every slot held by readers to the free pool (after the reading processes were
-        stopped). Returns how many frames were lost that way."""
+        stopped). Returns how many frames were lost that way (also added to ``counters.lost``)."""
         q = self._q
         n = 0
         with q.lock:
@@ -466,7 +571,7 @@ class FrameRing:
                     q.state[s] = FREE
                     q._push(self._F_FREE, s)
                     n += 1
-            q.hdr[H_LOST] += n
+        self.counters.record_lost(n)
         for _ in range(n):
             q.sems[self._F_FREE].release()
         return n
@@ -493,7 +598,7 @@ class FrameRing:
             q.sems[self._F_FREE].release()
         return n
 
-    # --- counters shared by the stages (the pipeline's bookkeeping and metrics) ---
+    # --- transport counters ---
     @property
     def drops(self) -> int:
         """Exact number of frames the ``latest`` policy dropped."""
@@ -509,42 +614,14 @@ class FrameRing:
     def ended(self) -> bool:
         return bool(self._q.hdr[H_END])
 
-    def next_seq(self) -> int:
-        """Per-camera sequence number for the next tiled frame (survives a tile-stage restart)."""
-        q = self._q
-        s = int(q.hdr[H_SEQ])
-        q.hdr[H_SEQ] = s + 1
-        q.hdr[H_TILED] += 1
-        return s
-
-    def set_eos_seen(self) -> None:
-        self._q.hdr[H_EOS_SEEN] = 1
-
-    def record_result(self, latency_s: float, frame_index: int = -1) -> None:
-        """Post stage: frame ``frame_index`` was counted, capture->result ``latency_s`` later."""
-        q = self._q
-        q.hdr[H_LAST_INDEX] = frame_index
-        n = int(q.hdr[H_LAT_N])
-        self._lat[n % LATENCY_SAMPLES] = latency_s
-        q.hdr[H_LAT_N] = n + 1
-        q.hdr[H_EMITTED] += 1
-
-    def record_lost(self, n: int = 1) -> None:
-        self._q.hdr[H_LOST] += n
-
-    def latency_samples(self) -> np.ndarray:
-        n = min(int(self._q.hdr[H_LAT_N]), LATENCY_SAMPLES)
-        return self._lat[:n].copy()
-
     def stats(self) -> dict[str, int]:
+        """The transport's counters and, for the metrics' convenience, the stages' ones."""
         h = self._q.hdr
         return {"puts": int(h[H_PUTS]), "gets": int(h[H_GETS]), "drops": int(h[H_DROPS]),
-                "depth": self.depth, "tiled": int(h[H_TILED]), "emitted": int(h[H_EMITTED]),
-                "lost": int(h[H_LOST]), "ended": int(h[H_END]), "eos_seen": int(h[H_EOS_SEEN]),
-                "last_index": int(h[H_LAST_INDEX])}
+                "depth": self.depth, "ended": int(h[H_END]), **self.counters.stats()}
 
     def close(self) -> None:
-        self._lat = None  # type: ignore[assignment]
+        self.counters.close()
         self._q.close()
 
     def unlink(self) -> None:
@@ -768,3 +845,74 @@ def run_prefix() -> str:
     """A run-unique segment name prefix (``cs_<pid>_<random>_``) so runs never collide and a
     leftover segment names the run that made it."""
     return f"cs_{os.getpid()}_{os.urandom(3).hex()}_"
+
+
+def shm_segments(prefix: str) -> list[str]:
+    """Names of the segments in /dev/shm that start with ``prefix`` (a leak check)."""
+    try:
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(prefix))
+    except OSError:  # no /dev/shm (macOS): nothing to check
+        return []
+
+
+class RunSegments:
+    """Every shared-memory segment of one run: frame rings, the batch pool and the recorder's
+    rings are all made here, named ``<run prefix><role>``, and ``unlink_all`` removes each one
+    (also a segment whose creator died before wrapping it), then checks nothing under the prefix
+    is left. The one owner is the supervisor; children only ``attach`` through handles.
+
+    Example::
+
+        segs = RunSegments()
+        ring = segs.frame_ring("r0", slots=8, max_height=720, max_width=1280, policy="latest")
+        ...
+        leaked = segs.unlink_all()            # [] when every segment is gone
+    """
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.prefix = prefix or run_prefix()
+        self.names: list[str] = []
+        self._owned: list[FrameRing | BatchPool] = []
+
+    def _name(self, role: str) -> str:
+        name = self.prefix + role
+        if name in self.names:
+            raise ValueError(f"segment role {role!r} used twice in this run")
+        self.names.append(name)
+        return name
+
+    def frame_ring(self, role: str, slots: int, max_height: int, max_width: int,
+                   policy: Policy, aux_bytes: int = 0) -> FrameRing:
+        ring = FrameRing.create(self._name(role), slots, max_height, max_width, policy, aux_bytes)
+        self._owned.append(ring)
+        return ring
+
+    def batch_pool_handle(self, role: str, slots: int) -> BatchPoolHandle:
+        """The handle of the batch pool ``batch_pool`` creates once the engine's geometry is
+        known (the inference process gets the handle at spawn)."""
+        return BatchPool.prepare(self._name(role), slots)
+
+    def batch_pool(self, handle: BatchPoolHandle, max_batch: int, window: tuple[int, int],
+                   block: int) -> BatchPool:
+        if handle.name not in self.names:
+            raise ValueError(f"batch pool {handle.name!r} was not prepared by this run")
+        pool = BatchPool.create_from(handle, max_batch, window, block)
+        self._owned.append(pool)
+        return pool
+
+    def leftovers(self) -> list[str]:
+        """Segments of this run still in /dev/shm."""
+        return shm_segments(self.prefix)
+
+    def unlink_all(self) -> list[str]:
+        """Close and unlink every segment of the run; returns what could not be removed."""
+        for seg in self._owned:
+            seg.close()
+            seg.unlink()
+        self._owned.clear()
+        for name in [*self.names, *self.leftovers()]:
+            try:
+                shared_memory.SharedMemory(name=name).unlink()
+            except (FileNotFoundError, OSError):
+                pass
+        return self.leftovers()

@@ -1,18 +1,30 @@
-"""The supervisor: owns every shared-memory segment, spawns and watches the stage processes.
+"""The supervisor: plans a run, then spawns, watches and restarts every child of it.
 
-Processes (spawn context): one ingest per camera -> per-camera ``FrameRing`` -> tile -> inference
-(the only one importing torch) -> post (stitch, smooth, sinks). The supervisor
+Children (all through ``pipeline.process.spawn_child``, spawn context): one ingest per camera ->
+its ``FrameRing`` -> tile -> inference (the only one importing torch) -> post (stitch, smooth,
+sinks) -> recorder (when a camera records); and one service, the embedded Redis (when no
+``redis.url`` is set). Startup runs in named steps, each logged:
 
-* creates all segments under a run-unique prefix, checks /dev/shm has room first (clear error
-  with the computed need), and unlinks them all on exit -- also when a child was SIGKILLed;
-* restarts a crashed stage with exponential backoff and counts crashes: an inference crash
-  re-queues the batch it held (no frame lost, order kept); a tile or post crash restarts the
-  tile/inference/post chain and gives the frames they held back (counted as lost); an ingest
-  killed without ending its stream is restarted;
-* relays camera state changes from ingest to the post stage (for sinks' ``write_status``);
-* on SIGINT / SIGTERM stops ingest, lets queued frames drain (``runtime.drain_timeout_s``), stops
-  the stages and exits; with files only, it finishes when every source has ended and drained;
-* polls the shared counters for Prometheus metrics and the console status line / progress bar.
+1. plan cameras -- the model choice and each camera's frame size and queue policy;
+2. check /dev/shm -- the computed need (clear error naming it), then the frame rings, every
+   segment under the run prefix (``RunSegments``);
+3. start services -- the embedded Redis and the Prometheus endpoint;
+4. load engine -- the inference process reports the model's window, the batch pool is sized to it;
+5. start stages -- recorder rings and process, tile, post, and one ingest per camera.
+
+Watching: one ``RestartPolicy`` (exponential backoff, reset after a stable run) for every child.
+An inference crash re-queues the batch it held (no frame lost, order kept); a tile or post crash
+restarts the tile/inference/post chain and gives the frames they held back (counted as lost); an
+ingest killed without ending its stream is restarted; a recorder crash gives its ring slots back
+and restarts it; a dead Redis is restarted on the same port and data. Camera state changes are
+relayed from ingest to post (for sinks' ``write_status``). The status line and metrics are the
+console's and the metrics' (``pipeline.console``, ``pipeline.metrics``); the supervisor only takes
+the ``Snapshot`` each poll.
+
+Signals: SIGINT / SIGTERM stop ingest and let queued frames drain (``runtime.drain_timeout_s``);
+a second signal ends the drain at once. With files only, the run ends when every source has ended
+and drained. Shutdown: stages, then the recorder (it finishes its segments), then Redis (last),
+then every segment is unlinked and checked gone.
 
 Example::
 
@@ -23,27 +35,34 @@ Example::
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import queue
 import signal
-import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from engines.log import get_logger
-from engines.video import probe_video
+from engines.video import probe_video, redact_url
 from engines.yamlconfig import ConfigError
 from pipeline.config import AppConfig, CameraConfig
+from pipeline.console import RunConsole
 from pipeline.events import CameraStatus
-from pipeline.metrics import CameraSnapshot, PipelineMetrics, Snapshot
-from pipeline.shm import BatchPool, FrameRing, check_shm_space, run_prefix
+from pipeline.metrics import PipelineMetrics, Snapshot
+from pipeline.process import ChildSpec, RestartPolicy, RestartState, StopFlag, spawn_child
+from pipeline.redis_embedded import connect_hint, embedded_data_dir
+from pipeline.services import RedisService
+from pipeline.shm import BatchPool, FrameRing, RunSegments, check_shm_space
+from pipeline.sinks.recorder import RECORDER_TARGET, RecorderArgs, recorder_rings
 from pipeline.stages import inference as inference_stage
-from pipeline.stages.common import StageArgs, StopFlag, set_process_name
+from pipeline.stages.common import StageArgs
 
 POLL_S = 0.2
 ENGINE_LOAD_TIMEOUT_S = 900.0  # exporting a large checkpoint to ONNX on a CPU takes minutes
+RECORDER_STOP_S = 30.0  # the recorder encodes what is queued and closes its segments
+CHAIN = ("tile", "inference", "post")
 
 
 class PipelineError(RuntimeError):
@@ -51,67 +70,29 @@ class PipelineError(RuntimeError):
 
 
 @dataclass
-class _Proc:
-    """One supervised process and its crash bookkeeping."""
+class _Child:
+    """One supervised child: a process, or a service with the same ``is_alive``/``exitcode``."""
 
-    stage: str  # "ingest", "tile", "inference", "post"
-    key: str  # "ingest:<camera>" or the stage name
+    key: str  # "ingest:<camera>", "tile", "inference", "post", "recorder", "redis"
+    stage: str  # the key without the camera
     proc: Any = None
-    crashes: int = 0
-    streak: int = 0  # crashes since it last ran stably (drives the backoff)
-    started: float = 0.0
-    restart_at: float | None = None
-    done: bool = False  # exited for good (ingest of a finished source)
+    restart: RestartState = field(default_factory=RestartState)
+    done: bool = False  # exited for good (ingest of a finished source, or stopping)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
 
 
 @dataclass
-class _CamInfo:
+class _Camera:
     name: str
     cfg: CameraConfig
     height: int
     width: int
     total_frames: int | None
+    ring: FrameRing | None = None
     state: str = "starting"
     reason: str = ""
-
-
-def _ingest_entry(camera: str, cfg: CameraConfig, handle: Any, events: Any, stop: Any,
-                  log_level: str | None, parent_pid: int) -> None:
-    """Spawned ingest process: logging, Ctrl-C left to the supervisor, exit with the parent."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    set_process_name(f"cs-ingest-{camera}")
-    from engines.log import setup_logging
-    from pipeline.ingest import run_ingest
-    from pipeline.secrets import register_secrets_of_camera
-
-    register_secrets_of_camera(cfg)
-    setup_logging(log_level)
-    _watch_parent(parent_pid, stop)
-    run_ingest(camera, cfg, handle, events, stop)
-
-
-def _stage_entry(target: str, args: StageArgs, *extra: Any) -> None:
-    """Spawned stage process: sets the stop event if the supervisor dies, then runs the stage."""
-    import importlib
-
-    set_process_name(f"cs-{target}")
-    _watch_parent(args.parent_pid, None)
-    importlib.import_module(f"pipeline.stages.{target}").main(args, *extra)
-
-
-def _watch_parent(parent_pid: int, stop: Any) -> None:
-    """Exit soon after the supervisor is gone (SIGKILL leaves children orphaned otherwise)."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent_pid:
-                if stop is not None:
-                    stop.set()
-                    time.sleep(2.0)
-                os._exit(3)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 @dataclass
@@ -125,62 +106,31 @@ class Supervisor:
     log: Any = field(init=False)
 
     def __post_init__(self) -> None:
+        rt = self.cfg.runtime
         self.log = get_logger("supervisor")
         self.ctx = mp.get_context("spawn")
-        self.prefix = run_prefix()
-        self.rings: list[FrameRing] = []
+        self.segments = RunSegments()
+        self.prefix = self.segments.prefix
+        self.policy = RestartPolicy(rt.restart_backoff_s, rt.restart_backoff_cap_s)
+        self.drain_timeout_s = rt.drain_timeout_s  # a second signal sets it to 0 (not the config)
+        self.children: dict[str, _Child] = {}
+        self.cams: list[_Camera] = []
         self.pool: BatchPool | None = None
-        self.procs: dict[str, _Proc] = {}
-        self.cams: list[_CamInfo] = []
-        self.segments: list[str] = []
-        self._signal: int | None = None
+        self.rec_rings: dict[str, FrameRing] = {}
+        self.redis: RedisService | None = None
+        self.redis_url: str | None = None
         self.metrics: PipelineMetrics | None = None
         self.engine: dict[str, Any] = {}
         self.exit_reason = ""
         self.last_snapshot: Snapshot | None = None
-        self.status_stream = self.status_stream or sys.stderr
-
-    # ------------------------------------------------------------------ start
-    def _plan(self) -> None:
-        cfg = self.cfg
-        self.choice = inference_stage.choose_model(cfg)
-        enabled = [(n, c) for n, c in cfg.cameras.items() if c.enabled]
-        if not enabled:
-            raise ConfigError(cfg.source_file, "cameras", "every camera is disabled "
-                                                          "(enabled: false)")
-        rt = cfg.runtime
-        for name, cam in enabled:
-            probed = probe_video(cam)
-            if probed is not None:
-                h, w, n = probed.height, probed.width, probed.frames
-                total = None if (cam.loop or cam.is_live) else n
-            else:
-                h, w, total = rt.max_frame_height, rt.max_frame_width, None
-            self.cams.append(_CamInfo(name, cam, h, w, total))
-        need = sum(FrameRing.nbytes(rt.frame_slots, c.height, c.width) for c in self.cams)
-        check_shm_space(need, f"{len(self.cams)} camera ring(s) of {rt.frame_slots} slots")
-
-    def _start(self) -> None:
-        self._plan()
-        cfg, rt = self.cfg, self.cfg.runtime
-        if self.choice.fallback_reason or self.choice.random_init:
-            msg = (f"model: {self.choice.label}"
-                   + (f" -- {self.choice.fallback_reason}" if self.choice.fallback_reason else ""))
-            print(f"crowdstream: WARNING {msg}", file=self.status_stream, flush=True)
-            self.log.warning("random init model", model=self.choice.random_init,
-                             reason=self.choice.fallback_reason or "model.random_init")
-        for i, c in enumerate(self.cams):
-            name = f"{self.prefix}r{i}"
-            self.segments.append(name)
-            self.rings.append(FrameRing.create(name, rt.frame_slots, c.height, c.width,
-                                               c.cfg.effective_policy))
-            self.log.info("camera", camera=c.name, url=c.cfg.url, policy=c.cfg.effective_policy,
-                          ring=f"{rt.frame_slots}x{c.width}x{c.height}")
-        pool_name = f"{self.prefix}batches"
-        self.segments.append(pool_name)
-        self.pool_handle = BatchPool.prepare(pool_name, rt.batch_slots)
+        self._signal: int | None = None
+        self.out = RunConsole(stream=self.status_stream, status=self.console,
+                              every_s=self.cfg.metrics.status_every_s)
         self.stop_ingest = StopFlag(self.ctx)
         self.stop_stages = StopFlag(self.ctx)
+        self.stop_recorder = StopFlag(self.ctx)
+        self.pool_ready = StopFlag(self.ctx)
+        self.pool_handle = self.segments.batch_pool_handle("batches", rt.batch_slots)
         # one events queue per ingest process and one status queue per post process, made fresh
         # at each spawn: a process SIGKILLed in the middle of a queue operation can leave a
         # queue's lock taken or half a message in its pipe, and that must not reach the others
@@ -189,171 +139,364 @@ class Supervisor:
         self.readers: list[threading.Thread] = []
         self.status_q: Any = None
         self.info_q: Any = self.ctx.Queue()
-        self.pool_ready = StopFlag(self.ctx)
-        self.args = StageArgs(cfg, [c.name for c in self.cams], [r.handle() for r in self.rings],
-                              self.pool_handle, self.stop_stages, self.log_level, os.getpid())
-        if cfg.metrics.port is not None:
+
+    # ================================================================== run
+    def run(self) -> int:
+        """Start, supervise until the sources end or SIGINT/SIGTERM, clean up. Exit code: 0 when
+        every source finished (or a signal stopped a clean drain), 1 when a camera ended offline,
+        2 for configuration errors (raised as ``ConfigError``)."""
+        self.out.start()  # before any child: their output scrolls above the status
+        try:
+            with self._signals():
+                try:
+                    self._startup()
+                    return self._watch()
+                finally:
+                    self._shutdown()
+        finally:
+            self.out.close()
+
+    # ================================================================== signals
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signal is not None:
+            self.log.warning("second signal: stopping now", signal=signum)
+            self.drain_timeout_s = 0.0
+        self._signal = signum
+
+    # ================================================================== startup
+    def _startup(self) -> None:
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("plan cameras", self._plan_cameras), ("check /dev/shm", self._check_shm),
+            ("start services", self._start_services), ("load engine", self._load_engine),
+            ("start stages", self._start_stages)]
+        for i, (name, step) in enumerate(steps, 1):
+            if self._signal is not None:
+                raise PipelineError(f"interrupted before '{name}'")
+            self.log.info("startup", step=f"{i}/{len(steps)} {name}")
+            step()
+
+    def _plan_cameras(self) -> None:
+        cfg, rt = self.cfg, self.cfg.runtime
+        self.choice = inference_stage.choose_model(cfg)
+        enabled = [(n, c) for n, c in cfg.cameras.items() if c.enabled]
+        if not enabled:
+            raise ConfigError(cfg.source_file, "cameras", "every camera is disabled "
+                                                          "(enabled: false)")
+        for name, cam in enabled:
+            probed = probe_video(cam)
+            if probed is not None:
+                h, w, n = probed.height, probed.width, probed.frames
+                total = None if (cam.loop or cam.is_live) else n
+            else:
+                h, w, total = rt.max_frame_height, rt.max_frame_width, None
+            self.cams.append(_Camera(name, cam, h, w, total))
+            self.log.info("camera", camera=name, url=redact_url(cam.url),
+                          policy=cam.effective_policy, size=f"{w}x{h}")
+        if self.choice.fallback_reason or self.choice.random_init:
+            msg = (f"model: {self.choice.label}"
+                   + (f" -- {self.choice.fallback_reason}" if self.choice.fallback_reason else ""))
+            self.out.note(f"WARNING {msg}")
+            self.log.warning("random init model", model=self.choice.random_init,
+                             reason=self.choice.fallback_reason or "model.random_init")
+
+    def _check_shm(self) -> None:
+        rt = self.cfg.runtime
+        need = sum(FrameRing.nbytes(rt.frame_slots, c.height, c.width) for c in self.cams)
+        check_shm_space(need, f"{len(self.cams)} camera ring(s) of {rt.frame_slots} slots")
+        for i, c in enumerate(self.cams):
+            c.ring = self.segments.frame_ring(f"r{i}", rt.frame_slots, c.height, c.width,
+                                              c.cfg.effective_policy)
+            self.log.info("ring", camera=c.name, ring=f"{rt.frame_slots}x{c.width}x{c.height}")
+
+    def _start_services(self) -> None:
+        cfg = self.cfg
+        if cfg.redis.enabled and cfg.redis.url:
+            self.redis_url = cfg.redis.url
+        elif cfg.redis.enabled:
+            self.redis = RedisService(embedded_data_dir(cfg), cfg.redis.embedded_port)
             try:
-                self.metrics = PipelineMetrics(self.args.cameras, cfg.metrics.port,
-                                               cfg.metrics.host)
+                self.redis_url = self.redis.start()
+            except (RuntimeError, OSError) as e:  # ServiceError, or the server's own log tail
+                raise PipelineError(f"cannot start the embedded Redis: {e}") from None
+            self._add_child("redis", self.redis)
+            self.log.info("spawned", stage="redis", pid=self.redis.pid)
+            self.out.note(f"embedded Redis at {self.redis_url} (data in {self.redis.data_dir}); "
+                          f"connect with: {connect_hint(self.redis_url)}")
+        names = [c.name for c in self.cams]
+        if cfg.metrics.port is None:
+            self.metrics = PipelineMetrics(names, None)
+        else:
+            try:
+                self.metrics = PipelineMetrics(names, cfg.metrics.port, cfg.metrics.host)
             except OSError as e:
                 raise ConfigError(cfg.source_file, "metrics.port",
                                   f"cannot serve metrics on {cfg.metrics.host}:"
                                   f"{cfg.metrics.port}: {e}") from None
-        else:
-            self.metrics = PipelineMetrics(self.args.cameras, None)
-        # the engine decides the window, so inference starts first and the pool is sized to it
+        self.out.metrics = self.metrics
+
+    def _load_engine(self) -> None:
+        """The engine decides the window, so inference starts first and the pool is sized to it."""
+        cfg, rt = self.cfg, self.cfg.runtime
         self._spawn("inference")
-        info = self._wait_engine()
-        self.engine = info
+        info = self.engine = self._wait_engine()
         window = tuple(info["window"])
         max_batch = min(cfg.model.batch, int(info["max_batch"]))
         check_shm_space(BatchPool.nbytes(rt.batch_slots, max_batch, window, info["block_size"]),
                         f"the batch pool ({rt.batch_slots} x {max_batch} tiles)")
-        self.pool = BatchPool.create_from(self.pool_handle, max_batch, window, info["block_size"])
+        self.pool = self.segments.batch_pool(self.pool_handle, max_batch, window,
+                                             info["block_size"])
         self.pool_ready.set()
-        print(f"crowdstream: engine {info['engine_id']} "
-              f"({info['description'].get('backend')}, {info['description'].get('device')}, "
-              f"window {window[1]}x{window[0]}, batch {max_batch}), model {self.choice.label}",
-              file=self.status_stream, flush=True)
-        self._spawn("tile")
-        self._spawn("post")
-        for c in self.cams:
-            self._spawn(f"ingest:{c.name}")
+        self.out.note(f"engine {info['engine_id']} ({info['description'].get('backend')}, "
+                      f"{info['description'].get('device')}, window {window[1]}x{window[0]}, "
+                      f"batch {max_batch}), model {self.choice.label}")
 
     def _wait_engine(self) -> dict[str, Any]:
         deadline = time.monotonic() + ENGINE_LOAD_TIMEOUT_S
-        p = self.procs["inference"]
+        p = self.children["inference"]
         while time.monotonic() < deadline:
             if self._signal is not None:
                 raise PipelineError("interrupted while the engine was loading")
             try:
                 info = self.info_q.get(timeout=POLL_S)
             except queue.Empty:
-                if not p.proc.is_alive():
+                if not p.alive():
                     raise PipelineError(f"the inference process exited with code "
                                         f"{p.proc.exitcode} while loading the engine") from None
                 continue
             if "error" in info:
                 raise PipelineError(f"cannot load the model ({self.choice.label}): "
                                     f"{info['error']}")
-            return info
+            return dict(info)
         raise PipelineError(f"the engine did not load within {ENGINE_LOAD_TIMEOUT_S:.0f} s")
 
+    def _start_stages(self) -> None:
+        recorded = {c.name: (c.height, c.width) for c in self.cams if c.cfg.recording.enabled}
+        if recorded:
+            self.rec_rings = recorder_rings(self.segments, self.cfg, recorded,
+                                            int(self.engine["block_size"]))
+            self._spawn("recorder")
+        self._spawn("tile")
+        self._spawn("post")
+        for c in self.cams:
+            self._spawn(f"ingest:{c.name}")
+
+    # ================================================================== spawning
+    def _add_child(self, key: str, proc: Any = None) -> _Child:
+        child = self.children.get(key)
+        if child is None:
+            child = self.children[key] = _Child(key, key.split(":")[0])
+        if proc is not None:
+            child.proc = proc
+            child.restart.started = time.monotonic()
+            child.restart.restart_at = None
+        return child
+
+    def _stage_args(self) -> StageArgs:
+        return StageArgs(self.cfg, [c.name for c in self.cams],
+                         [c.ring.handle() for c in self.cams if c.ring is not None],
+                         self.pool_handle, self.stop_stages, self.redis_url,
+                         {cam: r.handle() for cam, r in self.rec_rings.items()})
+
     def _spawn(self, key: str) -> None:
-        p = self.procs.get(key)
-        if p is None:
-            p = self.procs[key] = _Proc(key.split(":")[0], key)
-        if p.stage == "ingest":
-            ci = next(i for i, c in enumerate(self.cams) if f"ingest:{c.name}" == key)
-            c = self.cams[ci]
-            events = self.ctx.Queue()
-            self.event_queues[c.name] = events
+        """Start (or restart) the child ``key``."""
+        child = self._add_child(key)
+        if child.stage == "redis":
+            assert self.redis is not None
+            self.redis.start()
+            self._add_child(key, self.redis)
+            self.log.info("spawned", stage=key, pid=self.redis.pid)
+            return
+        spec, args = self._child_args(child)
+        self._add_child(key, spawn_child(self.ctx, spec, *args))
+        self.log.info("spawned", stage=key, pid=child.proc.pid)
+
+    def _child_args(self, child: _Child) -> tuple[ChildSpec, tuple[Any, ...]]:
+        lvl = self.log_level
+        if child.stage == "ingest":
+            cam = next(c for c in self.cams if f"ingest:{c.name}" == child.key)
+            assert cam.ring is not None
+            events = self.event_queues[cam.name] = self.ctx.Queue()
             reader = threading.Thread(target=self._read_events, args=(events,), daemon=True,
-                                      name=f"events-{c.name}")
+                                      name=f"events-{cam.name}")
             reader.start()
             self.readers.append(reader)
-            target, args = _ingest_entry, (c.name, c.cfg, self.rings[ci].handle(), events,
-                                           self.stop_ingest, self.log_level, os.getpid())
-        elif p.stage == "inference":
+            return (ChildSpec(f"ingest-{cam.name}", "pipeline.ingest:run_ingest",
+                              self.stop_ingest, lvl),
+                    (cam.name, cam.cfg, cam.ring.handle(), events, self.stop_ingest))
+        if child.stage == "recorder":
+            args = RecorderArgs(self.cfg, {c: r.handle() for c, r in self.rec_rings.items()},
+                                self.stop_recorder)
+            return ChildSpec("recorder", RECORDER_TARGET, self.stop_recorder, lvl), (args,)
+        spec = ChildSpec(child.stage, f"pipeline.stages.{child.stage}:main", self.stop_stages,
+                         lvl)
+        if child.stage == "inference":
             # only the first inference process reports its engine; a restarted one must not
             # write into a queue nobody reads any more
-            target, args = _stage_entry, ("inference", self.args, self.choice,
-                                          None if self.engine else self.info_q, self.pool_ready)
-        elif p.stage == "post":
+            return spec, (self._stage_args(), self.choice,
+                          None if self.engine else self.info_q, self.pool_ready)
+        if child.stage == "post":
             self.status_q = self.ctx.Queue()
-            target, args = _stage_entry, ("post", self.args, self.engine["engine_id"],
-                                          self.status_q)
-        else:
-            target, args = _stage_entry, ("tile", self.args)
-        p.proc = self.ctx.Process(target=target, args=args, name=f"crowdstream-{key}",
-                                  daemon=False)
-        p.proc.start()
-        p.started = time.monotonic()
-        p.restart_at = None
-        self.log.info("spawned", stage=key, pid=p.proc.pid)
+            return spec, (self._stage_args(), self.engine["engine_id"], self.status_q)
+        return spec, (self._stage_args(),)
 
-    # ------------------------------------------------------------------ watch
-    def _backoff(self, p: _Proc) -> float:
-        rt = self.cfg.runtime
-        return min(rt.restart_backoff_cap_s, rt.restart_backoff_s * 2 ** max(0, p.streak - 1))
+    # ================================================================== watching
+    def _watch(self) -> int:
+        """Poll until the sources end (files) or a signal's drain is done; returns the exit code."""
+        drain_from: float | None = None
+        while True:
+            time.sleep(POLL_S)
+            self._relay_events()
+            self._check_children()
+            snap = self._snapshot()
+            if self._signal is not None and drain_from is None:
+                self.log.info("stopping", signal=signal.Signals(self._signal).name,
+                              drain_timeout_s=self.drain_timeout_s)
+                self.stop_ingest.set()
+                drain_from = time.monotonic()
+            if drain_from is not None:
+                ingest_gone = all(p.done or not p.alive() for p in self.children.values()
+                                  if p.stage == "ingest")
+                if ingest_gone and snap.drained():
+                    self.exit_reason = "stopped by signal, drained"
+                    break
+                if time.monotonic() >= drain_from + self.drain_timeout_s:
+                    self.exit_reason = "stopped by signal, drain timed out"
+                    self.log.warning("drain timed out", pending=str({
+                        k: v.ring["tiled"] - v.ring["emitted"] for k, v in snap.cameras.items()}))
+                    break
+            elif snap.all_ended() and snap.drained():
+                self.exit_reason = "all sources ended"
+                break
+        return self._finish()
 
-    def _crashed(self, p: _Proc) -> None:
-        code = p.proc.exitcode
-        if time.monotonic() - p.started > 60.0:
-            p.streak = 0  # it had been running fine: start the backoff over
-        p.crashes += 1
-        p.streak += 1
-        delay = self._backoff(p)
-        self.log.error("stage crashed", stage=p.key, pid=p.proc.pid, exitcode=code,
-                       crashes=p.crashes, restart_in_s=round(delay, 2))
-        p.restart_at = time.monotonic() + delay
-        p.proc.join(0)
-        self._break_stale_locks(p.key)
+    def _finish(self) -> int:
+        self._relay_events()
+        snap = self.last_snapshot = self._snapshot(force=True)
+        # a camera that went offline because we stopped it is not a failure
+        bad = [] if self._signal is not None else [c.name for c in self.cams
+                                                   if c.state == "offline"]
+        summary = ", ".join(f"{k}: {v.ring['emitted']} counted, {v.ring['drops']} dropped, "
+                            f"{v.ring['lost']} lost" for k, v in snap.cameras.items())
+        self.out.note(f"{self.exit_reason}; {summary}"
+                      + (f"; offline: {', '.join(bad)}" if bad else ""))
+        return 1 if bad else 0
+
+    def _snapshot(self, force: bool = False) -> Snapshot:
+        """Read the counters, feed the metrics and the console."""
+        up: dict[str, bool] = {}
+        restarts: dict[str, int] = {}
+        for p in self.children.values():
+            up[p.stage] = up.get(p.stage, True) and p.alive() if p.stage == "ingest" \
+                else p.alive()
+            restarts[p.stage] = restarts.get(p.stage, 0) + p.restart.crashes
+        snap = Snapshot.take({c.name: c.ring for c in self.cams if c.ring is not None},
+                             {c.name: (c.state, c.reason) for c in self.cams},
+                             {c.name: c.total_frames for c in self.cams}, self.pool, up, restarts)
+        if self.metrics is not None:
+            self.metrics.update(snap)
+        self.out.update(snap, force=force)
+        return snap
+
+    def _check_children(self) -> None:
+        now = time.monotonic()
+        stopping = self.stop_stages.is_set()
+        chain_restart = False
+        for p in list(self.children.values()):
+            if p.done or p.alive():
+                continue
+            if p.restart.restart_at is None:  # just died
+                if self._ended_for_good(p, stopping):
+                    p.done = True
+                    continue
+                self._crashed(p)
+                chain_restart |= self._recover(p)
+            elif now >= p.restart.restart_at and not stopping:
+                if p.stage == "ingest" and self.stop_ingest.is_set():
+                    p.done = True
+                    continue
+                self.log.info("restarting", stage=p.key, crashes=p.restart.crashes)
+                try:
+                    self._spawn(p.key)
+                except Exception as e:  # a service that cannot start now: try again later
+                    self.log.error("restart failed", stage=p.key, error=str(e))
+                    self._crashed(p)
+        if chain_restart:
+            self._restart_chain()
+
+    def _ended_for_good(self, p: _Child, stopping: bool) -> bool:
+        """A child that exited and must not be restarted: a finished ingest, or anything while
+        the run stops."""
+        if p.stage == "ingest":
+            ring = next(c.ring for c in self.cams if f"ingest:{c.name}" == p.key)
+            assert ring is not None
+            if ring.ended or self.stop_ingest.is_set():  # file finished, offline, or stop
+                p.proc.join(0)
+                return True
+            return False
+        return stopping and p.stage != "redis"
+
+    def _crashed(self, p: _Child) -> None:
+        delay = self.policy.crashed(p.restart, time.monotonic())
+        self.log.error("stage crashed", stage=p.key, pid=p.proc.pid, exitcode=p.proc.exitcode,
+                       crashes=p.restart.crashes, restart_in_s=round(delay, 2))
+        if hasattr(p.proc, "join"):
+            p.proc.join(0)
+        if p.stage != "redis":
+            self._break_stale_locks(p.key)
+
+    def _recover(self, p: _Child) -> bool:
+        """Give back what a dead child held; True when the tile/inference/post chain must
+        restart."""
+        if p.stage == "ingest":
+            ring = next(c.ring for c in self.cams if f"ingest:{c.name}" == p.key)
+            assert ring is not None
+            ring.recover_writer()
+        elif p.stage == "inference":
+            n = self.pool.requeue_inference() if self.pool else 0
+            self.log.warning("batches requeued", stage="inference", batches=n)
+        elif p.stage == "recorder":
+            lost = sum(r.recover_readers() for r in self.rec_rings.values())
+            self.log.warning("recording frames lost", stage="recorder", frames=lost)
+        return p.stage in ("tile", "post")
 
     def _break_stale_locks(self, who: str) -> None:
         """A child killed inside a ring's or the pool's critical section leaves its lock taken
         forever; give such locks back before anyone (this loop included) blocks on them."""
-        for c, r in zip(self.cams, self.rings, strict=True):
-            if r.break_stale_lock():
-                self.log.warning("broke stale lock", ring=c.name, dead=who)
+        rings = [(c.name, c.ring) for c in self.cams] + [
+            (f"recorder:{n}", r) for n, r in self.rec_rings.items()]
+        for name, r in rings:
+            if r is not None and r.break_stale_lock():
+                self.log.warning("broke stale lock", ring=name, dead=who)
         if self.pool is not None and self.pool.break_stale_lock():
             self.log.warning("broke stale lock", ring="batches", dead=who)
-
-    def _check_procs(self) -> None:
-        now = time.monotonic()
-        stopping = self.stop_stages.is_set()
-        chain_restart = False
-        for p in list(self.procs.values()):
-            if p.done:
-                continue
-            if p.proc is not None and p.proc.is_alive():
-                continue
-            if p.restart_at is None:
-                if p.stage == "ingest":
-                    ci = next(i for i, c in enumerate(self.cams) if f"ingest:{c.name}" == p.key)
-                    ring = self.rings[ci]
-                    if ring.ended or self.stop_ingest.is_set():
-                        p.done = True  # the source ended (file finished, offline, stop)
-                        p.proc.join(0)
-                        continue
-                    self._crashed(p)
-                    ring.recover_writer()
-                    continue
-                if stopping:
-                    p.done = True
-                    continue
-                self._crashed(p)
-                if p.stage == "inference":
-                    n = self.pool.requeue_inference() if self.pool else 0
-                    self.log.warning("batches requeued", stage="inference", batches=n)
-                else:
-                    chain_restart = True
-            elif now >= p.restart_at and not stopping:
-                if p.stage == "ingest" and self.stop_ingest.is_set():
-                    p.done = True
-                    continue
-                self.log.info("restarting", stage=p.key, crashes=p.crashes)
-                self._spawn(p.key)
-        if chain_restart:
-            self._restart_chain()
 
     def _restart_chain(self) -> None:
         """A tile or post process died: stop tile/inference/post, give back what they held, and
         start them again (after the dead one's backoff)."""
-        chain = [self.procs[k] for k in ("tile", "inference", "post")]
+        chain = [self.children[k] for k in CHAIN]
         for p in chain:
-            if p.proc is not None and p.proc.is_alive():
+            if p.alive():
                 p.proc.kill()
                 p.proc.join(5)
         assert self.pool is not None
         self._break_stale_locks("tile/inference/post")  # killed mid-critical-section, maybe
         self.pool.reset()
-        lost = sum(r.recover_readers() for r in self.rings)
+        lost = sum(c.ring.recover_readers() for c in self.cams if c.ring is not None)
+        for r in self.rec_rings.values():  # post may have died writing into a recorder slot
+            r.recover_writer()
         self.log.warning("stage chain restarted", lost_frames=lost)
-        delay = max(self._backoff(p) for p in chain if p.streak)
+        delay = max(self.policy.delay(p.restart.streak) for p in chain if p.restart.streak)
         for p in chain:
-            p.restart_at = time.monotonic() + delay
+            p.restart.restart_at = time.monotonic() + delay
 
     def _read_events(self, events: Any) -> None:
         """Thread per ingest queue: a queue left broken by a killed writer blocks only this
@@ -376,161 +519,58 @@ class Supervisor:
             for c in self.cams:
                 if c.name == st.camera:
                     c.state, c.reason = st.state, st.reason
-            self.status_q.put(st)
+            if self.status_q is not None:
+                self.status_q.put(st)
 
-    def _snapshot(self) -> Snapshot:
-        cams = {c.name: CameraSnapshot(r.stats(), r.latency_samples(), c.state, c.reason,
-                                       c.total_frames) for c, r in zip(self.cams, self.rings,
-                                                                       strict=True)}
-        up = {}
-        for p in self.procs.values():
-            alive = p.proc is not None and p.proc.is_alive()
-            up[p.stage] = up.get(p.stage, True) and alive if p.stage == "ingest" else alive
-        restarts: dict[str, int] = {}
-        for p in self.procs.values():
-            restarts[p.stage] = restarts.get(p.stage, 0) + p.crashes
-        return Snapshot(time.time(), cams, self.pool.stats() if self.pool else {}, restarts, up)
-
-    def _drained(self, snap: Snapshot) -> bool:
-        """Every frame written so far has been counted (or counted as lost/dropped)."""
-        for c in snap.cameras.values():
-            r = c.ring
-            if r["depth"] or r["emitted"] + r["lost"] < r["tiled"]:
-                return False
-        return not (snap.pool and (snap.pool["queued_infer"] or snap.pool["queued_post"]))
-
-    def _all_ended(self, snap: Snapshot) -> bool:
-        return all(c.ring["ended"] and c.ring["eos_seen"] for c in snap.cameras.values())
-
-    # ------------------------------------------------------------------ console
-    def _console(self, snap: Snapshot, final: bool = False) -> None:
-        assert self.metrics is not None
-        self.metrics.track_progress(snap)
-        if not self.console:
-            return
-        line = self.metrics.status_line()
-        bar = self.metrics.progress_line()
-        text = f"{bar} {line}" if bar else line
-        out = self.status_stream
-        if getattr(out, "isatty", lambda: False)():
-            cols = 160
-            out.write("\r" + text[:cols].ljust(cols) + ("\n" if final else ""))
-        else:
-            out.write(text + "\n")
-        out.flush()
-
-    # ------------------------------------------------------------------ run
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._signal is not None:
-            self.log.warning("second signal: stopping now", signal=signum)
-            self.cfg.runtime.drain_timeout_s = 0.0
-        self._signal = signum
-
-    def run(self) -> int:
-        """Start, supervise until the sources end or SIGINT/SIGTERM, clean up. Exit code: 0 when
-        every source finished (or a signal stopped a clean drain), 1 when a camera ended offline,
-        2 for configuration errors (raised as ``ConfigError``)."""
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            self._start()
-            return self._loop()
-        finally:
-            self._shutdown()
-            for s, h in old.items():
-                signal.signal(s, h)
-
-    def _loop(self) -> int:
-        assert self.metrics is not None
-        every = self.cfg.metrics.status_every_s
-        next_status = time.monotonic() + min(every, 1.0)
-        drain_deadline: float | None = None
-        while True:
-            time.sleep(POLL_S)
-            self._relay_events()
-            self._check_procs()
-            snap = self._snapshot()
-            self.metrics.update(snap)
-            if time.monotonic() >= next_status:
-                self._console(snap)
-                next_status = time.monotonic() + every
-            if self._signal is not None and drain_deadline is None:
-                self.log.info("stopping", signal=signal.Signals(self._signal).name,
-                              drain_timeout_s=self.cfg.runtime.drain_timeout_s)
-                self.stop_ingest.set()
-                drain_deadline = time.monotonic() + self.cfg.runtime.drain_timeout_s
-            if drain_deadline is not None:
-                ingest_gone = all(p.done or not p.proc.is_alive() for p in self.procs.values()
-                                  if p.stage == "ingest")
-                if ingest_gone and self._drained(snap):
-                    self.exit_reason = "stopped by signal, drained"
-                    break
-                if time.monotonic() >= drain_deadline:
-                    self.exit_reason = "stopped by signal, drain timed out"
-                    self.log.warning("drain timed out", pending=str({
-                        k: v.ring["tiled"] - v.ring["emitted"] for k, v in snap.cameras.items()}))
-                    break
-            elif self._all_ended(snap) and self._drained(snap):
-                self.exit_reason = "all sources ended"
-                break
-        self._relay_events()
-        snap = self._snapshot()
-        self.last_snapshot = snap
-        self.metrics.update(snap)
-        self._console(snap, final=True)
-        # a camera that went offline because we stopped it is not a failure
-        bad = [] if self._signal is not None else [c.name for c in self.cams
-                                                   if c.state == "offline"]
-        summary = ", ".join(f"{k}: {v.ring['emitted']} counted, {v.ring['drops']} dropped, "
-                            f"{v.ring['lost']} lost" for k, v in snap.cameras.items())
-        print(f"crowdstream: {self.exit_reason}; {summary}"
-              + (f"; offline: {', '.join(bad)}" if bad else ""), file=self.status_stream,
-              flush=True)
-        return 1 if bad else 0
-
+    # ================================================================== shutdown
     def _shutdown(self) -> None:
-        """Stop every process (politely, then by force) and unlink every segment."""
-        if hasattr(self, "stop_ingest"):
-            self.stop_ingest.set()
-            self.stop_stages.set()
-            time.sleep(0.05)
-            self._relay_events_quiet()
-            deadline = time.monotonic() + max(2.0, min(10.0, self.cfg.runtime.drain_timeout_s))
-            for p in self.procs.values():
-                if p.proc is not None:
-                    p.proc.join(max(0.0, deadline - time.monotonic()))
-            for p in self.procs.values():
-                if p.proc is not None and p.proc.is_alive():
-                    self.log.warning("terminating", stage=p.key, pid=p.proc.pid)
-                    p.proc.terminate()
-                    p.proc.join(2.0)
-                    if p.proc.is_alive():
-                        p.proc.kill()
-                        p.proc.join(2.0)
-            for q in self.event_queues.values():
-                q.put(None)  # ends its reader thread (unless a killed writer broke the queue)
-            for t in self.readers:
-                t.join(0.5)
-            for q in [*self.event_queues.values(), self.status_q, self.info_q]:
-                if q is None:
-                    continue
-                q.cancel_join_thread()
-                q.close()
-        for r in self.rings:
-            r.close()
-            r.unlink()
-        if self.pool is not None:
-            self.pool.close()
-            self.pool.unlink()
-        # a segment created but never wrapped (a failure mid-start) is unlinked by name
-        for name in self.segments:
-            try:
-                from multiprocessing import shared_memory
-
-                shared_memory.SharedMemory(name=name).unlink()
-            except (FileNotFoundError, OSError):
-                pass
+        """Stop the stages, then the recorder, then the services; unlink every segment."""
+        self.stop_ingest.set()
+        self.stop_stages.set()
+        time.sleep(0.05)
+        self._relay_events_quiet()
+        stages = [p for p in self.children.values() if p.stage not in ("recorder", "redis")]
+        self._stop_processes(stages, max(2.0, min(10.0, self.drain_timeout_s)))
+        self.stop_recorder.set()  # after post: what post queued is still recorded
+        self._stop_processes([p for p in self.children.values() if p.stage == "recorder"],
+                             RECORDER_STOP_S)
+        self._close_queues()
+        if self.redis is not None:
+            self.redis.stop()  # last: the post stage's sinks have flushed into it
         if self.metrics is not None:
             self.metrics.close()
+        for c in self.cams:
+            c.ring = None
+        self.rec_rings.clear()
+        self.pool = None
+        leaked = self.segments.unlink_all()
+        if leaked:
+            self.log.error("shared memory left behind", segments=",".join(leaked))
+
+    def _stop_processes(self, procs: list[_Child], timeout: float) -> None:
+        """Join ``procs`` (their stop flag is set) until ``timeout``, then terminate / kill."""
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            if p.proc is not None:
+                p.proc.join(max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.alive():
+                self.log.warning("terminating", stage=p.key, pid=p.proc.pid)
+                p.proc.terminate()
+                p.proc.join(2.0)
+                if p.proc.is_alive():
+                    p.proc.kill()
+                    p.proc.join(2.0)
+
+    def _close_queues(self) -> None:
+        for q in self.event_queues.values():
+            q.put(None)  # ends its reader thread (unless a killed writer broke the queue)
+        for t in self.readers:
+            t.join(0.5)
+        for q in [*self.event_queues.values(), self.status_q, self.info_q]:
+            if q is not None:
+                q.cancel_join_thread()
+                q.close()
 
     def _relay_events_quiet(self) -> None:
         try:
@@ -539,9 +579,4 @@ class Supervisor:
             pass
 
 
-def run(cfg: AppConfig, **kw: Any) -> int:
-    """Convenience: ``Supervisor(cfg, **kw).run()``."""
-    return Supervisor(cfg, **kw).run()
-
-
-__all__ = ["PipelineError", "Supervisor", "run"]
+__all__ = ["PipelineError", "Supervisor"]

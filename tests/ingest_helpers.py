@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.config import CameraConfig, ReconnectConfig
 from pipeline.events import CameraStatus
-from pipeline.ingest import run_ingest
+from pipeline.process import ChildSpec, StopFlag, spawn_child
 from pipeline.shm import EndOfStream, FrameMeta, FrameRing
 
 
@@ -63,7 +63,7 @@ class IngestRun:
     def __init__(self) -> None:
         self.ctx = mp.get_context("spawn")
         self.events: Any = self.ctx.Queue()
-        self.stop = self.ctx.Event()
+        self.stop = StopFlag(self.ctx)
         self.rings: dict[str, FrameRing] = {}
         self.procs: dict[str, Any] = {}
         self.received: dict[str, Received] = {}
@@ -81,9 +81,9 @@ class IngestRun:
                                 max_hw[0], max_hw[1], policy or cfg.effective_policy)
         self.rings[name] = ring
         rec = self.received[name] = Received()
-        p = self.ctx.Process(target=run_ingest, args=(name, cfg, ring.handle(), self.events,
-                                                      self.stop), name=f"ingest-{name}")
-        p.start()
+        p = spawn_child(self.ctx, ChildSpec(f"ingest-{name}", "pipeline.ingest:run_ingest",
+                                            self.stop), name, cfg, ring.handle(), self.events,
+                        self.stop)
         self.procs[name] = p
         if consume:
             t = threading.Thread(target=self._consume, args=(ring, rec), daemon=True)

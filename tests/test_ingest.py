@@ -225,11 +225,13 @@ def test_disabled_camera_reports_offline_without_opening(tmp_path: Path) -> None
 
 def test_restarted_file_ingest_resumes_after_the_last_frame_written(tmp_path: Path) -> None:
     """A restarted ingest keeps indices monotonic and a lossless file counts each frame once."""
+    import multiprocessing as mp
     import os
     import queue
     import threading
 
     from pipeline.ingest import run_ingest
+    from pipeline.process import StopFlag
     from pipeline.shm import EndOfStream, FrameMeta, FrameRing
 
     clip = make_clip(tmp_path / "r.mp4", frames=20)
@@ -241,7 +243,7 @@ def test_restarted_file_ingest_resumes_after_the_last_frame_written(tmp_path: Pa
             got = ring.get(timeout=5)
             assert not isinstance(got, EndOfStream) and got is not None
             ring.release(got[0])
-        stop = threading.Event()
+        stop = StopFlag(mp.get_context("spawn"))
         t = threading.Thread(target=run_ingest, args=("file", CameraConfig(url=str(clip)), ring,
                                                       queue.Queue(), stop), daemon=True)
         t.start()

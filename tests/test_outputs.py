@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _outputs_helpers import make_result
+from test_recorder import RecorderProcess
 
 from engines.yamlconfig import ConfigError
 from pipeline.client import CrowdClient
@@ -51,7 +52,7 @@ def test_full_chain_with_embedded_redis_webhook_and_recording(tmp_path: Path) ->
     run_dir = tmp_path / "run"
     cfg = config_from_dict({
         "run_dir": str(run_dir),
-        "redis": {"namespace": "e2e", "heatmap_every_s": 0.0},  # no url: embedded server
+        "redis": {"namespace": "e2e", "heatmap_every_s": 0.0},  # no url: the run's server
         "webhook": {"url": f"http://127.0.0.1:{hook.server_address[1]}/alerts", "backoff_s": 0.05},
         "cameras": {"gate": {
             "url": "x.mp4",
@@ -59,7 +60,11 @@ def test_full_chain_with_embedded_redis_webhook_and_recording(tmp_path: Path) ->
             "alerts": [{"name": "crowded-left", "zone": "left", "threshold": 6, "clear": 4,
                         "cooldown_s": 0, "severity": "critical"}],
             "recording": {"enabled": True, "queue_slots": 64}}}})
-    sinks = build_output_sinks(cfg)
+    from pipeline.services import RedisService
+
+    redis = RedisService(run_dir / "redis")  # what the supervisor starts before the stages
+    recorder = RecorderProcess(cfg, {"gate": (144, 256)})
+    sinks = build_output_sinks(cfg, redis_url=redis.start(), recorder_rings=recorder.handles)
     assert [type(s).__name__ for s in sinks] == ["ZoneSink", "AlertOutputSink", "RedisSink",
                                                  "RecordingSink"]
     assert all(hasattr(s, "write_status") for s in sinks[1:3])
@@ -91,7 +96,10 @@ def test_full_chain_with_embedded_redis_webhook_and_recording(tmp_path: Path) ->
         validate(m)
     for s in sinks:
         s.close()
-    assert find_running(run_dir / "redis") is None  # the sink started it, the sink stopped it
+    assert recorder.finish() == 0
+    assert find_running(run_dir / "redis") == url  # the sinks never stop the run's server
+    redis.stop()
+    assert find_running(run_dir / "redis") is None
     hook.shutdown()
     hook.server_close()
     # alert events: start at frame 2 (8 >= 6), end at frame 5 (3 < 4)

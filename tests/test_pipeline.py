@@ -75,6 +75,67 @@ def leftover_segments(pid: int) -> list[str]:
     return [n for n in os.listdir("/dev/shm") if n.startswith(f"cs_{pid}_")]
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live process below it (from /proc)."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += [c for c, p in parent.items() if p == pid]
+    return tree
+
+
+def shm_mapped(root: int) -> set[str]:
+    """Shared-memory segments mapped by ``root`` or any process below it that could be left in
+    /dev/shm: not semaphores, not files already unlinked (multiprocessing's own heap arenas)."""
+    names = set()
+    for pid in process_tree(root):
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            if "/dev/shm/" in line and not line.endswith(" (deleted)"):
+                name = line.split("/dev/shm/", 1)[1]
+                if not name.startswith("sem."):
+                    names.add(name)
+    return names
+
+
+class ShmWatch:
+    """Samples ``shm_mapped(root)`` in a thread: every segment a run maps while it runs."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.before = shm_mapped(root)
+        self.seen: set[str] = set()
+        self._done = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.wait(0.2):
+            self.seen |= shm_mapped(self.root) - self.before
+
+    def __enter__(self) -> ShmWatch:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._t.join(5)
+
+    def outside(self, prefix: str) -> set[str]:
+        return {n for n in self.seen if not n.startswith(prefix)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,7 +185,8 @@ def test_lossless_file_gives_every_frame_once_in_order(tmp_path: Path) -> None:
                                               "b": {"url": str(tmp_path / "b.mp4")}},
                                    metrics={"port": port}))
     sup = Supervisor(cfg, console=False)
-    with Scraper(port, 'crowdstream_frames_out_total{camera="a"}') as scraper:
+    with Scraper(port, 'crowdstream_frames_out_total{camera="a"}') as scraper, \
+            ShmWatch(os.getpid()) as shm:
         assert sup.run() == 0
     counts, status = read_jsonl(tmp_path / "run" / "counts.jsonl")
     for cam, frames, size in (("a", n, [240, 320]), ("b", 23, [120, 160])):
@@ -141,6 +203,8 @@ def test_lossless_file_gives_every_frame_once_in_order(tmp_path: Path) -> None:
     a = [c["raw_count"] for c in counts if c["camera"] == "a"]
     assert len(set(np.round(a, 3))) > 1
     assert not leftover_segments(os.getpid())
+    # every segment any process of the run mapped was made under the run's prefix
+    assert shm.seen and not shm.outside(sup.prefix), shm.seen
     assert scraper.body, "no metrics scraped while running"
     for name in ('crowdstream_fps{camera="a",direction="in"}', 'crowdstream_queue_depth',
                  'crowdstream_camera_state{camera="b",state="online"}', "crowdstream_stage_up",

@@ -91,7 +91,7 @@ def test_tile_and_post_stitch_in_order_with_roi_and_frames(tmp_path: Path, shm) 
     for _ in range(n_frames):
         for c, ring in enumerate(rings):
             slot, meta, frame = ring.get(timeout=1)
-            assert tiler.add(c, slot, ring.next_seq(), meta, frame)
+            assert tiler.add(c, slot, ring.counters.next_seq(), meta, frame)
             ring.mark_posted(slot)
             while (b := pool.take_infer(timeout=0)) is not None:
                 _infer(pool, b)
@@ -143,7 +143,7 @@ def test_post_smoothing_keeps_raw(tmp_path: Path, shm) -> None:
     for i, level in enumerate((100, 0, 0)):
         rings[0].put(np.full((100, 150, 3), level, np.uint8), FrameMeta("a", i, i / 10, 0, 100, 150))
         slot, meta, frame = rings[0].get(timeout=1)
-        tiler.add(0, slot, rings[0].next_seq(), meta, frame)
+        tiler.add(0, slot, rings[0].counters.next_seq(), meta, frame)
         tiler.flush()
         while (b := pool.take_infer(timeout=0)) is not None:
             _infer(pool, b)

@@ -35,6 +35,33 @@ def _decode(path: Path) -> tuple[int, tuple[int, int], str, str]:
         return n, (s.height, s.width), s.codec_context.name, s.codec_context.pix_fmt
 
 
+class RecorderProcess:
+    """The recorder child as the supervisor starts it: rings under a run prefix, ``spawn_child``."""
+
+    def __init__(self, cfg, sizes: dict[str, tuple[int, int]], block: int = 8) -> None:
+        import multiprocessing as mp
+
+        from pipeline.process import ChildSpec, StopFlag, spawn_child
+        from pipeline.shm import RunSegments
+        from pipeline.sinks.recorder import RECORDER_TARGET, RecorderArgs, recorder_rings
+
+        ctx = mp.get_context("spawn")
+        self.segments = RunSegments()
+        self.rings = recorder_rings(self.segments, cfg, sizes, block)
+        self.handles = {c: r.handle() for c, r in self.rings.items()}
+        self.stop = StopFlag(ctx)
+        self.proc = spawn_child(ctx, ChildSpec("recorder", RECORDER_TARGET, self.stop),
+                                RecorderArgs(cfg, self.handles, self.stop))
+
+    def finish(self, timeout: float = 60.0) -> int | None:
+        self.stop.set()
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.kill()
+        assert self.segments.unlink_all() == []
+        return self.proc.exitcode
+
+
 def test_recording_process_writes_h264_segments(tmp_path: Path) -> None:
     from pipeline.alerts import AlertSink
     from pipeline.sinks.recorder import RecordingSink
@@ -48,7 +75,8 @@ def test_recording_process_writes_h264_segments(tmp_path: Path) -> None:
         "recording": {"enabled": True, "segment_s": 1.0, "queue_slots": 64}}}})
     zones = ZoneSink(cfg.cameras)
     alerts = AlertSink(cfg.cameras, zone_density=zones.cell_density)
-    rec = RecordingSink(cfg.cameras, run_dir=cfg.run_dir, active_alerts=alerts.active)
+    recorder = RecorderProcess(cfg, {cam_id: (144, 256)})
+    rec = RecordingSink(cfg.cameras, rings=recorder.handles, active_alerts=alerts.active)
     rec.open()
     n = 45  # 1.5 s at 30 fps -> segments of 30 and 15 frames
     rng = np.random.default_rng(0)
@@ -60,6 +88,7 @@ def test_recording_process_writes_h264_segments(tmp_path: Path) -> None:
         rec.write(r)
     assert alerts.active(cam_id), "the overlay should show an active alert"
     rec.close()
+    assert recorder.finish() == 0
     assert rec.sent == n and rec.skipped == 0
     base = (tmp_path / "run" / "recordings").resolve()
     files = sorted(base.rglob("*.mp4"))
@@ -102,26 +131,30 @@ def test_retention_by_size_keeps_the_newest(tmp_path: Path) -> None:
     assert sum(f.stat().st_size for f in left) <= 40e3
 
 
-def test_killed_recorder_is_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-    import signal
-    import time
+def test_a_busy_recorder_skips_frames_and_counts_them(tmp_path: Path) -> None:
+    """Every recorder slot taken (the encoder is behind): frames are skipped and counted, never
+    waited for, and the overlay data that travels beside each frame comes out intact."""
+    import pickle
 
-    from pipeline.sinks import recorder as recmod
+    from pipeline.shm import RunSegments
+    from pipeline.sinks.recorder import RecordingSink, recorder_rings
 
-    monkeypatch.setattr(recmod, "RESTART_BACKOFF_S", 0.0)
     cfg = config_from_dict({"run_dir": str(tmp_path), "cameras": {"c": {
-        "url": "x", "recording": {"enabled": True, "queue_slots": 64}}}})
-    sink = recmod.RecordingSink(cfg.cameras, run_dir=cfg.run_dir)
-    sink.open()
-    frame = np.zeros((64, 96, 3), np.uint8)
-    old_pid = sink._proc.pid
-    os.kill(old_pid, signal.SIGKILL)
-    sink._proc.join(10)
-    for i in range(10):
-        sink.write(make_result("c", i, shape=(8, 12), frame=frame))
-        time.sleep(0.01)
-    assert sink.restarts == 1 and sink._proc.pid != old_pid
-    sink.close()
-    (f,) = (tmp_path / "recordings").rglob("*.mp4")
-    assert _decode(f)[0] == sink.sent == 10
+        "url": "x", "recording": {"enabled": True, "queue_slots": 3}}}})
+    segs = RunSegments()
+    rings = recorder_rings(segs, cfg, {"c": (64, 96)}, block=8)
+    try:
+        sink = RecordingSink(cfg.cameras, rings={"c": rings["c"].handle()})
+        sink.open()
+        frame = np.full((64, 96, 3), 7, np.uint8)
+        for i in range(5):
+            sink.write(make_result("c", i, shape=(8, 12), frame=frame))
+        assert (sink.sent, sink.skipped) == (3, 2)
+        slot, meta, view = rings["c"].get(timeout=0)
+        blob = pickle.loads(rings["c"].aux(slot))
+        assert meta.frame_index == 0 and (view == 7).all()
+        assert blob["frame_index"] == 0 and blob["density"].shape == (8, 12)
+        rings["c"].release(slot)
+        sink.close()
+    finally:
+        assert segs.unlink_all() == []

@@ -1,4 +1,5 @@
-"""The supervisor with real processes: crashes are restarted, signals drain, /dev/shm stays clean."""
+"""The supervisor with real processes: crashes are restarted (the recorder and the embedded Redis
+too), signals drain, nothing outlives a killed supervisor, /dev/shm stays clean."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ import threading
 import time
 from pathlib import Path
 
-from test_pipeline import REPO, leftover_segments, make_clip, read_jsonl, write_config
+import pytest
+from test_pipeline import (
+    REPO,
+    ShmWatch,
+    leftover_segments,
+    make_clip,
+    process_tree,
+    read_jsonl,
+    write_config,
+)
 
 
 class RunningCli:
@@ -145,7 +155,7 @@ def _wait_forever(flag) -> None:
 def test_stop_flag_set_does_not_hang_on_a_killed_waiter() -> None:
     import multiprocessing as mp
 
-    from pipeline.stages.common import StopFlag
+    from pipeline.process import StopFlag
 
     ctx = mp.get_context("spawn")
     flag = StopFlag(ctx)
@@ -163,3 +173,134 @@ def test_stop_flag_set_does_not_hang_on_a_killed_waiter() -> None:
     live.start()
     live.join(30)
     assert live.exitcode == 0
+
+
+def _decoded_frames(path: Path) -> int:
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def test_killed_recorder_is_restarted_by_the_supervisor(tmp_path: Path) -> None:
+    """The recorder is a child like any stage: SIGKILLed, it is restarted with the backoff and
+    recording resumes; every segment any process of the run maps is under the run prefix."""
+    make_clip(tmp_path / "a.mp4", 50)
+    cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "loop": True,
+                                        "realtime": True,
+                                        "recording": {"enabled": True, "segment_s": 1.0}}},
+                       runtime={"restart_backoff_s": 0.2})
+    run = RunningCli(cfg)
+    try:
+        with ShmWatch(run.proc.pid) as shm:
+            run.wait_for(r"spawned stage=ingest:a")
+            _wait_results(tmp_path / "run" / "counts.jsonl", 5)
+            os.kill(run.pid_of("recorder"), signal.SIGKILL)
+            run.wait_for(r"stage crashed stage=recorder")
+            run.wait_for(r"restarting stage=recorder")
+            run.wait_for(r"spawned stage=recorder pid=\d+[\s\S]*spawned stage=recorder pid=\d+")
+            time.sleep(2.5)  # more than a segment recorded by the new process
+        prefix = f"cs_{run.proc.pid}_"
+        assert shm.seen and not shm.outside(prefix), shm.seen
+        assert any(n.startswith(prefix) and "rec" in n for n in shm.seen), shm.seen
+        run.proc.send_signal(signal.SIGTERM)
+        rc = run.finish(60)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert rc == 0, run.text()[-3000:]
+    assert run.pid_of("recorder", after=1) != run.pid_of("recorder")
+    assert "restarts 1" in run.text()
+    files = sorted((tmp_path / "run" / "recordings").rglob("*.mp4"))
+    assert len(files) >= 2 and not list((tmp_path / "run").rglob("*.part"))
+    assert all(_decoded_frames(f) > 0 for f in files)
+    assert not leftover_segments(run.proc.pid)
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for a reaper counts as gone: it runs nothing, maps nothing)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_nothing_outlives_a_sigkilled_supervisor(tmp_path: Path) -> None:
+    """SIGKILL the supervisor of a run with the embedded Redis and the recorder: every stage, the
+    recorder, valkey-server and its watchdog end by themselves, and /dev/shm is emptied."""
+    from pipeline.redis_embedded import find_running
+
+    make_clip(tmp_path / "a.mp4", 50)
+    cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "loop": True,
+                                        "realtime": True,
+                                        "recording": {"enabled": True, "segment_s": 1.0}}},
+                       redis={"enabled": True, "heatmap_every_s": 5.0})
+    run = RunningCli(cfg)
+    try:
+        run.wait_for(r"spawned stage=ingest:a")
+        _wait_results(tmp_path / "run" / "counts.jsonl", 5)
+        url = find_running(tmp_path / "run" / "redis")
+        assert url, run.text()[-3000:]
+        info = (tmp_path / "run" / "redis" / "server.json").read_text()
+        server_pid = int(re.search(r'"pid": (\d+)', info).group(1))
+        pids = set(process_tree(run.proc.pid)) | {server_pid}
+        names = {Path(f"/proc/{p}/comm").read_text().strip() for p in pids if not _gone(p)}
+        assert {"cs-recorder", "cs-post", "cs-ingest-a", "valkey-server"} <= names, names
+        os.kill(run.proc.pid, signal.SIGKILL)
+        run.proc.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(_gone(p) for p in pids):
+            time.sleep(0.2)
+        left = {p: Path(f"/proc/{p}/comm").read_text().strip() for p in pids if not _gone(p)}
+        assert not left, f"still running after the supervisor died: {left}"
+        while time.monotonic() < deadline and leftover_segments(run.proc.pid):
+            time.sleep(0.2)  # the resource tracker unlinks once the last child is gone
+        assert not leftover_segments(run.proc.pid)
+        assert find_running(tmp_path / "run" / "redis") is None
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+
+
+@pytest.mark.timeout(180)
+def test_killed_embedded_redis_is_restarted_with_its_data(tmp_path: Path) -> None:
+    """SIGKILL the embedded valkey-server mid-run: the supervisor restarts it on the same port and
+    data directory, the stream written before the kill is still there, and counting goes on."""
+    import redis as redis_py
+
+    from pipeline.redis_embedded import find_running
+    from pipeline.redis_keys import RedisKeys
+
+    make_clip(tmp_path / "a.mp4", 50)
+    cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "loop": True,
+                                        "realtime": True}},
+                       redis={"enabled": True, "heatmap_every_s": 5.0},
+                       runtime={"restart_backoff_s": 0.2})
+    run = RunningCli(cfg)
+    data = tmp_path / "run" / "redis"
+    try:
+        _wait_results(tmp_path / "run" / "counts.jsonl", 10)
+        url = find_running(data)
+        assert url, run.text()[-3000:]
+        time.sleep(1.5)  # the append-only file is synced every second
+        r = redis_py.Redis.from_url(url)
+        key = RedisKeys("crowdstream").counts("a")
+        before = r.xlen(key)
+        first = r.xrange(key, count=1)[0][0]
+        os.kill(run.pid_of("redis"), signal.SIGKILL)
+        run.wait_for(r"stage crashed stage=redis")
+        run.wait_for(r"spawned stage=redis pid=\d+[\s\S]*spawned stage=redis pid=\d+")
+        assert find_running(data) == url  # same address: publishers reconnect to it
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and r.xlen(key) <= before:
+            time.sleep(0.2)
+        assert r.xlen(key) > before  # new entries arriving
+        assert r.xrange(key, count=1)[0][0] == first  # the ones before the kill are kept
+        r.close()
+        run.proc.send_signal(signal.SIGTERM)
+        rc = run.finish(60)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert rc == 0, run.text()[-3000:]
+    assert find_running(data) is None  # stopped last, with the run

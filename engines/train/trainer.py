@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from torch import nn
 
 from engines.log import get_logger
 from engines.modelcard import Figure, ModelCard
+from engines.progress import Progress
 from engines.train.config import DatasetSource, OptimConfig, ResizeConfig, TrainConfig
 from engines.train.datasets import (
     Sample,
@@ -222,52 +222,6 @@ class SourceSplit:
     val: list[Sample]
 
 
-class Progress:
-    """A one-line progress bar on stderr (plain log lines when stderr is not a terminal)."""
-
-    def __init__(self, total_epochs: int, steps: int, every_s: float = 1.0) -> None:
-        self.total_epochs, self.steps, self.every_s = total_epochs, steps, every_s
-        self.tty = sys.stderr.isatty()
-        if not self.tty:  # log lines, not a redrawn bar: fewer of them
-            self.every_s = max(every_s, 20.0)
-        self.last = 0.0
-        self.epoch_start = time.monotonic()
-        self.epoch_secs: list[float] = []
-
-    def start_epoch(self) -> None:
-        self.epoch_start = time.monotonic()
-
-    def update(self, epoch: int, step: int, loss: float, mae: float, lr: float) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every_s and step < self.steps:
-            return
-        self.last = now
-        done = now - self.epoch_start
-        per_step = done / max(step, 1)
-        eta_epoch = per_step * (self.steps - step)
-        per_epoch = float(np.mean(self.epoch_secs)) if self.epoch_secs else per_step * self.steps
-        eta_all = eta_epoch + per_epoch * (self.total_epochs - epoch)
-        bar = "#" * int(20 * step / self.steps)
-        line = (f"epoch {epoch}/{self.total_epochs} [{bar:<20}] {step}/{self.steps} "
-                f"loss {loss:.3f} mae {mae:.2f} lr {lr:.2e} eta {_hms(eta_epoch)} "
-                f"total {_hms(eta_all)}")
-        if self.tty:
-            sys.stderr.write("\r" + line + "\033[K")
-            if step >= self.steps:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-        else:
-            log.info("progress", line=line)
-
-    def end_epoch(self) -> None:
-        self.epoch_secs.append(time.monotonic() - self.epoch_start)
-
-
-def _hms(s: float) -> str:
-    s = int(max(s, 0))
-    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 class Trainer:
     """Train a CLIP-EBC model as ``cfg`` describes; see the module docstring for outputs."""
 
@@ -421,9 +375,9 @@ class Trainer:
 
         n_views = o.views_per_epoch or len(train) * o.crops_per_image
         steps = max(1, n_views // o.batch_size)  # drop the ragged last batch (BN stability)
-        progress = Progress(o.epochs, steps)
+        progress = Progress(total=(o.epochs - start_epoch + 1) * steps, every_s=1.0,
+                            enabled=not self.quiet)
         for epoch in range(start_epoch, o.epochs + 1):
-            progress.start_epoch()
             t0 = time.monotonic()
             if len(sizes) == 1:
                 order = epoch_order(len(train) * o.crops_per_image, n_views, cfg.seed, epoch)
@@ -454,10 +408,10 @@ class Trainer:
                 for k, v in parts.items():
                     sums[k] += v
                 sums["mae"] += mae
-                if not self.quiet:
-                    progress.update(epoch, step + 1, sums["loss"] / (step + 1),
-                                    sums["mae"] / (step + 1), lr)
-            progress.end_epoch()
+                progress.update(done=(epoch - start_epoch) * steps + step + 1,
+                                label=f"epoch {epoch}/{o.epochs}",
+                                info=f"step {step + 1}/{steps} loss {sums['loss'] / (step + 1):.3f} "
+                                     f"mae {sums['mae'] / (step + 1):.2f} lr {lr:.2e}")
             row: dict[str, Any] = {"epoch": epoch, "lr": lr}
             row.update({k: v / steps for k, v in sums.items()})
             row["train_mae"] = row.pop("mae")
@@ -501,6 +455,7 @@ class Trainer:
             if cfg.time_limit_min and elapsed_min + per_epoch_min > cfg.time_limit_min:
                 log.info("time limit", elapsed_min=round(elapsed_min, 1), epoch=epoch)
                 break
+        progress.close()
         return {"epochs": history[-1]["epoch"] if history else 0, "best_val_mae": best["val_mae"],
                 "best_val_rmse": best["val_rmse"], "best_epoch": best["epoch"],
                 "out_dir": str(self.out), "history": history}

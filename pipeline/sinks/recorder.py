@@ -1,41 +1,52 @@
 """Overlay recording: H.264 MP4 segments with the heatmap, count, zones and active alerts drawn.
 
-The sink (``RecordingSink``, in the post process) only copies each frame into a free slot of a
-small per-camera shared-memory ring and sends the slot number plus the overlay data (count, zone
-counts, the small density map, active alerts) to a separate recorder process. When every slot is
-busy (the encoder is behind) the frame is skipped and counted: recording never slows counting.
+The sink (``RecordingSink``, in the post process) only copies each frame into a free slot of its
+camera's recorder ring (a ``FrameRing`` the supervisor made under the run prefix) together with
+the overlay data (count, zone counts, the small density map, active alerts) as the slot's aux
+blob. When every slot is busy (the encoder is behind) the frame is skipped and counted: recording
+never slows counting.
 
-The recorder process draws the overlay and encodes with libx264 (yuv420p, ``+faststart`` so
-browsers start playing before the whole file is loaded) into segments of ``segment_s`` seconds
-named ``<dir>/<camera>/<camera>-<UTC start>-<frame>.mp4`` (written as ``.part``, renamed when
-complete), and applies retention by age and by total size after each segment.
+The recorder process (``recorder_main``, a child the supervisor spawns, watches and restarts like
+any stage) draws the overlay and encodes with libx264 (yuv420p, ``+faststart`` so browsers start
+playing before the whole file is loaded) into segments of ``segment_s`` seconds named
+``<dir>/<camera>/<camera>-<UTC start>-<frame>.mp4`` (written as ``.part``, renamed when complete),
+and applies retention by age and by total size after each segment. On its stop flag it records
+what is still queued, closes the open segments and exits.
 
-Example::
+Example (what the supervisor does)::
 
-    sink = RecordingSink(cfg.cameras, run_dir=cfg.run_dir, active_alerts=alert_sink.active)
-    sink.open()          # starts the recorder process
-    sink.write(result)   # result.frame must be set (wants_frames = True)
-    sink.close()         # finishes the open segments
+    rings = recorder_rings(segments, cfg, {"lobby": (720, 1280)}, block=8)
+    spawn_child(ctx, ChildSpec("recorder", RECORDER_TARGET, stop),
+                RecorderArgs(cfg, {c: r.handle() for c, r in rings.items()}, stop))
+    sink = RecordingSink(cfg.cameras, rings={c: r.handle() ...}, active_alerts=alerts.active)
+    sink.open(); sink.write(result); sink.close()       # in the post process
 """
 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
-import queue
+import pickle
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict
-from multiprocessing import shared_memory
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engines.log import get_logger
-from pipeline.config import CameraConfig, RecordingConfig, ZoneConfig
+from pipeline.config import AppConfig, CameraConfig, RecordingConfig, ZoneConfig
+from pipeline.events import EndOfStream
+from pipeline.process import StopFlag
 from pipeline.results import FrameResult
+from pipeline.shm import FrameMeta, FrameRing, FrameRingHandle
+
+if TYPE_CHECKING:
+    from pipeline.shm import RunSegments
+
+RECORDER_TARGET = "pipeline.sinks.recorder:recorder_main"
+OVERLAY_EXTRA_BYTES = 64 * 1024  # room for the overlay data besides the density map
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 RESTART_BACKOFF_S = 5.0  # a crashed recorder process is restarted at most this often
@@ -217,207 +228,200 @@ def _downscale(frame: np.ndarray, max_width: int) -> np.ndarray:
     return frame
 
 
-def recorder_main(cameras: dict[str, dict[str, Any]], inq: Any, freeq: Any) -> None:
-    """The recorder process: attach rings, draw, encode, hand slots back, until ``None``."""
-    from pipeline.config import RecordingConfig, ZoneConfig
+def recording_dir(cfg: AppConfig, camera: str) -> Path:
+    """Where a camera's segments go: ``recording.dir`` or ``<run_dir>/recordings``."""
+    rc = cfg.cameras[camera].recording
+    return Path(rc.dir) if rc.dir else Path(cfg.run_dir) / "recordings"
 
-    log = get_logger("recorder")
-    rings: dict[str, tuple[int, shared_memory.SharedMemory]] = {}
-    writers: dict[str, SegmentWriter] = {}
-    heat_scale: dict[str, float] = {}
-    cfgs = {c: RecordingConfig(**d["recording"]) for c, d in cameras.items()}
-    zones = {c: [ZoneConfig(**z) for z in d["zones"]] for c, d in cameras.items()}
-    try:
-        while True:
-            msg = inq.get()
-            if msg is None:
-                break
-            kind, cam = msg[0], msg[1]
-            if kind == "ring":
-                _, _, gen, name = msg
-                old = rings.pop(cam, None)
-                if old:
-                    old[1].close()
-                try:
-                    shm = shared_memory.SharedMemory(name=name)
-                except FileNotFoundError:  # already replaced by a larger ring; that one follows
-                    continue
-                rings[cam] = (gen, shm)
-                continue
-            _, _, gen, slot, offset, shape, meta = msg
-            ring = rings.get(cam)
-            if ring is None or ring[0] != gen:
-                freeq.put((cam, gen, slot))
-                continue
-            frame = np.ndarray(shape, np.uint8, buffer=ring[1].buf, offset=offset).copy()
-            freeq.put((cam, gen, slot))  # the slot is free as soon as the frame is copied out
-            rc = cfgs[cam]
-            frame = _downscale(frame, rc.max_width)
-            dens = meta["density"]
-            peak = float(dens.max()) if dens is not None and dens.size else 0.0
-            heat_scale[cam] = max(heat_scale.get(cam, 0.0) * 0.995, peak, 1e-6)
-            draw_overlay(frame, dens, meta["count"], cam, meta["capture_ts"], zones[cam],
-                         meta["zone_counts"], meta["zone_density_m2"], meta["alerts"],
-                         rc.heatmap_opacity, heat_scale[cam], rc.draw_density_m2)
-            base = Path(cameras[cam]["dir"])
-            wr = writers.get(cam)
-            if wr is None:
-                wr = writers[cam] = SegmentWriter(cam, rc, base)
-            try:
-                wr.write(frame, meta["t"], meta["capture_ts"], meta["frame_index"])
-            except Exception as e:  # noqa: BLE001 - a bad segment must not end the recorder
-                log.error("encode failed, starting a new segment", camera=cam,
-                          error=f"{type(e).__name__}: {e}")
-                wr._container = None
-    finally:
-        for wr in writers.values():
+
+def overlay_aux_bytes(height: int, width: int, block: int) -> int:
+    """Aux room per recorder slot: a float32 density map of a (height, width) frame at ``block``
+    pixels per cell, plus the rest of the overlay data."""
+    cells = (-(-height // block) + 1) * (-(-width // block) + 1)
+    return cells * 4 + OVERLAY_EXTRA_BYTES
+
+
+def recorder_rings(segments: RunSegments, cfg: AppConfig, sizes: dict[str, tuple[int, int]],
+                   block: int) -> dict[str, FrameRing]:
+    """One lossless ring per recorded camera (``sizes``: camera -> largest (height, width)),
+    ``recording.queue_slots`` slots each, made under the run's prefix."""
+    rings = {}
+    for i, (cam, (h, w)) in enumerate(sizes.items()):
+        rc = cfg.cameras[cam].recording
+        rings[cam] = segments.frame_ring(f"rec{i}", max(2, rc.queue_slots), h, w, "lossless",
+                                         overlay_aux_bytes(h, w, block))
+    return rings
+
+
+@dataclass
+class RecorderArgs:
+    """Spawn arguments of the recorder process."""
+
+    cfg: AppConfig
+    rings: dict[str, FrameRingHandle]  # recorded camera -> its ring
+    stop: StopFlag  # set after the post stage stopped: record what is queued, then exit
+
+
+class _Recorder:
+    """The recorder process's state: a segment writer and a heat scale per camera."""
+
+    def __init__(self, cfg: AppConfig) -> None:
+        self.cfg = cfg
+        self.log = get_logger("recorder")
+        self.writers: dict[str, SegmentWriter] = {}
+        self.heat_scale: dict[str, float] = {}
+
+    def record(self, cam: str, frame: np.ndarray, meta: dict[str, Any]) -> None:
+        rc: RecordingConfig = self.cfg.cameras[cam].recording
+        zones: list[ZoneConfig] = list(self.cfg.cameras[cam].zones)
+        frame = _downscale(frame, rc.max_width)
+        dens = meta["density"]
+        peak = float(dens.max()) if dens is not None and dens.size else 0.0
+        self.heat_scale[cam] = max(self.heat_scale.get(cam, 0.0) * 0.995, peak, 1e-6)
+        draw_overlay(frame, dens, meta["count"], cam, meta["capture_ts"], zones,
+                     meta["zone_counts"], meta["zone_density_m2"], meta["alerts"],
+                     rc.heatmap_opacity, self.heat_scale[cam], rc.draw_density_m2)
+        wr = self.writers.get(cam)
+        if wr is None:
+            wr = self.writers[cam] = SegmentWriter(cam, rc, recording_dir(self.cfg, cam))
+        try:
+            wr.write(frame, meta["t"], meta["capture_ts"], meta["frame_index"])
+        except Exception as e:  # noqa: BLE001 - a bad segment must not end the recorder
+            self.log.error("encode failed, starting a new segment", camera=cam,
+                           error=f"{type(e).__name__}: {e}")
+            wr._container = None
+
+    def close(self) -> None:
+        for wr in self.writers.values():
             try:
                 wr.close_segment()
             except Exception as e:  # noqa: BLE001
-                log.error("closing segment failed", camera=wr.camera, error=str(e))
-        for _, shm in rings.values():
-            shm.close()
+                self.log.error("closing segment failed", camera=wr.camera, error=str(e))
 
 
-class _Ring:
-    """The post-process side of one camera's shared-memory frame slots."""
+def _take(ring: FrameRing, timeout: float) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """The next queued frame (a copy) and its overlay data; the slot is given back at once."""
+    item = ring.get(timeout=timeout)
+    if item is None or isinstance(item, EndOfStream):
+        return None
+    slot, _, view = item
+    try:
+        frame, blob = view.copy(), ring.aux(slot)
+    finally:
+        ring.release(slot)
+    return frame, pickle.loads(blob)
 
-    def __init__(self, gen: int, slots: int, slot_bytes: int) -> None:
-        self.gen = gen
-        self.slot_bytes = slot_bytes
-        self.shm = shared_memory.SharedMemory(create=True, size=slots * slot_bytes)
-        self.free = list(range(slots))
 
-    def close(self) -> None:
-        self.shm.close()
-        try:
-            self.shm.unlink()
-        except FileNotFoundError:
-            pass
+def recorder_main(args: RecorderArgs) -> None:
+    """Process target: record every camera's ring until the stop flag, then drain and finish."""
+    log = get_logger("recorder")
+    rings = {cam: FrameRing.attach(h) for cam, h in args.rings.items()}
+    rec = _Recorder(args.cfg)
+    log.info("started", cameras=",".join(rings))
+    wait = 0.1 if len(rings) == 1 else 0.0  # several rings: poll them in turn
+    try:
+        while True:
+            stopping = args.stop.is_set()  # read before the pass: what it finds is drained
+            got = 0
+            for cam, ring in rings.items():
+                item = _take(ring, 0.0 if stopping else wait)
+                if item is not None:
+                    rec.record(cam, *item)
+                    got += 1
+            if stopping and not got:
+                break
+            if not got and wait == 0.0:
+                time.sleep(0.005)
+    finally:
+        rec.close()
+        for ring in rings.values():
+            ring.close()
+        log.info("stopped")
 
 
 class RecordingSink:
-    """Last output sink: feeds the recorder process (see the module docstring)."""
+    """Last output sink: feeds the recorder process through its rings (see the module docstring).
+
+    ``rings``: camera -> recorder ring handle (from ``StageArgs.recorder_rings``); a recorded
+    camera without one is not recorded (said once at ``open``).
+    """
 
     wants_frames = True
 
-    def __init__(self, cameras: dict[str, CameraConfig], run_dir: str = "runs/default",
+    def __init__(self, cameras: dict[str, CameraConfig],
+                 rings: dict[str, FrameRingHandle] | None = None,
                  active_alerts: Callable[[str], list[dict[str, Any]]] | None = None) -> None:
         self.cams = {n: c for n, c in cameras.items() if c.recording.enabled}
-        self.run_dir = run_dir
+        self._handles = dict(rings or {})
         self._active = active_alerts
-        self._rings: dict[str, _Ring] = {}
-        self._gen = 0
+        self._rings: dict[str, FrameRing] = {}
         self._last_t: dict[str, float] = {}
-        self._proc: Any = None
-        self._inq: Any = None
-        self._freeq: Any = None
-        self._warned: set[str] = set()
+        self._warned: set[tuple[str, str]] = set()
         self.sent = 0
         self.skipped = 0  # frames not recorded because the recorder was behind (or restarting)
-        self.restarts = 0
-        self._started_at = 0.0
         self.log = get_logger("recorder")
 
-    def dir_for(self, camera: str) -> Path:
-        rc = self.cams[camera].recording
-        return Path(rc.dir) if rc.dir else Path(self.run_dir) / "recordings"
-
     def open(self) -> None:
-        if self.cams:
-            self._start()
+        missing = [c for c in self.cams if c not in self._handles]
+        if missing:
+            self.log.warning("no recorder ring: not recording", cameras=",".join(missing))
+        self._rings = {c: FrameRing.attach(h) for c, h in self._handles.items() if c in self.cams}
 
-    def _start(self) -> None:
-        # fresh queues and rings: a process killed mid-get can leave a queue's lock held
-        for ring in self._rings.values():
-            ring.close()
-        self._rings.clear()
-        self._started_at = time.monotonic()
-        ctx = mp.get_context("spawn")
-        self._inq = ctx.Queue(maxsize=64)
-        self._freeq = ctx.Queue()
-        spec = {n: {"recording": asdict(c.recording), "dir": str(self.dir_for(n)),
-                    "zones": [asdict(z) for z in c.zones]} for n, c in self.cams.items()}
-        self._proc = ctx.Process(target=recorder_main, args=(spec, self._inq, self._freeq),
-                                 name="crowdstream-recorder", daemon=True)
-        self._proc.start()
-        self.log.info("recorder started", pid=self._proc.pid, cameras=",".join(self.cams))
+    def _warn_once(self, cam: str, event: str, **fields: Any) -> None:
+        if (cam, event) not in self._warned:
+            self._warned.add((cam, event))
+            self.log.warning(event, camera=cam, **fields)
 
-    def _reclaim(self) -> None:
-        while True:
-            try:
-                cam, gen, slot = self._freeq.get_nowait()
-            except queue.Empty:
-                return
-            ring = self._rings.get(cam)
-            if ring is not None and ring.gen == gen:
-                ring.free.append(slot)
+    def _overlay(self, cam: str, result: FrameResult, t: float, room: int) -> bytes:
+        meta = {"t": float(t), "capture_ts": result.capture_ts, "frame_index": result.frame_index,
+                "count": result.count, "density": np.asarray(result.density, np.float32),
+                "zone_counts": dict(result.zone_counts),
+                "zone_density_m2": dict(result.zone_density_m2),
+                "alerts": self._active(cam) if self._active else []}
+        blob = pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(blob) > room:  # a density map larger than planned: record without the heatmap
+            self._warn_once(cam, "density map too large for the recorder ring; no heatmap",
+                            bytes=len(blob), room=room)
+            blob = pickle.dumps({**meta, "density": None}, protocol=pickle.HIGHEST_PROTOCOL)
+        return blob
 
     def write(self, result: FrameResult) -> None:
         cam = result.camera
-        if cam not in self.cams or self._proc is None:
+        ring = self._rings.get(cam)
+        if ring is None:
             return
         if result.frame is None:
-            if cam not in self._warned:
-                self._warned.add(cam)
-                self.log.warning("no frame in result; recording needs wants_frames", camera=cam)
+            self._warn_once(cam, "no frame in result; recording needs wants_frames")
             return
         rc = self.cams[cam].recording
         t = result.pts if result.pts is not None else result.capture_ts
         last = self._last_t.get(cam)
         if rc.fps and last is not None and 0 <= t - last < 1.0 / rc.fps:
             return
-        if not self._proc.is_alive():
-            now = time.monotonic()
-            if now - self._started_at < RESTART_BACKOFF_S:
-                self.skipped += 1
-                return
-            self.restarts += 1
-            self.log.error("recorder process exited, restarting", exitcode=self._proc.exitcode,
-                           restarts=self.restarts)
-            self._start()
-        self._reclaim()
-        frame = np.ascontiguousarray(result.frame, dtype=np.uint8)
-        ring = self._rings.get(cam)
-        if ring is None or frame.nbytes > ring.slot_bytes:
-            if ring is not None:
-                ring.close()  # the recorder keeps its own mapping until it re-attaches
-            self._gen += 1
-            ring = self._rings[cam] = _Ring(self._gen, rc.queue_slots, frame.nbytes)
-            self._inq.put(("ring", cam, ring.gen, ring.shm.name))
-        if not ring.free:
-            self.skipped += 1
-            return
-        slot = ring.free.pop()
-        offset = slot * ring.slot_bytes
-        np.ndarray(frame.shape, np.uint8, buffer=ring.shm.buf, offset=offset)[:] = frame
-        meta = {"t": float(t), "capture_ts": result.capture_ts, "frame_index": result.frame_index,
-                "count": result.count, "density": np.asarray(result.density, np.float32),
-                "zone_counts": dict(result.zone_counts),
-                "zone_density_m2": dict(result.zone_density_m2),
-                "alerts": self._active(cam) if self._active else []}
+        h, w = result.frame.shape[:2]
         try:
-            self._inq.put_nowait(("frame", cam, ring.gen, slot, offset, frame.shape, meta))
-        except queue.Full:
-            ring.free.append(slot)
+            got = ring.reserve(h, w, timeout=0)
+        except ValueError as e:  # larger than the camera's planned size
+            self.skipped += 1
+            self._warn_once(cam, "frame does not fit the recorder ring; skipped", error=str(e))
+            return
+        if got is None:
             self.skipped += 1
             return
+        slot, view = got
+        try:
+            np.copyto(view, result.frame)
+            blob = self._overlay(cam, result, t, ring.aux_capacity)
+        except BaseException:
+            ring.abort(slot)
+            raise
+        ring.commit(slot, FrameMeta(cam, result.frame_index, result.pts, result.capture_ts, h, w),
+                    blob)
         self._last_t[cam] = t
         self.sent += 1
 
-    def close(self, timeout: float = 30.0) -> None:
-        if self._proc is None:
-            return
-        try:
-            self._inq.put(None, timeout=timeout)
-        except queue.Full:
-            pass
-        self._proc.join(timeout)
-        if self._proc.is_alive():
-            self.log.error("recorder did not finish in time; terminating", timeout_s=timeout)
-            self._proc.terminate()
-            self._proc.join(5)
-        self._proc = None
+    def close(self) -> None:
+        """Detach; the recorder process finishes the segments when the supervisor stops it."""
         for ring in self._rings.values():
             ring.close()
         self._rings.clear()

@@ -197,13 +197,9 @@ class RedisSink:
 
     # ------------------------------------------------------------------ sink API
     def open(self) -> None:
-        if self.url is None:
-            from pathlib import Path
-
-            from pipeline.redis_embedded import ensure_embedded
-
-            data_dir = Path(self._run_dir or "runs/default") / "redis"
-            self.url, self._embedded = ensure_embedded(data_dir, self.cfg.embedded_port)
+        if self.url is None:  # the embedded server is the supervisor's service, never ours
+            raise RuntimeError("the Redis sink has no URL: set redis.url, or run under "
+                               "'crowdstream run', which starts the embedded server")
         self._client = connect(self.url, self.cfg)
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="redis-publisher", daemon=True)

@@ -7,7 +7,8 @@ queued batch in place: tiles are read from and density maps written to shared me
 
 Example (what the supervisor does)::
 
-    ctx.Process(target=pipeline.stages.inference.main, args=(stage_args, info_q, pool_ready))
+    spawn_child(ctx, ChildSpec("inference", "pipeline.stages.inference:main", stop),
+                stage_args, choice, info_q, pool_ready)
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 from engines.log import get_logger
 from engines.yamlconfig import ConfigError
 from pipeline.config import AppConfig, ModelConfig
-from pipeline.stages.common import StageArgs, enter_stage, orphaned
+from pipeline.process import StopFlag
+from pipeline.stages.common import StageArgs
 
 
 @dataclass(frozen=True)
@@ -116,9 +118,8 @@ def engine_info(engine: Any) -> dict[str, Any]:
             "description": dict(engine.description)}
 
 
-def main(args: StageArgs, choice: ModelChoice, info_q: Any, pool_ready: Any) -> None:
-    """Process entry point: load, report, then run batches until stopped."""
-    enter_stage(args)
+def main(args: StageArgs, choice: ModelChoice, info_q: Any, pool_ready: StopFlag) -> None:
+    """Process target: load, report, then run batches until stopped."""
     log = get_logger("inference")
     if args.cfg.runtime.torch_threads:
         import torch
@@ -143,7 +144,7 @@ def main(args: StageArgs, choice: ModelChoice, info_q: Any, pool_ready: Any) -> 
              backend=engine.description.get("backend"), device=engine.description.get("device"))
     log.info("model", **describe_model(choice))
     while not pool_ready.wait(0.2):
-        if args.stop.is_set() or orphaned(args):
+        if args.stop.is_set():
             return
     from pipeline.shm import BatchPool
 
@@ -152,7 +153,7 @@ def main(args: StageArgs, choice: ModelChoice, info_q: Any, pool_ready: Any) -> 
         raise RuntimeError(f"batch pool {pool.window} x {pool.max_batch} does not fit engine "
                            f"{engine.window} x {engine.max_batch}")
     try:
-        while not args.stop.is_set() and not orphaned(args):
+        while not args.stop.is_set():
             slot = pool.take_infer(timeout=0.2)
             if slot is None:
                 continue

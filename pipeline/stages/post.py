@@ -8,7 +8,8 @@ and counted as lost when the camera's next frame shows up.
 
 Example (what the supervisor does)::
 
-    ctx.Process(target=pipeline.stages.post.main, args=(stage_args, engine_id, status_q))
+    spawn_child(ctx, ChildSpec("post", "pipeline.stages.post:main", stop), stage_args,
+                engine_id, status_q)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pipeline.events import CameraStatus
 from pipeline.results import FrameResult, Sink
 from pipeline.shm import BatchPool, FrameRing
 from pipeline.smoothing import Smoother
-from pipeline.stages.common import StageArgs, enter_stage, orphaned
+from pipeline.stages.common import StageArgs
 
 
 @dataclass
@@ -90,7 +91,7 @@ class PostProcessor:
         p = self.pending[cam]
         if p is not None:
             self.rings[cam].release(p.fslot)
-            self.rings[cam].record_lost()
+            self.rings[cam].counters.record_lost()
             self.log.warning("frame lost", camera=self.cameras[cam], frame_index=p.frame_index,
                              reason="incomplete tiles")
             self.pending[cam] = None
@@ -158,7 +159,7 @@ class PostProcessor:
                     self.log.error("sink failed", camera=result.camera, sink=type(sink).__name__,
                                    error=f"{type(e).__name__}: {e}", times=self.sink_errors[i])
         result.frame = None
-        ring.record_result(time.time() - p.capture_ts, p.frame_index)
+        ring.counters.record_result(time.time() - p.capture_ts, p.frame_index)
         ring.release(p.fslot)
 
     def status(self, st: CameraStatus) -> None:
@@ -174,14 +175,13 @@ class PostProcessor:
 
 
 def main(args: StageArgs, engine_id: str, status_q: Any) -> None:
-    """Process entry point (spawned by the supervisor)."""
-    enter_stage(args)
+    """Process target (spawned by the supervisor through ``spawn_child``)."""
     log = get_logger("post")
     from pipeline.sinks import build_sinks
 
     rings = [FrameRing.attach(h) for h in args.rings]
     pool = BatchPool.attach(args.pool)
-    sinks = build_sinks(args.cfg)
+    sinks = build_sinks(args.cfg, redis_url=args.redis_url, recorder_rings=args.recorder_rings)
     opened: list[Sink] = []
     try:
         for s in sinks:
@@ -189,7 +189,7 @@ def main(args: StageArgs, engine_id: str, status_q: Any) -> None:
             opened.append(s)
         post = PostProcessor(args.cfg, args.cameras, rings, pool, opened, engine_id)
         log.info("started", sinks=",".join(type(s).__name__ for s in opened) or "none")
-        while not args.stop.is_set() and not orphaned(args):
+        while not args.stop.is_set():
             while True:
                 try:
                     post.status(status_q.get_nowait())

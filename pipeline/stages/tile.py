@@ -7,7 +7,7 @@ frames are waiting. Never imports torch: this process stays free of CUDA.
 
 Example (what the supervisor does)::
 
-    ctx.Process(target=pipeline.stages.tile.main, args=(stage_args,)).start()
+    spawn_child(ctx, ChildSpec("tile", "pipeline.stages.tile:main", stop), stage_args)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from engines.log import get_logger
 from engines.tiling import TileLayout
 from pipeline.events import EndOfStream
 from pipeline.shm import BatchPool, FrameMeta, FrameRing
-from pipeline.stages.common import StageArgs, enter_stage, orphaned
+from pipeline.stages.common import StageArgs
 
 
 class Tiler:
@@ -94,8 +94,7 @@ class Tiler:
 
 
 def main(args: StageArgs) -> None:
-    """Process entry point (spawned by the supervisor)."""
-    enter_stage(args)
+    """Process target (spawned by the supervisor through ``spawn_child``)."""
     log = get_logger("tile")
     rings = [FrameRing.attach(h) for h in args.rings]
     pool = BatchPool.attach(args.pool)
@@ -105,7 +104,7 @@ def main(args: StageArgs) -> None:
              batch=pool.max_batch)
     rr = 0
     try:
-        while not args.stop.is_set() and not orphaned(args):
+        while not args.stop.is_set():
             if not open_cams:
                 tiler.flush()
                 time.sleep(0.05)
@@ -123,13 +122,13 @@ def main(args: StageArgs) -> None:
                 if item is None:
                     continue
                 if isinstance(item, EndOfStream):
-                    ring.set_eos_seen()
+                    ring.counters.set_eos_seen()
                     open_cams.discard(c)
                     tiler.flush()
                     log.info("end of stream", camera=args.cameras[c], reason=item.reason)
                     continue
                 fslot, meta, frame = item
-                seq = ring.next_seq()
+                seq = ring.counters.next_seq()
                 if not tiler.add(c, fslot, seq, meta, frame):
                     break
                 ring.mark_posted(fslot)
