@@ -12,6 +12,7 @@ import pytest
 from _outputs_helpers import make_result
 
 from pipeline.config import RedisConfig
+from pipeline.events import CameraStatus
 from pipeline.redis_embedded import EmbeddedRedis
 from pipeline.schema import validate
 from pipeline.sinks.redis_sink import RedisSink
@@ -31,9 +32,9 @@ sys.exit(rc)
 def published(tmp_path_factory: pytest.TempPathFactory):
     srv = EmbeddedRedis(tmp_path_factory.mktemp("watch") / "redis")
     srv.start()
-    sink = RedisSink(RedisConfig(url=srv.url, namespace="w", heatmap_every_s=3600))
+    sink = RedisSink(RedisConfig(url=srv.url, namespace="w", heatmap_every_s=3600), srv.url)
     sink.open()
-    sink.write_status("hall", "online", "first frame", time.time())
+    sink.write_status(CameraStatus("hall", "online", "first frame", time.time()))
     for i in range(6):
         r = make_result("hall", i)
         r.zone_counts = {"stage": 1.5}
@@ -87,7 +88,7 @@ def test_watch_finds_the_runs_embedded_server_from_the_config(tmp_path: Path) ->
     p = _watch("door", "--config", str(cfg_file))
     assert p.returncode == 1 and "no embedded server running under" in p.stderr
     with EmbeddedRedis(tmp_path / "run" / "redis") as srv:  # what `crowdstream run` starts
-        sink = RedisSink(RedisConfig(url=srv.url, namespace="cfgns"))
+        sink = RedisSink(RedisConfig(url=srv.url, namespace="cfgns"), srv.url)
         sink.open()
         sink.write(make_result("door", 0))
         assert sink.flush()

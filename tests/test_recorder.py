@@ -47,7 +47,7 @@ def test_recording_process_writes_h264_segments(tmp_path: Path) -> None:
         "alerts": [{"name": "busy", "zone": "door", "threshold": 1.0, "cooldown_s": 0}],
         "recording": {"enabled": True, "segment_s": 1.0, "queue_slots": 64}}}})
     zones = ZoneSink(cfg.cameras)
-    alerts = AlertSink(cfg.cameras, zone_density=zones.cell_density)
+    alerts = AlertSink(cfg.cameras)
     rec = RecordingSink(cfg.cameras, run_dir=cfg.run_dir, active_alerts=alerts.active)
     rec.open()
     n = 45  # 1.5 s at 30 fps -> segments of 30 and 15 frames

@@ -35,7 +35,7 @@ import numpy as np
 
 from engines.log import get_logger
 from pipeline.config import CameraConfig, RecordingConfig, ZoneConfig
-from pipeline.results import FrameResult
+from pipeline.results import FrameResult, Sink
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 RESTART_BACKOFF_S = 5.0  # a crashed recorder process is restarted at most this often
@@ -296,7 +296,7 @@ class _Ring:
             pass
 
 
-class RecordingSink:
+class RecordingSink(Sink):
     """Last output sink: feeds the recorder process (see the module docstring)."""
 
     wants_frames = True
@@ -392,7 +392,7 @@ class RecordingSink:
         offset = slot * ring.slot_bytes
         np.ndarray(frame.shape, np.uint8, buffer=ring.shm.buf, offset=offset)[:] = frame
         meta = {"t": float(t), "capture_ts": result.capture_ts, "frame_index": result.frame_index,
-                "count": result.count, "density": np.asarray(result.density, np.float32),
+                "count": result.count, "density": np.asarray(result.density.map, np.float32),
                 "zone_counts": dict(result.zone_counts),
                 "zone_density_m2": dict(result.zone_density_m2),
                 "alerts": self._active(cam) if self._active else []}
