@@ -13,7 +13,6 @@ Example::
 from __future__ import annotations
 
 from pipeline.alerts import AlertSink, WebhookNotifier, check_rules
-from pipeline.client import run_redis_url
 from pipeline.config import AppConfig
 from pipeline.results import Sink
 from pipeline.zones import ZoneSink
@@ -25,8 +24,8 @@ def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
                        run_id: str | None = None) -> list[Sink]:
     """The output sinks this config asks for, in call order (zones, alerts, Redis, recording).
 
-    Redis publishes to ``redis_url`` when given, else to ``run_redis_url(cfg)`` (``redis.url`` or
-    the run's running embedded server); none of them is an error naming ``redis.url``.
+    Redis publishes to ``redis_url`` (the supervisor passes its embedded server's), else to
+    ``redis.url``; neither is an error naming ``redis.url`` (no sink starts a server).
     ``run_id`` (when given) goes into every count, status and alert envelope.
     Raises ``ConfigError`` for rules naming an unknown zone or needing a missing calibration.
     """
@@ -38,7 +37,7 @@ def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
     if cfg.redis.enabled:
         from pipeline.sinks.redis_sink import RedisSink
 
-        redis_sink = RedisSink(cfg.redis, redis_url or run_redis_url(cfg),
+        redis_sink = RedisSink(cfg.redis, redis_url or cfg.redis.url,
                                drain_timeout_s=cfg.runtime.drain_timeout_s, run_id=run_id)
     alerts = None
     if any(c.alerts for c in cams.values()):

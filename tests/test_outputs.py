@@ -71,14 +71,14 @@ def test_full_chain_with_embedded_redis_webhook_and_recording(tmp_path: Path) ->
     srv = EmbeddedRedis(run_dir / "redis")  # what the supervisor starts before the stages
     srv.start()
     try:
-        sinks = build_output_sinks(cfg)
+        sinks = build_output_sinks(cfg, redis_url=srv.url)
         assert [type(s).__name__ for s in sinks] == ["ZoneSink", "AlertSink", "RedisSink",
                                                      "RecordingSink"]
         for s in sinks:
             s.open()
         redis_sink = sinks[2]
         url = redis_sink.url
-        assert url == srv.url  # found the run's server, did not start one
+        assert url == srv.url
         for s in sinks:
             s.write_status(CameraStatus("gate", "online", "first frame", time.time()))
         left_counts = [2, 3, 8, 9, 7, 3, 2, 2]

@@ -38,6 +38,16 @@ class ListSink(Sink):
         self.status.append((status.camera, status.state))
 
 
+class CountOnly(Sink):
+    """A sink with only ``write``: the interface's defaults cover the rest."""
+
+    def __init__(self) -> None:
+        self.frames: list[int] = []
+
+    def write(self, r: FrameResult) -> None:
+        self.frames.append(r.frame_index)
+
+
 @pytest.fixture
 def shm():
     prefix = run_prefix()
@@ -74,8 +84,8 @@ def test_tile_and_post_stitch_in_order_with_roi_and_frames(tmp_path: Path, shm) 
     roi[:, :75] = 255  # left half inside
     cv2.imwrite(str(tmp_path / "roi.png"), roi)
     cfg = _cfg(tmp_path, str(tmp_path / "roi.png"))
-    sink = ListSink()
-    post = PostProcessor(cfg, ["a", "b"], rings, pool, [sink], "test-engine")
+    sink, plain = ListSink(), CountOnly()
+    post = PostProcessor(cfg, ["a", "b"], rings, pool, [plain, sink], "test-engine")
     tiler = Tiler(pool, overlap=0.0, batch_timeout_s=0.0)
     lay = TileLayout.plan(100, 150, WIN, BLOCK)  # 2 x 3 = 6 tiles: more than a batch of 5
     n_frames = 4
@@ -123,6 +133,7 @@ def test_tile_and_post_stitch_in_order_with_roi_and_frames(tmp_path: Path, shm) 
         assert np.all(r.raw_density.map[:, : cols // 2 - 1] > 0)
     assert sink.frame_means[:2] == [10.0, 11.0]  # the sink saw each camera's own frame
     assert sink.status == [("a", "finished")]
+    assert len(plain.frames) == len(sink.results)  # every sink gets every result, in order
     for ring in rings:  # every frame slot went back to the pool
         assert ring.stats()["emitted"] == n_frames
         assert ring.put(np.zeros((100, 150, 3), np.uint8), FrameMeta("x", 9, None, 0, 100, 150),

@@ -185,6 +185,9 @@ def test_outage_mid_run_resumes_and_counts_drops_exactly(tmp_path) -> None:
         missing = set(range(i)) - set(got)
         assert len(missing) == sink.dropped > 0
         assert sink.published == len(got) and sink.reconnects == 1
+        # the latest-state hash says how many messages the publisher's buffer dropped
+        latest = client.latest("door")
+        assert latest["publish_dropped_total"] == sink.dropped and "dropped_total" not in latest
         assert got[-n_after:] == list(range(i - n_after, i))  # publishing resumed
         # the oldest were dropped: everything after the gap arrived
         assert min(missing) >= n_before - cfg.batch_max
