@@ -152,12 +152,15 @@ class RuleEngine:
         return events
 
     def active(self) -> list[dict[str, Any]]:
+        """Alerts in progress with the metric's value at the latest frame (for overlays; events
+        report changes at most every ``update_every_s``, the overlay shows every frame's)."""
         out = []
         for rule in self.rules:
             st = self.states[rule.name]
             if st.state == "active":
+                value = st.prev_value if st.prev_value is not None else st.last_event_value
                 out.append({"rule": rule.name, "zone": rule.zone, "severity": rule.severity,
-                            "metric": rule.metric, "value": st.last_event_value, "peak": st.peak,
+                            "metric": rule.metric, "value": value, "peak": st.peak,
                             "started_ts": st.started_ts, "alert_id": st.alert_id})
         return out
 

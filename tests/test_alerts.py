@@ -75,6 +75,13 @@ def test_updates_carry_before_and_after_and_status_ends_alerts() -> None:
     assert ev[3]["reason"] == "camera_offline" and sink.active("c") == []
 
 
+def test_active_alerts_show_the_latest_value_between_events() -> None:
+    ev, sink, _ = run({"update_every_s": 60, "cooldown_s": 0}, [12, 13, 17.5])
+    assert kinds(ev) == [("start", 0)]  # no update event yet (every 60 s)
+    (a,) = sink.active("c")
+    assert a["value"] == 17.5 and a["peak"] == 17.5  # what the overlay draws: now, not frame 0
+
+
 def test_zone_density_rules_and_config_checks() -> None:
     cfg = config_from_dict({"cameras": {"c": {"url": "x.mp4",
         "zones": [{"name": "door", "polygon": [[0, 0], [1, 0], [1, 1]]}],
