@@ -28,10 +28,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engines.density import DensityMap  # noqa: E402
 from pipeline.config import RedisConfig, config_from_dict  # noqa: E402
+from pipeline.heatmaps import downscale_sum, encode_heatmap  # noqa: E402
 from pipeline.redis_embedded import EmbeddedRedis  # noqa: E402
 from pipeline.results import FrameResult  # noqa: E402
-from pipeline.sinks.redis_sink import RedisSink, downscale_sum, encode_heatmap  # noqa: E402
+from pipeline.sinks.redis_sink import RedisSink  # noqa: E402
 
 FPS = 30.0
 BUDGET_MS = 1000.0 / FPS
@@ -40,12 +42,12 @@ MAP = (135, 240)  # 1080p at 8-pixel cells
 
 def results(n: int, camera: str = "bench", t0: float = 1.7e9, zones: int = 3) -> list[FrameResult]:
     rng = np.random.default_rng(0)
-    dens = (rng.random(MAP, dtype=np.float32) * 0.01).astype(np.float32)
+    dens = DensityMap((rng.random(MAP, dtype=np.float32) * 0.01).astype(np.float32), 8)
     out = []
     for i in range(n):
         r = FrameResult(camera=camera, frame_index=i, pts=i / FPS, capture_ts=t0 + i / FPS,
-                        count=float(dens.sum()), raw_count=float(dens.sum()), density=dens,
-                        raw_density=dens, cell_pixels=8.0, frame_size=(1080, 1920),
+                        count=dens.count, raw_count=dens.count, density=dens,
+                        raw_density=dens, frame_size=(1080, 1920),
                         engine_id="onnx-fp32-bench", result_ts=t0 + i / FPS + 0.05)
         r.zone_counts = {f"zone{z}": 3.0 + z for z in range(zones)}
         out.append(r)
@@ -58,7 +60,7 @@ def pct(a: list[float], q: float) -> float:
 
 def bench_publish(url: str, frames: int) -> dict[str, float]:
     """Counts + heatmap at the default rate; capture_ts advances 1/30 s per frame."""
-    sink = RedisSink(RedisConfig(url=url, namespace="bench1"))
+    sink = RedisSink(RedisConfig(url=url, namespace="bench1"), url)
     sink.open()
     rs = results(frames)
     sink.write(rs[0])
@@ -83,7 +85,7 @@ def bench_publish(url: str, frames: int) -> dict[str, float]:
 def bench_sustained(url: str, n: int, batch_max: int) -> float:
     """Messages/s flushed, counts only (no heatmaps), all written at once."""
     sink = RedisSink(RedisConfig(url=url, namespace=f"bench-b{batch_max}", heatmap_every_s=1e9,
-                                 buffer_max_messages=n + 10, batch_max=batch_max))
+                                 buffer_max_messages=n + 10, batch_max=batch_max), url)
     sink.open()
     rs = results(n, camera=f"s{batch_max}")
     sink.write(rs[0])

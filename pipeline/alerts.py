@@ -12,7 +12,8 @@ one start and one end per real crossing. Times are the frames' capture timestamp
 
 Example::
 
-    sink = AlertSink(cfg.cameras, listeners=[redis_sink.publish_alert, webhook.send])
+    sink = AlertSink(cfg.cameras, listeners=[redis_sink.publish_alert],
+                     webhook=WebhookNotifier(cfg.webhook))
     sink.write(result)              # after the zone sink filled zone counts
     sink.active("lobby")            # alerts in progress, for overlays
 """
@@ -20,8 +21,6 @@ Example::
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,9 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from engines.log import get_logger
+from engines.video import redact_url
 from engines.yamlconfig import ConfigError
 from pipeline.config import AlertRuleConfig, CameraConfig, WebhookConfig
-from pipeline.results import FrameResult
+from pipeline.envelopes import alert_envelope
+from pipeline.events import CameraStatus
+from pipeline.results import FrameResult, Sink
+from pipeline.worker import BackgroundWorker
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -67,49 +70,46 @@ def check_rules(camera: str, cam: CameraConfig, file: str | None = None) -> None
 class RuleEngine:
     """Evaluates one camera's rules frame by frame; returns the events each frame produced."""
 
-    def __init__(self, camera: str, rules: list[AlertRuleConfig]) -> None:
+    def __init__(self, camera: str, rules: list[AlertRuleConfig],
+                 run_id: str | None = None) -> None:
         self.camera = camera
         self.rules = rules
+        self.run_id = run_id
         self.states = {r.name: _RuleState() for r in rules}
 
     @staticmethod
-    def value(rule: AlertRuleConfig, r: FrameResult,
-              zone_cell_density: dict[str, float]) -> float | None:
+    def value(rule: AlertRuleConfig, r: FrameResult) -> float | None:
         """The rule's metric for this frame; None when it is not available (no event then)."""
         if rule.zone is None:
             if rule.metric == "count":
                 return r.count
             if rule.metric == "density":
-                cells = r.density.size
+                cells = r.density.map.size
                 return r.count / cells if cells else None
             return r.density_m2
         if rule.metric == "count":
             return r.zone_counts.get(rule.zone)
         if rule.metric == "density":
-            return zone_cell_density.get(rule.zone)
+            return r.zone_density.get(rule.zone)
         return r.zone_density_m2.get(rule.zone)
 
     def _event(self, rule: AlertRuleConfig, st: _RuleState, kind: str, before: float | None,
                after: float, ts: float, frame_index: int, reason: str | None = None) -> dict[str, Any]:
-        ev: dict[str, Any] = {
-            "schema": "crowdstream.alert.v1", "event": kind, "alert_id": st.alert_id,
-            "rule": rule.name, "camera": self.camera, "zone": rule.zone, "metric": rule.metric,
-            "severity": rule.severity, "threshold": rule.threshold, "clear": rule.clear_level,
-            "before": None if before is None else float(before), "after": float(after),
-            "peak": float(st.peak), "started_ts": st.started_ts, "ts": ts,
-            "duration_s": max(0.0, ts - st.started_ts), "frame_index": int(frame_index),
-        }
-        if reason:
-            ev["reason"] = reason
+        ev = alert_envelope(
+            event=kind, alert_id=st.alert_id, rule=rule.name, camera=self.camera, zone=rule.zone,
+            metric=rule.metric, severity=rule.severity, threshold=rule.threshold,
+            clear=rule.clear_level, before=before, after=after, peak=st.peak,
+            started_ts=st.started_ts, ts=ts, frame_index=frame_index, reason=reason,
+            run_id=self.run_id)
         st.last_event_ts, st.last_event_value = ts, float(after)
         return ev
 
-    def step(self, r: FrameResult, zone_cell_density: dict[str, float]) -> list[dict[str, Any]]:
+    def step(self, r: FrameResult) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         ts = r.capture_ts
         for rule in self.rules:
             st = self.states[rule.name]
-            v = self.value(rule, r, zone_cell_density)
+            v = self.value(rule, r)
             if v is None:
                 continue
             v = float(v)
@@ -152,35 +152,40 @@ class RuleEngine:
         return events
 
     def active(self) -> list[dict[str, Any]]:
+        """Alerts in progress with the metric's value at the latest frame (for overlays; events
+        report changes at most every ``update_every_s``, the overlay shows every frame's)."""
         out = []
         for rule in self.rules:
             st = self.states[rule.name]
             if st.state == "active":
+                value = st.prev_value if st.prev_value is not None else st.last_event_value
                 out.append({"rule": rule.name, "zone": rule.zone, "severity": rule.severity,
-                            "metric": rule.metric, "value": st.last_event_value, "peak": st.peak,
+                            "metric": rule.metric, "value": value, "peak": st.peak,
                             "started_ts": st.started_ts, "alert_id": st.alert_id})
         return out
 
 
-class AlertSink:
-    """Second output sink: evaluates every camera's rules and hands events to the listeners.
+class AlertSink(Sink):
+    """Second output sink: evaluates every camera's rules and hands events to the listeners
+    (the Redis sink's ``publish_alert``) and to the webhook, whose thread it opens and closes.
 
-    ``zone_density`` gives zone name -> people per cell for the current frame (the zone sink).
+    Rules read zone values from the result (the zone sink runs first).
     """
 
-    wants_frames = False
-
     def __init__(self, cameras: dict[str, CameraConfig], listeners: list[Listener] | None = None,
-                 zone_density: Callable[[str], dict[str, float]] | None = None) -> None:
-        self.engines = {name: RuleEngine(name, cam.alerts) for name, cam in cameras.items()
+                 webhook: WebhookNotifier | None = None, run_id: str | None = None) -> None:
+        self.engines = {name: RuleEngine(name, cam.alerts, run_id) for name, cam in cameras.items()
                         if cam.alerts}
+        self.webhook = webhook
         self.listeners = list(listeners or [])
-        self._zone_density = zone_density
+        if webhook is not None:
+            self.listeners.append(webhook.send)
         self._last_frame: dict[str, int] = {}
         self.events_emitted = 0
 
     def open(self) -> None:
-        pass
+        if self.webhook is not None:
+            self.webhook.open()
 
     def _emit(self, events: list[dict[str, Any]]) -> None:
         for ev in events:
@@ -196,58 +201,72 @@ class AlertSink:
         if eng is None:
             return
         self._last_frame[result.camera] = result.frame_index
-        zd = self._zone_density(result.camera) if self._zone_density else {}
-        self._emit(eng.step(result, zd))
+        self._emit(eng.step(result))
 
-    def write_status(self, camera: str, state: str, reason: str, ts: float) -> None:
+    def write_status(self, status: CameraStatus) -> None:
         """A camera going offline or finishing ends its active alerts (reason camera_<state>)."""
-        eng = self.engines.get(camera)
-        if eng is not None and state in ("offline", "finished"):
-            self._emit(eng.end_all(ts, f"camera_{state}", self._last_frame.get(camera, 0)))
+        eng = self.engines.get(status.camera)
+        if eng is not None and status.state in ("offline", "finished"):
+            self._emit(eng.end_all(status.ts, f"camera_{status.state}",
+                                   self._last_frame.get(status.camera, 0)))
 
     def active(self, camera: str) -> list[dict[str, Any]]:
         eng = self.engines.get(camera)
         return eng.active() if eng else []
 
     def close(self) -> None:
-        now = time.time()
-        for cam, eng in self.engines.items():
-            self._emit(eng.end_all(now, "shutdown", self._last_frame.get(cam, 0)))
+        """End the alerts still active (reason shutdown), then stop the webhook after it sent
+        them."""
+        try:
+            now = time.time()
+            for cam, eng in self.engines.items():
+                self._emit(eng.end_all(now, "shutdown", self._last_frame.get(cam, 0)))
+        finally:
+            if self.webhook is not None:
+                self.webhook.close()
 
 
 class WebhookNotifier:
-    """POSTs alert events as JSON from a background thread (bounded queue, retries, backoff).
+    """POSTs alert events as JSON from a background worker (bounded queue, retries, backoff).
 
-    A full queue drops the new event (``dropped`` counts them); 4xx answers other than 408/429 are
-    not retried (the receiver refused the event itself).
+    A full queue drops the new event (``dropped`` counts them, and those left unsent at close);
+    4xx answers other than 408/429 are not retried (the receiver refused the event itself).
     """
 
     def __init__(self, cfg: WebhookConfig) -> None:
         self.cfg = cfg
         self.log = get_logger("webhook")
-        self._q: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=cfg.queue_max)
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._worker: BackgroundWorker[dict[str, Any]] = BackgroundWorker(
+            "webhook", self._handle, max_items=cfg.queue_max, drop="newest",
+            on_drop=self._log_drop)
         self.sent = 0
         self.failed = 0
-        self.dropped = 0
+
+    @property
+    def dropped(self) -> int:
+        return self._worker.dropped
 
     def open(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def send(self, event: dict[str, Any]) -> None:
-        try:
-            self._q.put_nowait(event)
-        except queue.Full:
-            self.dropped += 1
-            self.log.warning("queue full, event dropped", dropped_total=self.dropped)
+        """Queue one event (never blocks)."""
+        self._worker.put(event)
+
+    def _log_drop(self, event: dict[str, Any]) -> None:
+        self.log.warning("queue full, dropping new events", camera=event.get("camera"),
+                         alert_id=event.get("alert_id"), queue_max=self.cfg.queue_max)
+
+    def _handle(self, batch: list[dict[str, Any]]) -> None:
+        for ev in batch:
+            self.post(ev)
 
     def post(self, event: dict[str, Any]) -> bool:
         """Deliver one event now (with retries); True when the receiver answered 2xx."""
         body = json.dumps(event).encode()
         headers = {"Content-Type": "application/json", "User-Agent": "crowdstream",
                    **self.cfg.headers}
+        url = redact_url(self.cfg.url)
         delay = self.cfg.backoff_s
         for attempt in range(self.cfg.retries + 1):
             req = urllib.request.Request(self.cfg.url, data=body, headers=headers, method="POST")
@@ -259,37 +278,22 @@ class WebhookNotifier:
             except urllib.error.HTTPError as e:
                 err = f"HTTP {e.code}"
                 if 400 <= e.code < 500 and e.code not in (408, 429):
-                    self.log.error("event refused", url=self.cfg.url, status=e.code,
+                    self.log.error("event refused", url=url, status=e.code,
                                    alert_id=event.get("alert_id"))
                     break
             except (urllib.error.URLError, TimeoutError, OSError) as e:
                 err = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
             if attempt < self.cfg.retries:
-                self.log.warning("post failed, retrying", url=self.cfg.url, error=err,
+                self.log.warning("post failed, retrying", url=url, error=err,
                                  attempt=attempt + 1, retry_in_s=delay)
-                if self._stop.wait(delay):
-                    break
+                if self._worker.sleep(delay):
+                    break  # closing: abandon the backoff
                 delay *= 2
         self.failed += 1
         return False
 
-    def _run(self) -> None:
-        while True:
-            ev = self._q.get()
-            if ev is None:
-                return
-            self.post(ev)
-
     def close(self, timeout: float = 10.0) -> None:
-        """Send what is queued (within ``timeout``), then stop."""
-        if self._thread is None:
-            return
-        try:
-            self._q.put(None, timeout=timeout)
-        except queue.Full:
-            pass
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self._stop.set()  # abandon retries' backoff waits
-            self._thread.join(self.cfg.timeout_s + 1)
-        self._thread = None
+        """Send what is queued (within ``timeout``), then stop; the rest counts as dropped."""
+        left = self._worker.close(timeout, join_timeout_s=self.cfg.timeout_s + 1)
+        if left:
+            self.log.warning("unsent at close", events=left, dropped_total=self.dropped)

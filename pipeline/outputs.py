@@ -12,61 +12,42 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
-
 from pipeline.alerts import AlertSink, WebhookNotifier, check_rules
 from pipeline.config import AppConfig
-from pipeline.results import FrameResult, Sink
+from pipeline.results import Sink
 from pipeline.shm import FrameRingHandle
 from pipeline.zones import ZoneSink
 
-
-class AlertOutputSink(AlertSink):
-    """The alert sink plus the webhook's lifetime (opened and closed with it)."""
-
-    def __init__(self, *args: Any, webhook: WebhookNotifier | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.webhook = webhook
-
-    def open(self) -> None:
-        if self.webhook is not None:
-            self.webhook.open()
-
-    def close(self) -> None:
-        try:
-            super().close()  # end events for alerts still active, before the webhook stops
-        finally:
-            if self.webhook is not None:
-                self.webhook.close()
+__all__ = ["build_output_sinks"]
 
 
-def build_output_sinks(cfg: AppConfig, redis_url: str | None = None,
+def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
+                       run_id: str | None = None,
                        recorder_rings: dict[str, FrameRingHandle] | None = None) -> list[Sink]:
     """The output sinks this config asks for, in call order (zones, alerts, Redis, recording).
     ``redis_url``: where the Redis sink publishes (default ``redis.url``); ``recorder_rings``:
     camera -> the recorder process's ring (from the supervisor).
 
+    Redis publishes to ``redis_url`` (the supervisor passes its embedded server's), else to
+    ``redis.url``; neither is an error naming ``redis.url`` (no sink starts a server).
+    ``run_id`` (when given) goes into every count, status and alert envelope.
     Raises ``ConfigError`` for rules naming an unknown zone or needing a missing calibration.
     """
     for name, cam in cfg.cameras.items():
         check_rules(name, cam, cfg.source_file)
     cams = cfg.cameras
     zones = ZoneSink(cams) if any(c.zones or c.calibration for c in cams.values()) else None
-    zone_density = zones.cell_density if zones is not None else None
     redis_sink = None
     if cfg.redis.enabled:
         from pipeline.sinks.redis_sink import RedisSink
 
-        redis_sink = RedisSink(cfg.redis, url=redis_url, zone_density=zone_density,
-                               drain_timeout_s=cfg.runtime.drain_timeout_s, run_dir=cfg.run_dir)
+        redis_sink = RedisSink(cfg.redis, redis_url or cfg.redis.url,
+                               drain_timeout_s=cfg.runtime.drain_timeout_s, run_id=run_id)
     alerts = None
     if any(c.alerts for c in cams.values()):
         webhook = WebhookNotifier(cfg.webhook) if cfg.webhook is not None else None
-        listeners = [s.publish_alert for s in (redis_sink,) if s is not None]
-        if webhook is not None:
-            listeners.append(webhook.send)
-        alerts = AlertOutputSink(cams, listeners=listeners, zone_density=zone_density,
-                               webhook=webhook)
+        listeners = [redis_sink.publish_alert] if redis_sink is not None else []
+        alerts = AlertSink(cams, listeners=listeners, webhook=webhook, run_id=run_id)
     recorder = None
     if any(c.recording.enabled for c in cams.values()):
         from pipeline.sinks.recorder import RecordingSink
@@ -74,6 +55,3 @@ def build_output_sinks(cfg: AppConfig, redis_url: str | None = None,
         recorder = RecordingSink(cams, rings=recorder_rings,
                                  active_alerts=alerts.active if alerts is not None else None)
     return [s for s in (zones, alerts, redis_sink, recorder) if s is not None]
-
-
-__all__ = ["FrameResult", "build_output_sinks"]

@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import signal
 import threading
@@ -111,6 +112,8 @@ class Supervisor:
         self.ctx = mp.get_context("spawn")
         self.segments = RunSegments()
         self.prefix = self.segments.prefix
+        # in every published record (Redis, JSON lines): tells this run's data from another's
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex()
         self.policy = RestartPolicy(rt.restart_backoff_s, rt.restart_backoff_cap_s)
         self.drain_timeout_s = rt.drain_timeout_s  # a second signal sets it to 0 (not the config)
         self.children: dict[str, _Child] = {}
@@ -181,7 +184,7 @@ class Supervisor:
         for i, (name, step) in enumerate(steps, 1):
             if self._signal is not None:
                 raise PipelineError(f"interrupted before '{name}'")
-            self.log.info("startup", step=f"{i}/{len(steps)} {name}")
+            self.log.info("startup", step=f"{i}/{len(steps)} {name}", run_id=self.run_id)
             step()
 
     def _plan_cameras(self) -> None:
@@ -304,7 +307,7 @@ class Supervisor:
         return StageArgs(self.cfg, [c.name for c in self.cams],
                          [c.ring.handle() for c in self.cams if c.ring is not None],
                          self.pool_handle, self.stop_stages, self.redis_url,
-                         {cam: r.handle() for cam, r in self.rec_rings.items()})
+                         {cam: r.handle() for cam, r in self.rec_rings.items()}, self.run_id)
 
     def _spawn(self, key: str) -> None:
         """Start (or restart) the child ``key``."""

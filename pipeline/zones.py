@@ -9,8 +9,8 @@ calibration (``calibrate.ground``), people per square metre.
 Example::
 
     sink = ZoneSink({"lobby": cam_cfg})
-    sink.write(result)          # fills result.zone_counts / zone_density_m2 / density_m2
-    sink.cell_density("lobby")  # {"door": 0.12}: people per cell, for the same frame
+    sink.write(result)   # fills result.zone_counts, zone_density (people per cell),
+                         # zone_density_m2 and density_m2 (calibrated cameras)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 
 from engines.log import get_logger
 from pipeline.config import CameraConfig, ZoneConfig
-from pipeline.results import FrameResult
+from pipeline.results import FrameResult, Sink
 
 SUPERSAMPLE = 8
 
@@ -81,12 +81,12 @@ class CameraZones:
         self._ground_failed = False
 
     def _prepare(self, r: FrameResult) -> None:
-        geom = (r.density.shape, tuple(r.frame_size), float(r.cell_pixels))
+        shape = r.density.map.shape
+        fsize, cell = (int(r.frame_size[0]), int(r.frame_size[1])), float(r.cell_pixels)
+        geom = (shape, fsize, cell)
         if geom == self._geom:
             return
         self._geom = geom
-        shape, fsize, cell = r.density.shape, (int(r.frame_size[0]), int(r.frame_size[1])), \
-            float(r.cell_pixels)
         self.masks = {z.name: polygon_mask(z.polygon, shape, fsize, cell) for z in self.zones}
         self.mask_cells = {n: float(m.sum(dtype=np.float64)) for n, m in self.masks.items()}
         for n, cells in self.mask_cells.items():
@@ -120,46 +120,32 @@ class CameraZones:
                 self.log.warning("zone area from cells", zone=z.name, reason=str(e)[:160])
             self.area_m2[z.name] = area if area > 0 and np.isfinite(area) else None
 
-    def apply(self, r: FrameResult) -> dict[str, float]:
-        """Fill the result's zone fields; return zone name -> people per cell."""
+    def apply(self, r: FrameResult) -> None:
+        """Fill the result's zone fields (count, people per cell, people per m²)."""
         self._prepare(r)
-        dens = r.density
-        per_cell: dict[str, float] = {}
+        dens = r.density.map
         for name, mask in self.masks.items():
             c = float(np.vdot(mask, dens))
             c = max(c, 0.0)
             r.zone_counts[name] = c
             cells = self.mask_cells[name]
-            per_cell[name] = c / cells if cells > 0 else 0.0
+            r.zone_density[name] = c / cells if cells > 0 else 0.0
             area = self.area_m2.get(name)
             if area:
                 r.zone_density_m2[name] = c / area
         if self.ground is not None and r.density_m2 is None:
             r.density_m2 = self.ground.camera_density_m2(dens, r.cell_pixels)
-        return per_cell
 
 
-class ZoneSink:
-    """First output sink: computes zone counts and densities into each ``FrameResult``."""
-
-    wants_frames = False
+class ZoneSink(Sink):
+    """First output sink: computes zone counts and densities into each ``FrameResult``, so every
+    later sink (alerts, Redis, JSON lines, recording) reads them from the result."""
 
     def __init__(self, cameras: dict[str, CameraConfig]) -> None:
         self._cams = {name: CameraZones(name, cam) for name, cam in cameras.items()
                       if cam.zones or cam.calibration is not None}
-        self._per_cell: dict[str, dict[str, float]] = {}
-
-    def open(self) -> None:
-        pass
 
     def write(self, result: FrameResult) -> None:
         cz = self._cams.get(result.camera)
         if cz is not None:
-            self._per_cell[result.camera] = cz.apply(result)
-
-    def cell_density(self, camera: str) -> dict[str, float]:
-        """Zone name -> people per density cell, for the frame last written for ``camera``."""
-        return self._per_cell.get(camera, {})
-
-    def close(self) -> None:
-        pass
+            cz.apply(result)

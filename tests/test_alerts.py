@@ -13,6 +13,7 @@ from _outputs_helpers import make_result
 from engines.yamlconfig import ConfigError
 from pipeline.alerts import AlertSink, WebhookNotifier, check_rules
 from pipeline.config import WebhookConfig, config_from_dict
+from pipeline.events import CameraStatus
 from pipeline.schema import validate
 
 
@@ -25,7 +26,7 @@ def run(rule: dict, values: list[float], dt: float = 1.0, camera_status: str | N
     for i, v in enumerate(values):
         sink.write(make_result("c", i, count=v, ts=t0 + i * dt))
     if camera_status:
-        sink.write_status("c", camera_status, "test", t0 + len(values) * dt)
+        sink.write_status(CameraStatus("c", camera_status, "test", t0 + len(values) * dt))
     for ev in events:
         validate(ev)
     return events, sink, t0
@@ -72,6 +73,13 @@ def test_updates_carry_before_and_after_and_status_ends_alerts() -> None:
     assert (ev[1]["before"], ev[1]["after"]) == (12, 14)
     assert (ev[2]["before"], ev[2]["after"]) == (14, 16)
     assert ev[3]["reason"] == "camera_offline" and sink.active("c") == []
+
+
+def test_active_alerts_show_the_latest_value_between_events() -> None:
+    ev, sink, _ = run({"update_every_s": 60, "cooldown_s": 0}, [12, 13, 17.5])
+    assert kinds(ev) == [("start", 0)]  # no update event yet (every 60 s)
+    (a,) = sink.active("c")
+    assert a["value"] == 17.5 and a["peak"] == 17.5  # what the overlay draws: now, not frame 0
 
 
 def test_zone_density_rules_and_config_checks() -> None:
@@ -155,12 +163,12 @@ def test_density_m2_rule_on_a_calibrated_zone() -> None:
     check_rules("c", cfg.cameras["c"])
     zones = ZoneSink(cfg.cameras)
     events: list[dict] = []
-    alerts = AlertSink(cfg.cameras, listeners=[events.append], zone_density=zones.cell_density)
+    alerts = AlertSink(cfg.cameras, listeners=[events.append])
     area = 2.56 * 2.88
     for i, people in enumerate([5, 10, 16, 17, 12, 3]):  # p/m2: .68 1.36 2.17 2.31 1.63 .41
         r = make_result("c", i, ts=1e9 + i)
-        r.density[:] = 0
-        r.density[:, :32] = people / (36 * 32)
+        r.density.map[:] = 0
+        r.density.map[:, :32] = people / (36 * 32)
         zones.write(r)
         alerts.write(r)
     assert [(e["event"], e["frame_index"]) for e in events] == [("start", 2), ("end", 5)]

@@ -16,6 +16,7 @@ from test_recorder import RecorderProcess
 from engines.yamlconfig import ConfigError
 from pipeline.client import CrowdClient
 from pipeline.config import config_from_dict
+from pipeline.events import CameraStatus
 from pipeline.outputs import build_output_sinks
 from pipeline.redis_embedded import find_running
 from pipeline.schema import validate
@@ -45,7 +46,15 @@ def test_rule_with_unknown_zone_is_a_config_error() -> None:
         build_output_sinks(cfg)
 
 
+def test_redis_without_url_or_running_server_is_an_error_naming_the_key(tmp_path: Path) -> None:
+    cfg = config_from_dict({"run_dir": str(tmp_path / "run"), "cameras": {"c": "x.mp4"}})
+    with pytest.raises(ValueError, match=r"^redis\.url: "):
+        build_output_sinks(cfg)  # the sink never starts a server itself
+
+
 def test_full_chain_with_embedded_redis_webhook_and_recording(tmp_path: Path) -> None:
+    from pipeline.redis_embedded import EmbeddedRedis
+
     _Hook.got = []
     hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
@@ -64,41 +73,40 @@ def test_full_chain_with_embedded_redis_webhook_and_recording(tmp_path: Path) ->
 
     redis = RedisService(run_dir / "redis")  # what the supervisor starts before the stages
     recorder = RecorderProcess(cfg, {"gate": (144, 256)})
-    sinks = build_output_sinks(cfg, redis_url=redis.start(), recorder_rings=recorder.handles)
-    assert [type(s).__name__ for s in sinks] == ["ZoneSink", "AlertOutputSink", "RedisSink",
-                                                 "RecordingSink"]
-    assert all(hasattr(s, "write_status") for s in sinks[1:3])
-    for s in sinks:
-        s.open()
-    redis_sink = sinks[2]
-    url = redis_sink.url
-    assert url and find_running(run_dir / "redis") == url
-    for s in sinks:
-        if hasattr(s, "write_status"):
-            s.write_status("gate", "online", "first frame", time.time())
-    left_counts = [2, 3, 8, 9, 7, 3, 2, 2]
-    rng = np.random.default_rng(0)
-    for i, lc in enumerate(left_counts):
-        r = make_result("gate", i, shape=(18, 32), frame=rng.integers(0, 255, (144, 256, 3),
-                                                                        dtype=np.uint8),
-                        ts=1.7e9 + i)
-        r.density[:] = 0
-        r.density[:, :16] = lc / (18 * 16)
-        r.density[:, 16:] = 1.0 / (18 * 16)
-        r.count = r.raw_count = float(r.density.sum())
+    try:
+        sinks = build_output_sinks(cfg, redis_url=redis.start(), recorder_rings=recorder.handles)
+        assert [type(s).__name__ for s in sinks] == ["ZoneSink", "AlertSink", "RedisSink",
+                                                     "RecordingSink"]
         for s in sinks:
-            s.write(r)
-    client = CrowdClient(url, namespace="e2e")
-    assert redis_sink.flush()
-    msgs = [m for _, m in client.counts("gate")]
-    assert [round(m["zones"]["left"]["count"], 3) for m in msgs] == left_counts
-    for m in msgs:
-        validate(m)
-    for s in sinks:
-        s.close()
-    assert recorder.finish() == 0
-    assert find_running(run_dir / "redis") == url  # the sinks never stop the run's server
-    redis.stop()
+            s.open()
+        redis_sink = sinks[2]
+        url = redis_sink.url
+        assert url and find_running(run_dir / "redis") == url
+        for s in sinks:
+            s.write_status(CameraStatus("gate", "online", "first frame", time.time()))
+        left_counts = [2, 3, 8, 9, 7, 3, 2, 2]
+        rng = np.random.default_rng(0)
+        for i, lc in enumerate(left_counts):
+            r = make_result("gate", i, shape=(18, 32),
+                            frame=rng.integers(0, 255, (144, 256, 3), dtype=np.uint8), ts=1.7e9 + i)
+            r.density.map[:] = 0
+            r.density.map[:, :16] = lc / (18 * 16)
+            r.density.map[:, 16:] = 1.0 / (18 * 16)
+            r.count = r.raw_count = r.density.count
+            for s in sinks:
+                s.write(r)
+        client = CrowdClient(url, namespace="e2e")
+        assert redis_sink.flush()
+        msgs = [m for _, m in client.counts("gate")]
+        assert [round(m["zones"]["left"]["count"], 3) for m in msgs] == left_counts
+        for m in msgs:
+            validate(m)
+        for s in sinks:
+            s.close()
+        assert recorder.finish() == 0
+        assert find_running(run_dir / "redis") == url  # the sinks never stop the run's server
+    finally:
+        redis.stop()
     assert find_running(run_dir / "redis") is None
     hook.shutdown()
     hook.server_close()
@@ -107,8 +115,6 @@ def test_full_chain_with_embedded_redis_webhook_and_recording(tmp_path: Path) ->
     files = list((run_dir / "recordings").rglob("*.mp4"))
     assert len(files) == 1 and files[0].stat().st_size > 0
     # the data survived the server's stop (append-only file): restart and read the alerts
-    from pipeline.redis_embedded import EmbeddedRedis
-
     with EmbeddedRedis(run_dir / "redis") as srv:
         c2 = CrowdClient(srv.url, namespace="e2e")
         alerts = [a for _, a in c2.alerts()]

@@ -12,6 +12,7 @@ import pytest
 from _outputs_helpers import make_result
 
 from pipeline.config import RedisConfig
+from pipeline.events import CameraStatus
 from pipeline.redis_embedded import EmbeddedRedis
 from pipeline.schema import validate
 from pipeline.sinks.redis_sink import RedisSink
@@ -31,9 +32,9 @@ sys.exit(rc)
 def published(tmp_path_factory: pytest.TempPathFactory):
     srv = EmbeddedRedis(tmp_path_factory.mktemp("watch") / "redis")
     srv.start()
-    sink = RedisSink(RedisConfig(url=srv.url, namespace="w", heatmap_every_s=3600))
+    sink = RedisSink(RedisConfig(url=srv.url, namespace="w", heatmap_every_s=3600), srv.url)
     sink.open()
-    sink.write_status("hall", "online", "first frame", time.time())
+    sink.write_status(CameraStatus("hall", "online", "first frame", time.time()))
     for i in range(6):
         r = make_result("hall", i)
         r.zone_counts = {"stage": 1.5}
@@ -87,7 +88,7 @@ def test_watch_finds_the_runs_embedded_server_from_the_config(tmp_path: Path) ->
     p = _watch("door", "--config", str(cfg_file))
     assert p.returncode == 1 and "no embedded server running under" in p.stderr
     with EmbeddedRedis(tmp_path / "run" / "redis") as srv:  # what `crowdstream run` starts
-        sink = RedisSink(RedisConfig(url=srv.url, namespace="cfgns"))
+        sink = RedisSink(RedisConfig(url=srv.url, namespace="cfgns"), srv.url)
         sink.open()
         sink.write(make_result("door", 0))
         assert sink.flush()
@@ -95,3 +96,55 @@ def test_watch_finds_the_runs_embedded_server_from_the_config(tmp_path: Path) ->
         p = _watch("door", "--config", str(cfg_file), "--json", "--from-start", "--count", "1")
         assert p.returncode == 0, p.stderr
         assert json.loads(p.stdout.splitlines()[0])["camera"] == "door"
+
+
+def _popen_watch(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", RUN, "watch", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_watch_ends_with_one_line_when_the_server_goes_away(tmp_path: Path) -> None:
+    srv = EmbeddedRedis(tmp_path / "redis")
+    srv.start()
+    p = _popen_watch("gone", "--url", srv.url)
+    try:
+        assert p.stdout is not None and "watching 'gone'" in p.stdout.readline()
+        srv.stop()  # the run ends and its embedded server with it
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+        srv.stop()
+    assert p.returncode == 1, err
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("crowdstream watch:")]
+    assert "lost the connection to Redis" in line and srv.url in line
+
+
+def test_watch_ends_when_its_camera_goes_offline_not_at_an_older_run_s_end(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "redis") as srv:
+        sink = RedisSink(RedisConfig(url=srv.url, namespace="end"), srv.url)
+        sink.open()
+        now = time.time()
+        # an earlier run of the same camera ended; the current one is running
+        for state, reason in (("online", "first frame"), ("offline", "stopped"),
+                              ("starting", "opening"), ("online", "first frame")):
+            sink.write_status(CameraStatus("gate", state, reason, now))
+        sink.write(make_result("gate", 0))
+        assert sink.flush()
+        p = _popen_watch("gate", "--url", srv.url, "--namespace", "end", "--from-start",
+                         "--interval", "0")
+        try:
+            assert p.stdout is not None and "status: online" in p.stdout.readline()
+            assert "-- status online" in p.stdout.readline()
+            assert "-- status offline: stopped" in p.stdout.readline()  # replayed, not the end
+            sink.write(make_result("gate", 1))
+            sink.write_status(CameraStatus("gate", "finished", "end of file", time.time()))
+            assert sink.flush()
+            out, err = p.communicate(timeout=30)
+        finally:
+            p.kill()
+            sink.close()
+    assert p.returncode == 0, err
+    assert "frame       1" in out and "-- status finished: end of file" in out
+    assert err.strip().splitlines()[0] == ("crowdstream watch: camera 'gate' is finished "
+                                           "(end of file): nothing more to follow")

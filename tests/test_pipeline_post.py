@@ -14,7 +14,7 @@ import pytest
 from engines.tiling import TileLayout
 from pipeline.config import config_from_dict
 from pipeline.events import CameraStatus
-from pipeline.results import FrameResult
+from pipeline.results import FrameResult, Sink
 from pipeline.shm import BatchPool, FrameMeta, FrameRing, run_prefix
 from pipeline.stages.post import PostProcessor
 from pipeline.stages.tile import Tiler
@@ -22,7 +22,7 @@ from pipeline.stages.tile import Tiler
 WIN, BLOCK = (64, 64), 8
 
 
-class ListSink:
+class ListSink(Sink):
     wants_frames = True
 
     def __init__(self) -> None:
@@ -30,16 +30,22 @@ class ListSink:
         self.frame_means: list[float] = []
         self.status: list[tuple[str, str]] = []
 
-    def open(self) -> None: ...
-
-    def close(self) -> None: ...
-
     def write(self, r: FrameResult) -> None:
         self.results.append(r)
         self.frame_means.append(float(r.frame.mean()))  # valid during write only
 
-    def write_status(self, camera: str, state: str, reason: str, ts: float) -> None:
-        self.status.append((camera, state))
+    def write_status(self, status: CameraStatus) -> None:
+        self.status.append((status.camera, status.state))
+
+
+class CountOnly(Sink):
+    """A sink with only ``write``: the interface's defaults cover the rest."""
+
+    def __init__(self) -> None:
+        self.frames: list[int] = []
+
+    def write(self, r: FrameResult) -> None:
+        self.frames.append(r.frame_index)
 
 
 @pytest.fixture
@@ -78,8 +84,8 @@ def test_tile_and_post_stitch_in_order_with_roi_and_frames(tmp_path: Path, shm) 
     roi[:, :75] = 255  # left half inside
     cv2.imwrite(str(tmp_path / "roi.png"), roi)
     cfg = _cfg(tmp_path, str(tmp_path / "roi.png"))
-    sink = ListSink()
-    post = PostProcessor(cfg, ["a", "b"], rings, pool, [sink], "test-engine")
+    sink, plain = ListSink(), CountOnly()
+    post = PostProcessor(cfg, ["a", "b"], rings, pool, [plain, sink], "test-engine")
     tiler = Tiler(pool, overlap=0.0, batch_timeout_s=0.0)
     lay = TileLayout.plan(100, 150, WIN, BLOCK)  # 2 x 3 = 6 tiles: more than a batch of 5
     assert tiler.layout(100, 150) is post._layout(100, 150) is lay  # one layout cache
@@ -111,7 +117,7 @@ def test_tile_and_post_stitch_in_order_with_roi_and_frames(tmp_path: Path, shm) 
     assert [r.frame_index for r in a] == [r.frame_index for r in b] == list(range(n_frames))
     for i, r in enumerate(a):
         v = (10 * (i + 1)) / 255.0  # every cell holds the tile's mean pixel value
-        assert r.raw_density.shape == lay.map_shape
+        assert r.raw_density.map.shape == lay.map_shape
         # stitched map covers the frame; padding cells hold zero-padded means, so compare
         # against the stitch of the same per-tile maps
         tiles = lay.cut(np.full((100, 150, 3), 10 * (i + 1), np.uint8))
@@ -119,15 +125,16 @@ def test_tile_and_post_stitch_in_order_with_roi_and_frames(tmp_path: Path, shm) 
                                             (lay.count, 1, 8, 8)).copy())
         assert r.raw_count == pytest.approx(float(expect.sum()), rel=1e-5)
         assert r.count == r.raw_count  # method none
-        assert r.raw_density.max() == pytest.approx(v, rel=1e-5)
+        assert r.raw_density.map.max() == pytest.approx(v, rel=1e-5)
         assert r.pts == pytest.approx(i / 10) and r.engine_id == "test-engine"
         assert r.cell_pixels == BLOCK and r.frame_size == (100, 150)
     for r in b:  # ROI: right half of camera b zeroed
-        cols = r.raw_density.shape[1]
-        assert np.all(r.raw_density[:, (cols + 1) // 2 + 1:] == 0)
-        assert np.all(r.raw_density[:, : cols // 2 - 1] > 0)
+        cols = r.raw_density.map.shape[1]
+        assert np.all(r.raw_density.map[:, (cols + 1) // 2 + 1:] == 0)
+        assert np.all(r.raw_density.map[:, : cols // 2 - 1] > 0)
     assert sink.frame_means[:2] == [10.0, 11.0]  # the sink saw each camera's own frame
     assert sink.status == [("a", "finished")]
+    assert len(plain.frames) == len(sink.results)  # every sink gets every result, in order
     for ring in rings:  # every frame slot went back to the pool
         assert ring.stats()["emitted"] == n_frames
         assert ring.put(np.zeros((100, 150, 3), np.uint8), FrameMeta("x", 9, None, 0, 100, 150),
@@ -155,5 +162,5 @@ def test_post_smoothing_keeps_raw(tmp_path: Path, shm) -> None:
     assert raw[1] == raw[2] == 0.0 and raw[0] > 0
     assert sm == pytest.approx([raw[0], raw[0] / 2, raw[0] / 4])  # EMA alpha 0.5
     # heatmaps decay with their own weight (heatmap_alpha, default 0.3); the raw map is kept
-    assert sink.results[1].density.sum() == pytest.approx(raw[0] * 0.7, rel=1e-5)
-    assert sink.results[1].raw_density.sum() == 0.0
+    assert sink.results[1].density.count == pytest.approx(raw[0] * 0.7, rel=1e-5)
+    assert sink.results[1].raw_density.count == 0.0

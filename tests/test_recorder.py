@@ -74,7 +74,7 @@ def test_recording_process_writes_h264_segments(tmp_path: Path) -> None:
         "alerts": [{"name": "busy", "zone": "door", "threshold": 1.0, "cooldown_s": 0}],
         "recording": {"enabled": True, "segment_s": 1.0, "queue_slots": 64}}}})
     zones = ZoneSink(cfg.cameras)
-    alerts = AlertSink(cfg.cameras, zone_density=zones.cell_density)
+    alerts = AlertSink(cfg.cameras)
     recorder = RecorderProcess(cfg, {cam_id: (144, 256)})
     rec = RecordingSink(cfg.cameras, rings=recorder.handles, active_alerts=alerts.active)
     rec.open()

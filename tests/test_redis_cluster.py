@@ -48,7 +48,8 @@ def cluster(tmp_path: Path):
 
 def test_publish_to_cluster(cluster: str) -> None:
     cams = ["lobby", "gate 2", "{weird}"]
-    sink = RedisSink(RedisConfig(url=cluster, cluster=True, namespace="cl", heatmap_every_s=0))
+    sink = RedisSink(RedisConfig(url=cluster, cluster=True, namespace="cl", heatmap_every_s=0),
+                     cluster)
     sink.open()
     for i in range(10):
         for cam in cams:

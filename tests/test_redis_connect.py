@@ -18,7 +18,7 @@ def test_unix_socket_url(tmp_path: Path) -> None:
     sock = tmp_path / "v.sock"
     with ValkeyServer(port=0, data_dir=tmp_path / "d", unix_socket_path=sock):
         url = f"unix://{sock}"
-        sink = RedisSink(RedisConfig(url=url, namespace="u"))
+        sink = RedisSink(RedisConfig(url=url, namespace="u"), url)
         sink.open()
         for i in range(5):
             sink.write(make_result("c", i))
@@ -41,7 +41,7 @@ def test_credentials_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setenv("CS_REDIS_USER", "publisher")
         cfg = RedisConfig(url=url, namespace="a", username_env="CS_REDIS_USER",
                           password_env="CS_REDIS_PASSWORD")
-        sink = RedisSink(cfg)
+        sink = RedisSink(cfg, url)
         sink.open()
         sink.write(make_result("c", 0))
         assert sink.flush()
@@ -49,7 +49,7 @@ def test_credentials_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         assert sink.published == 1
         # a wrong password: the sink keeps buffering (never raises into the frame path)
         monkeypatch.setenv("CS_REDIS_PASSWORD", "wrong")
-        bad = RedisSink(cfg, drain_timeout_s=0.2)
+        bad = RedisSink(cfg, url, drain_timeout_s=0.2)
         bad.open()
         bad.write(make_result("c", 1))
         assert not bad.flush(1.0) and bad.published == 0
@@ -57,7 +57,7 @@ def test_credentials_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         assert bad.dropped == 1
         monkeypatch.delenv("CS_REDIS_PASSWORD")
         with pytest.raises(ValueError, match="CS_REDIS_PASSWORD is not set"):
-            RedisSink(cfg).open()
+            RedisSink(cfg, url).open()
 
 
 def test_bad_url_scheme_is_a_config_error() -> None:

@@ -11,9 +11,11 @@ from _outputs_helpers import make_result, start_server
 
 from pipeline.client import CrowdClient
 from pipeline.config import RedisConfig
+from pipeline.events import CameraStatus
+from pipeline.heatmaps import downscale_sum
 from pipeline.redis_embedded import EmbeddedRedis, connect_hint, find_running
 from pipeline.schema import validate
-from pipeline.sinks.redis_sink import RedisSink, downscale_sum
+from pipeline.sinks.redis_sink import RedisSink
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +50,14 @@ def test_envelopes_validate_and_heatmaps_roundtrip(server: EmbeddedRedis) -> Non
     sub = client.redis.pubsub()
     sub.subscribe(client.keys.live("lobby 1"))
     sub.get_message(timeout=1.0)  # subscribe confirmation
-    sink = RedisSink(cfg, zone_density=lambda cam: {"door": 0.25})
+    sink = RedisSink(cfg, cfg.url)
     sink.open()
-    sink.write_status("lobby 1", "online", "first frame", time.time())
+    sink.write_status(CameraStatus("lobby 1", "online", "first frame", time.time()))
     results = []
     for i in range(20):
         r = make_result("lobby 1", i)
         r.zone_counts = {"door": 3.5}
+        r.zone_density = {"door": 0.25}
         r.zone_density_m2 = {"door": 1.25}
         r.density_m2 = 0.8
         results.append(r)
@@ -72,17 +75,15 @@ def test_envelopes_validate_and_heatmaps_roundtrip(server: EmbeddedRedis) -> Non
     hm_ref = entries[-1][1]["heatmap"]
     assert hm_ref is not None
     assert 0 < client.redis.ttl(hm_ref["key"]) <= cfg.heatmap_ttl_s
-    meta = {k.decode(): v.decode() for k, v in client.redis.hgetall(hm_ref["key"]).items()
-            if k != b"data"}
-    meta = {**meta, **{k: int(meta[k]) for k in ("frame_index", "height", "width",
-                                                 "frame_height", "frame_width")}}
-    meta = {**meta, **{k: float(meta[k]) for k in ("capture_ts", "scale", "cell_pixels", "count")}}
-    validate(meta)
     hm = client.heatmap(hm_ref["key"])
+    assert hm is not None
+    validate(hm.meta)  # every stored field, parsed back to its type
     assert hm is not None and hm.density.shape == (18, 32) and hm.meta["cell_pixels"] == 16.0
-    expect, _ = downscale_sum(results[-1].density, 40)
-    np.testing.assert_allclose(hm.density, expect, atol=hm.meta["scale"] / 2 + 1e-6)
-    assert hm.count == pytest.approx(results[-1].count, rel=0.05)
+    expect, _ = downscale_sum(results[-1].density.map, 40)
+    # sum-preserving rounding: each cell within one 16-bit level, the sum within half a level
+    assert hm.meta["bits"] == 16
+    np.testing.assert_allclose(hm.density, expect, atol=hm.meta["scale"] + 1e-6)
+    assert hm.count == pytest.approx(results[-1].count, rel=1e-3)
     assert client.heatmap("lobby 1").meta["frame_index"] == 19
     # latest-state hash, status stream, camera set, pub/sub notifications
     latest = client.latest("lobby 1")
@@ -105,7 +106,7 @@ def test_envelopes_validate_and_heatmaps_roundtrip(server: EmbeddedRedis) -> Non
 def test_float16_heatmaps(server: EmbeddedRedis) -> None:
     cfg = RedisConfig(url=server.url, namespace="t2", heatmap_format="float16",
                       heatmap_every_s=3600)
-    sink = RedisSink(cfg)
+    sink = RedisSink(cfg, cfg.url)
     sink.open()
     rs = [make_result("c", i) for i in range(3)]
     for r in rs:
@@ -115,13 +116,13 @@ def test_float16_heatmaps(server: EmbeddedRedis) -> None:
     msgs = [m for _, m in client.counts("c")]
     assert [m["heatmap"] is not None for m in msgs] == [True, False, False]  # rate-limited
     hm = client.heatmap(msgs[0]["heatmap"]["key"])
-    np.testing.assert_allclose(hm.density, rs[0].density, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(hm.density, rs[0].density.map, rtol=1e-3, atol=1e-4)
     sink.close()
 
 
 def test_stream_stays_within_maxlen(server: EmbeddedRedis) -> None:
     cfg = RedisConfig(url=server.url, namespace="t3", stream_maxlen=50, heatmap_every_s=3600)
-    sink = RedisSink(cfg)
+    sink = RedisSink(cfg, cfg.url)
     sink.open()
     for i in range(1000):
         sink.write(make_result("m", i))
@@ -137,7 +138,7 @@ def test_stream_stays_within_maxlen(server: EmbeddedRedis) -> None:
 def test_unreachable_server_drops_oldest_exactly() -> None:
     cfg = RedisConfig(url="redis://127.0.0.1:1", namespace="t4", buffer_max_messages=30,
                       connect_timeout_s=0.2)
-    sink = RedisSink(cfg, drain_timeout_s=0.5)
+    sink = RedisSink(cfg, cfg.url, drain_timeout_s=0.5)
     sink.open()
     t0 = time.perf_counter()
     for i in range(100):
@@ -154,7 +155,7 @@ def test_outage_mid_run_resumes_and_counts_drops_exactly(tmp_path) -> None:
     port = srv.port
     cfg = RedisConfig(url=srv.url, namespace="t5", buffer_max_messages=40, batch_max=8,
                       heatmap_every_s=3600, connect_timeout_s=0.5)
-    sink = RedisSink(cfg)
+    sink = RedisSink(cfg, cfg.url)
     sink.open()
     n_before, n_during, n_after = 60, 150, 40
     i = 0
@@ -184,6 +185,9 @@ def test_outage_mid_run_resumes_and_counts_drops_exactly(tmp_path) -> None:
         missing = set(range(i)) - set(got)
         assert len(missing) == sink.dropped > 0
         assert sink.published == len(got) and sink.reconnects == 1
+        # the latest-state hash says how many messages the publisher's buffer dropped
+        latest = client.latest("door")
+        assert latest["publish_dropped_total"] == sink.dropped and "dropped_total" not in latest
         assert got[-n_after:] == list(range(i - n_after, i))  # publishing resumed
         # the oldest were dropped: everything after the gap arrived
         assert min(missing) >= n_before - cfg.batch_max
@@ -257,7 +261,7 @@ class _CuttingProxy:
 def test_lost_reply_is_resent_without_duplicates(server: EmbeddedRedis) -> None:
     proxy = _CuttingProxy(server.port)
     cfg = RedisConfig(url=f"redis://127.0.0.1:{proxy.port}", namespace="t6", heatmap_every_s=3600)
-    sink = RedisSink(cfg)
+    sink = RedisSink(cfg, cfg.url)
     sink.open()
     for i in range(10):
         sink.write(make_result("p", i))

@@ -76,7 +76,7 @@ def test_rediss_with_ca_verification(tmp_path: Path, certs: tuple[Path, Path]) -
     lsock, port = _tls_proxy(cert, key, srv.port)
     try:
         url = f"rediss://127.0.0.1:{port}"
-        sink = RedisSink(RedisConfig(url=url, namespace="tls", ssl_ca_certs=str(cert)))
+        sink = RedisSink(RedisConfig(url=url, namespace="tls", ssl_ca_certs=str(cert)), url)
         sink.open()
         for i in range(5):
             sink.write(make_result("c", i))
@@ -85,7 +85,7 @@ def test_rediss_with_ca_verification(tmp_path: Path, certs: tuple[Path, Path]) -
         assert sink.published == 5
         assert len(CrowdClient(srv.url, namespace="tls").counts("c")) == 5
         # without our CA the certificate is not trusted: nothing is published, nothing raised
-        untrusted = RedisSink(RedisConfig(url=url, namespace="tls"), drain_timeout_s=0.2)
+        untrusted = RedisSink(RedisConfig(url=url, namespace="tls"), url, drain_timeout_s=0.2)
         untrusted.open()
         untrusted.write(make_result("c", 5))
         assert not untrusted.flush(1.0)

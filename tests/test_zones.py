@@ -33,15 +33,14 @@ def test_zone_counts_are_mask_weighted_sums() -> None:
     ]}}})
     sink = ZoneSink(cfg.cameras)
     r = make_result("c", 3, count=40.0)
-    r.density[:] = 0
-    r.density[:, :32] = 1.0 / (36 * 32) * 30  # 30 people on the left half
-    r.density[:, 32:] = 1.0 / (36 * 32) * 10  # 10 on the right
+    r.density.map[:] = 0
+    r.density.map[:, :32] = 1.0 / (36 * 32) * 30  # 30 people on the left half
+    r.density.map[:, 32:] = 1.0 / (36 * 32) * 10  # 10 on the right
     sink.write(r)
     assert r.zone_counts["left"] == pytest.approx(30.0)
     assert r.zone_counts["right"] == pytest.approx(10.0)
     assert r.zone_counts["box"] == pytest.approx(15.0 / 2 + 5.0 / 2)  # a quarter of the frame
-    dens = sink.cell_density("c")
-    assert dens["left"] == pytest.approx(30.0 / (36 * 32))
+    assert r.zone_density["left"] == pytest.approx(30.0 / (36 * 32))
     assert r.zone_density_m2 == {} and r.density_m2 is None  # not calibrated
     other = make_result("uncounted-camera", 0)
     sink.write(other)
@@ -56,8 +55,8 @@ def test_zone_density_per_m2_with_ground_calibration() -> None:
         "zones": [{"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]}]}}})
     sink = ZoneSink(cfg.cameras)
     r = make_result("c", 0)
-    r.density[:] = 0
-    r.density[:, :32] = 20.0 / (36 * 32)
+    r.density.map[:] = 0
+    r.density.map[:, :32] = 20.0 / (36 * 32)
     sink.write(r)
     area_left = 2.56 * 2.88
     assert r.zone_counts["left"] == pytest.approx(20.0)

@@ -1,7 +1,9 @@
 """``crowdstream watch CAMERA``: follow a camera's counts, status and alerts live from Redis.
 
-Reads the published streams (``crowdstream.count.v1`` etc.), so it works against any run that
-publishes to the same Redis, from any machine. Imports only the Redis client and numpy: no torch.
+Reads the published streams (``crowdstream.count.v1`` etc.) through ``pipeline.client.CrowdClient``,
+so it works against any run that publishes to the same Redis, from any machine. Imports only the
+Redis client and numpy: no torch. Ends by itself, with one line saying why, when the camera is
+``offline`` or ``finished`` (exit 0) or when the server goes away (exit 1).
 
 Example::
 
@@ -16,7 +18,12 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pipeline.schema import COUNT_SCHEMA, STATUS_SCHEMA
+
+if TYPE_CHECKING:
+    from pipeline.client import CrowdClient
 
 DEFAULT_URL = "redis://127.0.0.1:6379"
 
@@ -37,17 +44,15 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="exit after this many count messages (default: run until Ctrl-C)")
 
 
-def _resolve(args: argparse.Namespace) -> tuple[str, str]:
-    namespace = args.namespace
-    if args.config:
-        from pipeline.client import url_from_config
-        from pipeline.config import load_config
+def _client(args: argparse.Namespace) -> CrowdClient:
+    """The client for ``--config`` (its URL and namespace) or ``--url`` / the environment."""
+    from pipeline.client import CrowdClient
 
-        url = url_from_config(args.config)
-        namespace = namespace or load_config(args.config).redis.namespace
-    else:
-        url = args.url or os.environ.get("CROWDSTREAM_REDIS_URL") or DEFAULT_URL
-    return url, namespace or "crowdstream"
+    opts: dict[str, Any] = {"socket_connect_timeout": 3}
+    if args.config:
+        return CrowdClient.from_config(args.config, namespace=args.namespace, **opts)
+    url = args.url or os.environ.get("CROWDSTREAM_REDIS_URL") or DEFAULT_URL
+    return CrowdClient(url, namespace=args.namespace or "crowdstream", **opts)
 
 
 def format_count(m: dict[str, Any]) -> str:
@@ -68,65 +73,104 @@ def format_count(m: dict[str, Any]) -> str:
 
 
 def format_other(m: dict[str, Any]) -> str:
-    if m["schema"] == "crowdstream.status.v1":
+    if m["schema"] == STATUS_SCHEMA:
         return f"-- status {m['state']}: {m['reason']}"
     where = f" zone {m['zone']}" if m.get("zone") else ""
     return (f"!! ALERT {m['event']} {m['severity']} {m['rule']}{where}: {m['metric']} "
             f"{m['before']} -> {m['after']:.2f} (threshold {m['threshold']}, clear {m['clear']})")
 
 
-def main(args: argparse.Namespace) -> int:
-    import redis
+class _Printer:
+    """Prints messages: every one as JSON, or human lines with counts at most every interval."""
 
-    from pipeline.redis_keys import RedisKeys
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.json = args.json
+        self.interval = args.interval
+        self.limit = args.count
+        self.seen = 0
+        self.pending: dict[str, Any] | None = None
+        self.last_print = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.limit is not None and self.seen >= self.limit
+
+    def message(self, m: dict[str, Any]) -> None:
+        is_count = m["schema"] == COUNT_SCHEMA
+        if self.json:
+            print(json.dumps(m), flush=True)
+        elif is_count:
+            self.pending = m
+        else:
+            print(format_other(m), flush=True)
+        if is_count:
+            self.seen += 1
+
+    def tick(self, force: bool = False) -> None:
+        """Print the newest count if the interval passed (or ``force``)."""
+        now = time.monotonic()
+        if self.pending is not None and (force or self.done or
+                                         now - self.last_print >= self.interval):
+            print(format_count(self.pending), flush=True)
+            self.pending, self.last_print = None, now
+
+
+def _follow(client: CrowdClient, args: argparse.Namespace, out: _Printer) -> str | None:
+    """Print until the count limit, or until the camera ends; returns why it ended (or None).
+
+    A terminal status ends the watch when it is the camera's newest (replayed with
+    ``--from-start``) or arrives live: older runs' ends in the history do not.
+    """
+    from pipeline.client import TERMINAL_STATES, entry_order
+
+    backlog_end = entry_order(client.last_status_id(args.camera))
+    start = "0" if args.from_start else "$"
+    # the alerts stream lives in another hash slot: not readable in the same call on a cluster
+    for batch in client.follow_batches(args.camera, start, block_ms=500, with_status=True,
+                                       with_alerts=not client.cluster):
+        for eid, m in batch:
+            out.message(m)
+            if out.done:
+                return None
+            if m["schema"] == STATUS_SCHEMA and m["state"] in TERMINAL_STATES and \
+                    entry_order(eid) >= backlog_end:
+                return f"camera {args.camera!r} is {m['state']} ({m['reason']})"
+        out.tick()
+    return None
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.client import ServerGone
 
     try:
-        url, namespace = _resolve(args)
-    except RuntimeError as e:
+        client = _client(args)
+        client.ping()
+    except (RuntimeError, ServerGone) as e:
         print(f"crowdstream watch: {e}", file=sys.stderr)
         return 1
-    keys = RedisKeys(namespace)
-    r = redis.Redis.from_url(url, socket_connect_timeout=3)
-    try:
-        r.ping()
-    except redis.RedisError as e:
-        print(f"crowdstream watch: cannot reach Redis at {url}: {e}", file=sys.stderr)
-        return 1
-    start = "0" if args.from_start else "$"
-    ids = {keys.counts(args.camera): start, keys.status(args.camera): start, keys.alerts(): start}
     if not args.json:
-        latest = r.hget(keys.latest(args.camera), "status")
-        print(f"watching {args.camera!r} on {url} (namespace {namespace}); "
-              f"status: {latest.decode() if latest else 'unknown'}; Ctrl-C to stop", flush=True)
-    seen, last_print, pending = 0, 0.0, None
+        latest = client.latest(args.camera) or {}
+        print(f"watching {args.camera!r} on {_shown(client.url)} (namespace "
+              f"{client.keys.namespace}); status: {latest.get('status', 'unknown')}; "
+              "Ctrl-C to stop", flush=True)
+    out = _Printer(args)
     try:
-        while args.count is None or seen < args.count:
-            reply = r.xread(ids, block=500, count=1000) or []
-            for stream, entries in reply:
-                key = stream.decode()
-                for eid, fields in entries:
-                    ids[key] = eid.decode()
-                    m = json.loads(fields[b"data"])
-                    if m.get("camera") != args.camera:
-                        continue  # the alerts stream holds every camera
-                    is_count = m["schema"] == "crowdstream.count.v1"
-                    if args.json:
-                        print(json.dumps(m), flush=True)
-                    elif is_count:
-                        pending = m
-                    else:
-                        print(format_other(m), flush=True)
-                    if is_count:
-                        seen += 1
-                        if args.count is not None and seen >= args.count:
-                            break
-            now = time.monotonic()
-            if pending is not None and (now - last_print >= args.interval or
-                                        (args.count is not None and seen >= args.count)):
-                print(format_count(pending), flush=True)
-                pending, last_print = None, now
+        ended = _follow(client, args, out)
+    except ServerGone as e:
+        out.tick(force=True)
+        print(f"crowdstream watch: {e}; the run may have ended", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
-        r.close()
+        client.close()
+    out.tick(force=True)
+    if ended:
+        print(f"crowdstream watch: {ended}: nothing more to follow", file=sys.stderr)
     return 0
+
+
+def _shown(url: str) -> str:
+    from engines.video import redact_url
+
+    return redact_url(url)

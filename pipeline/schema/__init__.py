@@ -1,12 +1,16 @@
-"""Versioned JSON Schemas of everything crowdstream publishes (Redis streams, pub/sub, webhooks).
+"""Versioned JSON Schemas of everything crowdstream publishes (Redis streams, pub/sub, webhooks,
+JSON lines), and their names as constants: code that writes or reads a message names its schema
+through these, never as a string literal.
 
 Each message carries ``"schema": "crowdstream.<kind>.v<N>"``; the file ``<kind>.v<N>.json`` in this
 package describes it. A breaking change gets a new version and a new file; old files stay.
+``pipeline.envelopes`` builds every message; this package only names and checks them.
 
 Example::
 
-    from pipeline.schema import validate
+    from pipeline.schema import COUNT_SCHEMA, validate
     validate(envelope)  # raises jsonschema.ValidationError naming the bad field
+    if envelope["schema"] == COUNT_SCHEMA: ...
 """
 
 from __future__ import annotations
@@ -16,13 +20,21 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-SCHEMAS = ("count.v1", "heatmap.v1", "status.v1", "alert.v1", "notify.v1")
+PREFIX = "crowdstream."
+COUNT_SCHEMA = "crowdstream.count.v1"  # one frame's count (Redis counts stream, JSON lines)
+HEATMAP_SCHEMA = "crowdstream.heatmap.v1"  # one stored heatmap (Redis hash with a TTL)
+STATUS_SCHEMA = "crowdstream.status.v1"  # a camera changed state (Redis status stream, JSON lines)
+ALERT_SCHEMA = "crowdstream.alert.v1"  # an alert started / changed / ended (Redis, webhook)
+NOTIFY_SCHEMA = "crowdstream.notify.v1"  # small live notification (Redis pub/sub)
+
+SCHEMAS = tuple(name.removeprefix(PREFIX) for name in
+                (COUNT_SCHEMA, HEATMAP_SCHEMA, STATUS_SCHEMA, ALERT_SCHEMA, NOTIFY_SCHEMA))
 
 
 @cache
 def load_schema(name: str) -> dict[str, Any]:
     """The schema for ``"crowdstream.count.v1"`` or ``"count.v1"``."""
-    short = name.removeprefix("crowdstream.")
+    short = name.removeprefix(PREFIX)
     if short not in SCHEMAS:
         raise KeyError(f"unknown schema {name!r}; known: {', '.join(SCHEMAS)}")
     text = resources.files(__name__).joinpath(f"{short}.json").read_text()
@@ -37,3 +49,7 @@ def validate(doc: dict[str, Any]) -> None:
     if not isinstance(name, str):
         raise ValueError(f"document has no 'schema' field: {str(doc)[:200]}")
     jsonschema.validate(doc, load_schema(name))
+
+
+__all__ = ["ALERT_SCHEMA", "COUNT_SCHEMA", "HEATMAP_SCHEMA", "NOTIFY_SCHEMA", "SCHEMAS",
+           "STATUS_SCHEMA", "load_schema", "validate"]

@@ -1,9 +1,19 @@
 """JSON-lines sink: one line per counted frame (and per camera state change) to stdout or a file.
 
+Each line is the envelope the Redis sink publishes, built by the same encoder
+(``pipeline.envelopes``): a ``crowdstream.count.v1`` per frame, a ``crowdstream.status.v1`` per
+state change, plus a ``type`` field (``"count"`` / ``"status"``) for line-oriented readers. Count
+lines carry ``"heatmap": null`` (heatmaps go to Redis and recordings) and ``publish_ts`` is when
+the line was written. Every line is flushed as it is written, so a crash of the post process
+loses no line that was written before it.
+
 Example line::
 
-    {"type": "count", "camera": "mall", "frame_index": 12, "pts": 0.48, "count": 31.2,
-     "raw_count": 33.0, "latency_ms": 85.1, ...}
+    {"type":"count","schema":"crowdstream.count.v1","camera":"mall","frame_index":12,"pts":0.48,
+     "capture_ts":1718000000.1,"result_ts":1718000000.2,"publish_ts":1718000000.2,
+     "latency_ms":85.1,"count":31.2,"raw_count":33.0,"density_m2":null,
+     "zones":{"door":{"count":4.1,"density":0.02}},"frame_size":[480,640],"cell_pixels":8.0,
+     "engine_id":"...","heatmap":null}
 
 Example::
 
@@ -12,61 +22,50 @@ Example::
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.results import FrameResult
+from pipeline.envelopes import count_envelope, status_envelope, to_json
+from pipeline.events import CameraStatus
+from pipeline.results import FrameResult, Sink
 
 
-def result_record(r: FrameResult) -> dict[str, Any]:
-    """The JSON-able summary of a result (density maps are left to the Redis / recording sinks)."""
-    return {
-        "type": "count", "camera": r.camera, "frame_index": r.frame_index, "pts": r.pts,
-        "capture_ts": r.capture_ts, "result_ts": r.result_ts, "count": round(r.count, 4),
-        "raw_count": round(r.raw_count, 4), "latency_ms": round(r.latency_s * 1000.0, 2),
-        "frame_size": list(r.frame_size), "map_shape": list(r.density.shape),
-        "cell_pixels": r.cell_pixels, "engine_id": r.engine_id,
-        "zone_counts": r.zone_counts, "zone_density_m2": r.zone_density_m2,
-        "density_m2": r.density_m2,
-    }
+def jsonl_record(kind: str, envelope: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-lines record: the envelope with the line's ``type`` first."""
+    return {"type": kind, **envelope}
 
 
-class JsonlSink:
-    """Writes ``result_record`` lines; ``path`` "-" means stdout. Flushes at most every
-    ``flush_every_s`` (and on close) so a line per frame costs no syscall per frame."""
+class JsonlSink(Sink):
+    """Writes envelope lines; ``path`` "-" means stdout. Appends to an existing file."""
 
-    wants_frames = False
-
-    def __init__(self, path: str, flush_every_s: float = 0.5) -> None:
+    def __init__(self, path: str, run_id: str | None = None) -> None:
         self.path = path
-        self.flush_every_s = flush_every_s
+        self.run_id = run_id
         self._f: IO[str] | None = None
-        self._last_flush = 0.0
 
     def open(self) -> None:
         if self.path == "-":
             self._f = sys.stdout
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            # line-buffered: each record reaches the file as one write, flushed at its newline
+            self._f = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
 
     def _line(self, doc: dict[str, Any]) -> None:
         if self._f is None:
             raise RuntimeError("JsonlSink.write before open()")
-        self._f.write(json.dumps(doc, allow_nan=False, default=_jsonable) + "\n")
-        now = time.monotonic()
-        if now - self._last_flush >= self.flush_every_s:
+        self._f.write(to_json(doc) + "\n")
+        if self._f is sys.stdout:
             self._f.flush()
-            self._last_flush = now
 
     def write(self, result: FrameResult) -> None:
-        self._line(result_record(result))
+        env = count_envelope(result, publish_ts=time.time(), run_id=self.run_id)
+        self._line(jsonl_record("count", env))
 
-    def write_status(self, camera: str, state: str, reason: str, ts: float) -> None:
-        self._line({"type": "status", "camera": camera, "state": state, "reason": reason, "ts": ts})
+    def write_status(self, status: CameraStatus) -> None:
+        self._line(jsonl_record("status", status_envelope(status, run_id=self.run_id)))
 
     def close(self) -> None:
         if self._f is None:
@@ -75,10 +74,3 @@ class JsonlSink:
         if self._f is not sys.stdout:
             self._f.close()
         self._f = None
-
-
-def _jsonable(v: Any) -> Any:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return str(v)

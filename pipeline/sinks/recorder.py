@@ -39,7 +39,7 @@ from engines.log import get_logger
 from pipeline.config import AppConfig, CameraConfig, RecordingConfig, ZoneConfig
 from pipeline.events import EndOfStream
 from pipeline.process import StopFlag
-from pipeline.results import FrameResult
+from pipeline.results import FrameResult, Sink
 from pipeline.shm import FrameMeta, FrameRing, FrameRingHandle
 
 if TYPE_CHECKING:
@@ -339,7 +339,7 @@ def recorder_main(args: RecorderArgs) -> None:
         log.info("stopped")
 
 
-class RecordingSink:
+class RecordingSink(Sink):
     """Last output sink: feeds the recorder process through its rings (see the module docstring).
 
     ``rings``: camera -> recorder ring handle (from ``StageArgs.recorder_rings``); a recorded
@@ -374,7 +374,7 @@ class RecordingSink:
 
     def _overlay(self, cam: str, result: FrameResult, t: float, room: int) -> bytes:
         meta = {"t": float(t), "capture_ts": result.capture_ts, "frame_index": result.frame_index,
-                "count": result.count, "density": np.asarray(result.density, np.float32),
+                "count": result.count, "density": np.asarray(result.density.map, np.float32),
                 "zone_counts": dict(result.zone_counts),
                 "zone_density_m2": dict(result.zone_density_m2),
                 "alerts": self._active(cam) if self._active else []}

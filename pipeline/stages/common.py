@@ -29,3 +29,4 @@ class StageArgs:
     stop: StopFlag  # set by the supervisor (or the parent watch): finish the current item, exit
     redis_url: str | None = None
     recorder_rings: dict[str, FrameRingHandle] = field(default_factory=dict)
+    run_id: str | None = None  # in every published record: which run it came from

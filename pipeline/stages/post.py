@@ -1,6 +1,6 @@
 """Post stage: per-tile density maps -> one count-preserving map per frame -> ROI mask ->
-smoothing -> ``FrameResult`` -> sinks, in order. Also forwards camera state changes to sinks that
-have ``write_status``.
+smoothing -> ``FrameResult`` (on ``DensityMap``s) -> every sink's ``write``, in order. Camera state
+changes go to every sink's ``write_status`` (``pipeline.results.Sink``).
 
 Batches arrive in submission order (also across an inference restart), so a camera's frames
 complete in order. A frame whose tiles can never all arrive (its tile process died) is dropped
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.density import DensityMap
 from engines.log import get_logger
 from engines.tiling import TileLayout
 from pipeline.config import AppConfig
@@ -70,7 +71,7 @@ class PostProcessor:
         self.sinks = sinks
         self.engine_id = engine_id
         self.log = get_logger("post")
-        self.want_frames = any(getattr(s, "wants_frames", False) for s in sinks)
+        self.want_frames = any(s.wants_frames for s in sinks)
         self.pending: list[_Pending | None] = [None] * len(cameras)
         self.smoothers = [Smoother(cfg.cameras[c].smoothing) for c in cameras]
         self.masks: dict[tuple[int, tuple[int, int]], np.ndarray | None] = {}
@@ -140,11 +141,12 @@ class PostProcessor:
         t = p.pts if p.pts is not None else p.capture_ts
         count, density = self.smoothers[cam].update(raw_count, raw, t)
         ring = self.rings[cam]
+        block = int(self.pool.block)  # tiles are cut at full resolution: a cell is block pixels
         result = FrameResult(
             camera=self.cameras[cam], frame_index=p.frame_index, pts=p.pts,
-            capture_ts=p.capture_ts, count=count, raw_count=raw_count, density=density,
-            raw_density=raw, cell_pixels=float(self.pool.block), frame_size=(p.height, p.width),
-            engine_id=self.engine_id,
+            capture_ts=p.capture_ts, count=count, raw_count=raw_count,
+            density=DensityMap(density, block), raw_density=DensityMap(raw, block),
+            frame_size=(p.height, p.width), engine_id=self.engine_id,
             # a zero-copy view of the frame slot, valid only during write(): sinks that keep it
             # must copy it
             frame=ring.frame(p.fslot) if self.want_frames else None,
@@ -163,12 +165,10 @@ class PostProcessor:
         ring.release(p.fslot)
 
     def status(self, st: CameraStatus) -> None:
+        """Hand a camera state change to every sink (one failing sink does not stop the rest)."""
         for sink in self.sinks:
-            ws = getattr(sink, "write_status", None)
-            if ws is None:
-                continue
             try:
-                ws(st.camera, st.state, st.reason, st.ts)
+                sink.write_status(st)
             except Exception as e:
                 self.log.error("sink status failed", camera=st.camera, sink=type(sink).__name__,
                                error=f"{type(e).__name__}: {e}")
@@ -181,7 +181,8 @@ def main(args: StageArgs, engine_id: str, status_q: Any) -> None:
 
     rings = [FrameRing.attach(h) for h in args.rings]
     pool = BatchPool.attach(args.pool)
-    sinks = build_sinks(args.cfg, redis_url=args.redis_url, recorder_rings=args.recorder_rings)
+    sinks = build_sinks(args.cfg, redis_url=args.redis_url, recorder_rings=args.recorder_rings,
+                        run_id=args.run_id)
     opened: list[Sink] = []
     try:
         for s in sinks:
