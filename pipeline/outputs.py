@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.alerts import AlertSink, WebhookNotifier, check_rules
+from pipeline.alerts import AlertSink, WebhookNotifier
 from pipeline.config import AppConfig
 from pipeline.results import FrameResult, Sink
 from pipeline.zones import ZoneSink
@@ -42,10 +42,8 @@ class AlertOutputSink(AlertSink):
 def build_output_sinks(cfg: AppConfig) -> list[Sink]:
     """The output sinks this config asks for, in call order (zones, alerts, Redis, recording).
 
-    Raises ``ConfigError`` for rules naming an unknown zone or needing a missing calibration.
+    The config was checked whole when loaded (alert zones exist, m^2 has a calibration).
     """
-    for name, cam in cfg.cameras.items():
-        check_rules(name, cam, cfg.source_file)
     cams = cfg.cameras
     zones = ZoneSink(cams) if any(c.zones or c.calibration for c in cams.values()) else None
     zone_density = zones.cell_density if zones is not None else None

@@ -26,7 +26,6 @@ import queue
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
@@ -336,8 +335,8 @@ class RecordingSink:
         ctx = mp.get_context("spawn")
         self._inq = ctx.Queue(maxsize=64)
         self._freeq = ctx.Queue()
-        spec = {n: {"recording": asdict(c.recording), "dir": str(self.dir_for(n)),
-                    "zones": [asdict(z) for z in c.zones]} for n, c in self.cams.items()}
+        spec = {n: {"recording": c.recording.model_dump(), "dir": str(self.dir_for(n)),
+                    "zones": [z.model_dump() for z in c.zones]} for n, c in self.cams.items()}
         self._proc = ctx.Process(target=recorder_main, args=(spec, self._inq, self._freeq),
                                  name="crowdstream-recorder", daemon=True)
         self._proc.start()
