@@ -95,7 +95,6 @@ Frozen = Annotated[dict[K, V], AfterValidator(FrozenDict)]
 Items = Annotated[tuple[T, ...], BeforeValidator(_as_tuple)]
 # Two values of one type, e.g. ``Pair[PositiveInt]`` for a (width, height).
 Pair = Annotated[tuple[T, T], BeforeValidator(_pair)]
-IntPair = Pair[int]
 FloatPair = Pair[float]
 
 # Tags of the two shapes of a one-or-many field; not key names, so left out of error key paths.
@@ -174,8 +173,10 @@ class ConfigModel(BaseModel):
     """Base of every config section: unknown keys refused (with a suggestion), frozen after
     construction, strict scalar types, YAML lists taken for tuples, ``null`` for all defaults."""
 
+    # defer_build: a process that only unpickles a config (every spawned stage) never pays for
+    # building the validators; the loader builds them on first use
     model_config: ClassVar[ConfigDict] = ConfigDict(
-        extra="forbid", frozen=True, strict=True, validate_default=False)
+        extra="forbid", frozen=True, strict=True, validate_default=False, defer_build=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -348,7 +349,7 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 __all__ = [
-    "ConfigError", "ConfigModel", "FloatPair", "Frozen", "FrozenDict", "IntPair", "Items",
+    "ConfigError", "ConfigModel", "FloatPair", "Frozen", "FrozenDict", "Items",
     "OneOrMany", "Pair", "PathStr", "Pattern", "config_error", "context_of", "deep_merge", "interpolate_env",
     "json_schema", "key_path", "load_section", "read_yaml", "resolve_path", "rule_error",
 ]

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import math
+import os
 from itertools import combinations
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -237,7 +238,8 @@ class CameraConfig(ConfigModel):
         zones = [z.name for z in self.zones]
         for i, rule in enumerate(self.alerts):
             if rule.zone is not None and rule.zone not in zones:
-                have = f"this camera's zones: {', '.join(zones)}" if zones else "this camera has no zones"
+                have = (f"this camera's zones: {', '.join(zones)}" if zones
+                        else "this camera has no zones")
                 raise rule_error(f"unknown zone {rule.zone!r} ({have})", "alerts", i, "zone")
             if rule.metric == "density_m2" and self.calibration is None:
                 raise rule_error(f"density_m2 needs a ground calibration ({_NEEDS_CAL})",
@@ -278,12 +280,10 @@ def _unique_names(key: str, names: list[str]) -> None:
 def resolve_local_url(url: str, base_dir: Path | str | None) -> str:
     """A relative file URL (or ``file://`` path) is relative to the config's folder, like every
     other path in it, so ``crowdstream run configs/demo.yaml`` works from any directory."""
-    if source_kind(url) != "file":
+    if base_dir is None or source_kind(url) != "file":
         return url
     path = file_path(url)
-    if base_dir is None or Path(path).expanduser().is_absolute():
-        return url
-    return resolve_path(path, base_dir)
+    return url if os.path.isabs(path) else resolve_path(path, base_dir)
 
 
 def polygon_problem(points: tuple[tuple[float, float], ...]) -> str | None:

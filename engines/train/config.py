@@ -120,6 +120,9 @@ class DataConfig(ConfigModel):
     def _some_training_data(self) -> DataConfig:
         if isinstance(self.train, tuple) and not self.train:
             raise rule_error("needs at least one source", "train")
+        if self.val is not None and isinstance(self.train, tuple) and len(self.train) > 1:
+            raise rule_error("names one validation set; with several training sources hold back "
+                             "part of each (holdout / val_select) instead", "val")
         return self
 
 

@@ -289,9 +289,6 @@ class Trainer:
         """Every source's (train, validation) samples; see ``DataConfig`` for the rules."""
         d = self.cfg.data
         srcs = self.sources()
-        if d.val is not None and len(srcs) > 1:
-            raise ValueError("data.val names one validation set; with several training sources "
-                             "hold back part of each (holdout / val_select) instead")
         out = []
         for i, src in enumerate(srcs):
             samples = load_dataset(src.root, src.format, split=src.split, select=src.select,
@@ -323,10 +320,8 @@ class Trainer:
         m = self.cfg.model
         bins = fine_bins(m.truncation)
         block = int(m.spec.get("block_size", 8))
-        if m.anchors is not None:
+        if m.anchors is not None:  # one per bin: checked with the config
             anchors = list(m.anchors)
-            if len(anchors) != len(bins):
-                raise ValueError(f"model.anchors has {len(anchors)} values for {len(bins)} bins")
         else:
             maps = [block_counts(p.points, p.rgb(self.cfg).shape[:2], block) for p in train]
             anchors = measure_anchors(maps, bins)
