@@ -321,7 +321,11 @@ def read_yaml(path: Path, overrides: dict[str, Any] | None = None) -> dict[str, 
     if not path.is_file():
         raise ConfigError(path, "", "file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, "", f"cannot read the file: {e}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(path, "", f"not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(raw, dict):

@@ -35,9 +35,12 @@ REPO = Path(__file__).resolve().parent.parent
 SQUARE = [[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]]
 
 
-def write(tmp_path: Path, doc: dict[str, Any] | str, name: str = "cfg.yaml") -> Path:
+def write(tmp_path: Path, doc: dict[str, Any] | str | bytes, name: str = "cfg.yaml") -> Path:
     p = tmp_path / name
-    p.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    if isinstance(doc, bytes):
+        p.write_bytes(doc)
+    else:
+        p.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
     return p
 
 
@@ -127,6 +130,7 @@ OTHER_CASES = [
      "environment variable ${CS_TEST_NOT_SET} is not set"),
     ("bad-yaml", "cameras:\n  a: {url: x.mp4\n", "<top level>", "not valid YAML: line 3"),
     ("not-a-mapping", "- a\n- b\n", "<top level>", "expected a mapping at the top level"),
+    ("not-text", b"cameras:\n  a: \xff\xfe\n", "<top level>", "cannot read the file"),
     ("camera-not-a-mapping", {"cameras": {"a": 5}}, "cameras.a", "expected a mapping or a URL"),
     ("no-cameras", {"cameras": {}}, "cameras", "expected a mapping of camera name"),
     ("all-disabled", cams(enabled=False), "cameras", "every camera is disabled"),
@@ -189,7 +193,8 @@ OTHER_CASES = [
 @pytest.mark.parametrize(("doc", "key", "reason"),
                          [pytest.param(*c[1:], id=c[0]) for c in ISSUE_CASES + OTHER_CASES])
 def test_validate_refuses_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                        doc: dict[str, Any] | str, key: str, reason: str) -> None:
+                                        doc: dict[str, Any] | str | bytes, key: str,
+                                        reason: str) -> None:
     p = write(tmp_path, doc)
     with pytest.raises(ConfigError) as e:
         load_config(p)
