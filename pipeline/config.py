@@ -1,8 +1,15 @@
-"""The run configuration: YAML in ``configs/`` loaded into typed sections.
+"""The run configuration: YAML in ``configs/`` loaded into typed, immutable sections.
 
 Global defaults live under ``defaults:`` and are merged under every camera, so a camera states only
-what differs. ``${ENV_VAR}`` (or ``${ENV_VAR:-fallback}``) is replaced in any string, for secrets.
-Relative paths are resolved against the config file's folder.
+what differs (a camera may also be just its URL). ``${ENV_VAR}`` (or ``${ENV_VAR:-fallback}``) is
+replaced in any string, for secrets. Relative paths, camera files included, are resolved against
+the config file's folder.
+
+The whole file is checked when it is loaded, so ``crowdstream config validate`` and ``crowdstream
+run`` refuse the same configs before any process starts: every bound (``fps > 0``, slots >= 2...)
+and every rule across keys (an alert's zone exists, zone polygons are simple, ``density_m2`` has a
+calibration, at least one camera is enabled...). An error is one line naming the file, the key path
+and the reason. The loaded config is frozen: lists are tuples, mappings ``FrozenDict``.
 
 Example::
 
@@ -13,161 +20,237 @@ Example::
 
 from __future__ import annotations
 
-import json
+import math
 import os
-from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from calibrate.config import CalibrationConfig, GroundPointConfig
-from engines.video import is_live
+from engines.video import file_path, is_live, source_kind
 from engines.yamlconfig import (
     ConfigError,
-    build,
+    ConfigModel,
+    Frozen,
+    FrozenDict,
+    Items,
+    Pair,
+    PathStr,
+    Pattern,
+    context_of,
     deep_merge,
     interpolate_env,
     json_schema,
-    path_field,
+    load_section,
     read_yaml,
+    resolve_path,
+    rule_error,
 )
 
 QueuePolicy = Literal["lossless", "latest"]
+Port = Annotated[int, Field(ge=0, le=65535)]
+Device = Annotated[str, Pattern(r"^(cpu|cuda(:[0-9]+)?)$", "cpu, cuda or cuda:N")]
+EnvName = Annotated[str, Pattern(r"^[A-Za-z_][A-Za-z0-9_]*$", "an environment variable name")]
+Name = Annotated[str, Pattern(r"\S", "a name that is not blank")]
+Fraction = Annotated[float, Field(ge=0, le=1)]  # of the frame's width or height
 
 
-@dataclass
-class ReconnectConfig:
+class ReconnectConfig(ConfigModel):
     """How a source is reopened after it fails or stalls."""
 
-    initial_s: float = 0.5
-    cap_s: float = 30.0
-    multiplier: float = 2.0
-    stall_timeout_s: float = 10.0  # no frame for this long -> reconnect
-    open_timeout_s: float = 10.0
-    max_attempts: int | None = None  # None: retry forever; the camera goes offline after this
+    initial_s: float = Field(0.5, gt=0, description="First reconnect delay (seconds); doubles "
+                                                    "(multiplier) after each failure up to cap_s.")
+    cap_s: float = Field(30.0, gt=0, description="Longest reconnect delay (seconds), >= "
+                                                 "initial_s.")
+    multiplier: float = Field(2.0, ge=1, description="Backoff growth per failed attempt (>= 1).")
+    stall_timeout_s: float = Field(10.0, gt=0, description="No frame for this long (seconds): "
+                                                           "reconnect.")
+    open_timeout_s: float = Field(10.0, gt=0, description="Give up opening the source after "
+                                                          "this long (seconds).")
+    max_attempts: int | None = Field(None, ge=1, description="Reconnect attempts before the "
+                                     "camera goes offline; null: retry forever.")
 
-    def __post_init__(self) -> None:
-        if self.initial_s <= 0 or self.cap_s < self.initial_s:
-            raise ValueError("need 0 < initial_s <= cap_s")
-        if self.multiplier < 1.0:
-            raise ValueError("multiplier must be >= 1")
+    @model_validator(mode="after")
+    def _cap_above_initial(self) -> ReconnectConfig:
+        if self.cap_s < self.initial_s:
+            raise rule_error(f"must be >= initial_s ({self.initial_s:g}), got {self.cap_s:g}",
+                             "cap_s")
+        return self
 
 
-@dataclass
-class SmoothingConfig:
+class SmoothingConfig(ConfigModel):
     """Temporal smoothing of counts (EMA, Kalman or one-euro) and of heatmaps (decaying EMA)."""
 
-    method: Literal["none", "ema", "kalman", "one_euro"] = "ema"
-    alpha: float = 0.3  # EMA weight of the newest count
-    process_noise: float = 1.0  # Kalman: variance of the count's change per second
-    measurement_noise: float = 4.0  # Kalman: variance of one raw count
-    min_cutoff_hz: float = 0.5  # one-euro
-    beta: float = 0.05  # one-euro
-    heatmap_alpha: float = 0.3  # EMA weight of the newest density map
+    method: Literal["none", "ema", "kalman", "one_euro"] = Field(
+        "ema", description="Count filter: none, ema, kalman (random walk, time-aware) or "
+                           "one_euro.")
+    alpha: float = Field(0.3, gt=0, le=1, description="EMA weight of the newest count, in "
+                                                      "(0, 1].")
+    process_noise: float = Field(1.0, ge=0, description="Kalman: variance of the count's change "
+                                                        "per second.")
+    measurement_noise: float = Field(4.0, gt=0, description="Kalman: variance of one raw count.")
+    min_cutoff_hz: float = Field(0.5, gt=0, description="One-euro: cutoff frequency at rest "
+                                                        "(Hz).")
+    beta: float = Field(0.05, ge=0, description="One-euro: how fast the cutoff rises with the "
+                                                "count's speed.")
+    heatmap_alpha: float = Field(0.3, gt=0, le=1, description="EMA weight of the newest density "
+                                                              "map, in (0, 1].")
 
-    def __post_init__(self) -> None:
-        for name in ("alpha", "heatmap_alpha"):
-            v = getattr(self, name)
-            if not 0.0 < v <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {v}")
 
-
-@dataclass
-class ZoneConfig:
+class ZoneConfig(ConfigModel):
     """A polygon in normalised image coordinates (0..1, x right, y down)."""
 
-    name: str
-    polygon: list[tuple[float, float]]
+    name: Name = Field(description="Zone name, unique within its camera (used by alerts and in "
+                                   "outputs).")
+    polygon: Items[Pair[Fraction]] = Field(
+        description="At least 3 [x, y] points in 0..1 (x right, y down), a simple polygon: "
+                    "non-zero area, no crossing edges.", json_schema_extra={"minItems": 3})
 
-    def __post_init__(self) -> None:
-        if not self.name.strip():
-            raise ValueError("zone name must not be empty")
-        if len(self.polygon) < 3:
-            raise ValueError(f"zone {self.name!r} needs at least 3 points")
-        for x, y in self.polygon:
-            if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
-                raise ValueError(f"zone {self.name!r}: point {(x, y)} is outside 0..1")
+    @field_validator("polygon")
+    @classmethod
+    def _simple_polygon(cls, polygon: tuple[tuple[float, float], ...]
+                        ) -> tuple[tuple[float, float], ...]:
+        if len(polygon) < 3:
+            raise ValueError(f"needs at least 3 points, got {len(polygon)}")
+        problem = polygon_problem(polygon)
+        if problem:
+            raise ValueError(problem)
+        return polygon
 
 
-@dataclass
-class AlertRuleConfig:
+class AlertRuleConfig(ConfigModel):
     """Raise an alert when a zone's (or the camera's) count or density stays above a threshold."""
 
-    name: str
-    threshold: float
-    zone: str | None = None  # None: the whole camera
-    metric: Literal["count", "density", "density_m2"] = "count"
-    clear: float | None = None  # hysteresis: the alert ends below this (default: threshold)
-    min_duration_s: float = 0.0
-    cooldown_s: float = 30.0
-    severity: Literal["info", "warning", "critical"] = "warning"
-    update_every_s: float = 10.0  # while active, an 'update' event at most this often (0: never)
+    name: Name = Field(description="Rule name, unique within its camera (in every event).")
+    threshold: float = Field(ge=0, description="The alert starts when the value reaches this.")
+    zone: str | None = Field(None, description="A zone of this camera; null: the whole camera.")
+    metric: Literal["count", "density", "density_m2"] = Field(
+        "count", description="count (people), density (people per map cell) or density_m2 "
+                             "(people per m^2; needs a calibration).")
+    clear: float | None = Field(
+        None, ge=0, description="Hysteresis: the alert ends below this (<= threshold; default: "
+                                "threshold).")
+    min_duration_s: float = Field(0.0, ge=0, description="The value must stay at or above clear "
+                                                         "this long before the alert starts.")
+    cooldown_s: float = Field(30.0, ge=0, description="Quiet time after an alert ends before the "
+                                                      "next may start (seconds).")
+    severity: Literal["info", "warning", "critical"] = Field(
+        "warning", description="Carried in every event of the rule.")
+    update_every_s: float = Field(10.0, ge=0, description="While active, an 'update' event at "
+                                                          "most this often (0: never).")
 
-    def __post_init__(self) -> None:
-        if not self.name.strip():
-            raise ValueError("alert rule name must not be empty")
+    @model_validator(mode="after")
+    def _clear_below_threshold(self) -> AlertRuleConfig:
         if self.clear is not None and self.clear > self.threshold:
-            raise ValueError(f"alert {self.name!r}: clear ({self.clear}) must be <= threshold "
-                             f"({self.threshold}); it is the level the alert ends below")
-        for k in ("min_duration_s", "cooldown_s", "update_every_s"):
-            if getattr(self, k) < 0:
-                raise ValueError(f"alert {self.name!r}: {k} must be >= 0")
+            raise rule_error(f"must be <= threshold ({self.threshold:g}), got {self.clear:g}: it "
+                             f"is the level the alert ends below", "clear")
+        return self
 
     @property
     def clear_level(self) -> float:
         return self.threshold if self.clear is None else self.clear
 
 
-@dataclass
-class RecordingConfig:
+X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
+                     "slower", "veryslow", "placebo"]
+
+
+class RecordingConfig(ConfigModel):
     """Overlay recording: H.264 MP4 segments with the heatmap drawn over the video."""
 
-    enabled: bool = False
-    dir: str = path_field(None)  # default: <run_dir>/recordings
-    segment_s: float = 10.0
-    retain_hours: float = 24.0
-    retain_gb: float = 10.0
-    fps: float | None = None  # at most this many recorded frames/s (default: every counted frame)
-    heatmap_opacity: float = 0.45
-    draw_density_m2: bool = False
-    max_width: int = 1280  # frames wider than this are downscaled before encoding
-    crf: int = 23  # libx264 quality (lower: better, bigger)
-    preset: str = "veryfast"  # libx264 speed preset
-    queue_slots: int = 4  # shared-memory frame slots; a frame is skipped when all are busy
-
-    def __post_init__(self) -> None:
-        if self.segment_s <= 0:
-            raise ValueError("segment_s must be > 0")
-        if self.retain_hours <= 0 or self.retain_gb <= 0:
-            raise ValueError("retain_hours and retain_gb must be > 0")
-        if not 0.0 <= self.heatmap_opacity <= 1.0:
-            raise ValueError("heatmap_opacity must be in [0, 1]")
-        if self.max_width < 16 or self.queue_slots < 1:
-            raise ValueError("max_width must be >= 16 and queue_slots >= 1")
-        if not 0 <= self.crf <= 51:
-            raise ValueError("crf must be in 0..51")
+    enabled: bool = Field(False, description="Record this camera's overlay video.")
+    dir: PathStr | None = Field(None, description="Where segments go (default: "
+                                                  "<run_dir>/recordings).")
+    segment_s: float = Field(10.0, gt=0, description="Length of one MP4 segment (seconds).")
+    retain_hours: float = Field(24.0, gt=0, description="Delete segments older than this.")
+    retain_gb: float = Field(10.0, gt=0, description="Delete the oldest segments beyond this "
+                                                     "total size (GB).")
+    fps: float | None = Field(None, gt=0, description="At most this many recorded frames/s "
+                                                      "(default: every counted frame).")
+    heatmap_opacity: float = Field(0.45, ge=0, le=1, description="Heatmap opacity over the "
+                                                                 "video, in [0, 1].")
+    draw_density_m2: bool = Field(False, description="Label zones with people/m^2 (needs a "
+                                                     "calibration).")
+    max_width: int = Field(1280, ge=16, description="Frames wider than this are downscaled "
+                                                    "before encoding (pixels).")
+    crf: int = Field(23, ge=0, le=51, description="libx264 quality, 0..51 (lower: better, "
+                                                  "bigger).")
+    preset: X264Preset = Field("veryfast", description="libx264 speed preset.")
+    queue_slots: int = Field(4, ge=1, description="Shared-memory frame slots; a frame is skipped "
+                                                  "when all are busy.")
 
 
-@dataclass
-class CameraConfig:
-    """One source: RTSP/RTMP/HLS URL, local file or V4L2 device, plus per-camera settings."""
+class CameraConfig(ConfigModel):
+    """One source: RTSP/RTMP/HLS URL, local file or V4L2 device, plus per-camera settings.
 
-    url: str
-    enabled: bool = True
-    fps: float | None = None  # sample to at most this many counted frames per second
-    queue_policy: Literal["auto", "lossless", "latest"] = "auto"
-    rtsp_transport: Literal["tcp", "udp"] = "tcp"
-    loop: bool = False  # replay a file forever (demos, soak tests)
-    realtime: bool = False  # pace a file at its native rate, like a live camera
-    decode_threads: int = 0  # 0: let PyAV/FFmpeg choose (thread_type AUTO)
-    options: dict[str, str] = field(default_factory=dict)  # extra FFmpeg input options
-    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
-    text_prompt: str | None = None  # CLIP-Count: what to count ("people", "cars")
-    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
-    zones: list[ZoneConfig] = field(default_factory=list)
-    alerts: list[AlertRuleConfig] = field(default_factory=list)
-    recording: RecordingConfig = field(default_factory=RecordingConfig)
-    calibration: CalibrationConfig | None = None
-    roi_mask: str | None = path_field(None)  # PNG, 255 inside: density outside is zeroed
+    A camera's rules across keys (zone names unique, alerts name existing zones, m^2 only with a
+    usable calibration) are checked here, so a camera built in code is checked like a loaded one.
+    """
+
+    url: Annotated[str, Field(min_length=1)] = Field(
+        description="rtsp://, rtmp://, http(s):// (HLS), udp/srt/tcp://, a file (relative to the "
+                    "config's folder, or file://) or /dev/videoN.")
+    enabled: bool = Field(True, description="false: the camera is not opened (shown offline).")
+    fps: float | None = Field(None, gt=0, description="Count at most this many frames per "
+                                                      "second (default: every frame).")
+    queue_policy: Literal["auto", "lossless", "latest"] = Field(
+        "auto", description="lossless (every frame, in order), latest (drop the oldest, live) or "
+                            "auto (latest for live sources and realtime files).")
+    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
+    loop: bool = Field(False, description="Replay a file forever (demos, soak tests).")
+    realtime: bool = Field(False, description="Pace a file at its native rate, like a live "
+                                              "camera.")
+    decode_threads: int = Field(0, ge=0, description="Decoder threads; 0: let FFmpeg choose.")
+    options: Frozen[str, str] = Field(default_factory=FrozenDict,
+                                      description="Extra FFmpeg input options (strings).")
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig,
+                                       description="How the source is reopened after a failure.")
+    text_prompt: str | None = Field(None, description="CLIP-Count: what to count (\"people\", "
+                                                      "\"cars\").")
+    smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig,
+                                       description="Temporal smoothing of counts and heatmaps.")
+    zones: Items[ZoneConfig] = Field((), description="Polygons counted separately (names "
+                                                     "unique).")
+    alerts: Items[AlertRuleConfig] = Field((), description="Alert rules on the camera's or a "
+                                                           "zone's value (names unique).")
+    recording: RecordingConfig = Field(default_factory=RecordingConfig,
+                                       description="Overlay recording.")
+    calibration: CalibrationConfig | None = Field(
+        None, description="Ground calibration (people per m^2); see 'crowdstream calibrate "
+                          "ground'.")
+    roi_mask: PathStr | None = Field(None, description="PNG, 255 inside: density outside is "
+                                                       "zeroed.")
+
+    @field_validator("url")
+    @classmethod
+    def _local_file_beside_the_config(cls, url: str, info: ValidationInfo) -> str:
+        return resolve_local_url(url, context_of(info).get("base_dir"))
+
+    @model_validator(mode="after")
+    def _camera_rules(self, info: ValidationInfo) -> CameraConfig:
+        if context_of(info).get("defaults"):  # defaults are checked once merged into a camera
+            return self
+        _unique_names("zones", [z.name for z in self.zones])
+        _unique_names("alerts", [a.name for a in self.alerts])
+        zones = [z.name for z in self.zones]
+        for i, rule in enumerate(self.alerts):
+            if rule.zone is not None and rule.zone not in zones:
+                have = (f"this camera's zones: {', '.join(zones)}" if zones
+                        else "this camera has no zones")
+                raise rule_error(f"unknown zone {rule.zone!r} ({have})", "alerts", i, "zone")
+            if rule.metric == "density_m2" and self.calibration is None:
+                raise rule_error(f"density_m2 needs a ground calibration ({_NEEDS_CAL})",
+                                 "alerts", i, "metric")
+        if self.recording.draw_density_m2 and self.calibration is None:
+            raise rule_error(f"people/m^2 labels need a ground calibration ({_NEEDS_CAL})",
+                             "recording", "draw_density_m2")
+        problem = self.calibration.problem() if self.calibration is not None else None
+        if problem is not None:
+            raise rule_error(problem[1], "calibration", problem[0])
+        return self
 
     @property
     def is_live(self) -> bool:
@@ -182,26 +265,97 @@ class CameraConfig:
         return "latest" if (self.is_live or self.realtime) else "lossless"
 
 
-@dataclass
-class ModelConfig:
+_NEEDS_CAL = "add a calibration: section to this camera; see 'crowdstream calibrate ground'"
+
+
+def _unique_names(key: str, names: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise rule_error(f"duplicate name {name!r} ({key}[{seen[name]}] has it too)",
+                             key, i, "name")
+        seen[name] = i
+
+
+def resolve_local_url(url: str, base_dir: Path | str | None) -> str:
+    """A relative file URL (or ``file://`` path) is relative to the config's folder, like every
+    other path in it, so ``crowdstream run configs/demo.yaml`` works from any directory."""
+    if base_dir is None or source_kind(url) != "file":
+        return url
+    path = file_path(url)
+    return url if os.path.isabs(path) else resolve_path(path, base_dir)
+
+
+def polygon_problem(points: tuple[tuple[float, float], ...]) -> str | None:
+    """Why ``points`` is not a simple polygon (repeated point, no area, crossing edges), or None."""
+    n = len(points)
+    for i in range(n):
+        if points[i] == points[(i + 1) % n]:
+            return f"points {i} and {(i + 1) % n} are the same"
+    edges = [(points[i], points[(i + 1) % n]) for i in range(n)]
+    for i, j in combinations(range(n), 2):
+        if j == i + 1 or (i == 0 and j == n - 1):
+            continue  # neighbours share a corner
+        if _segments_touch(*edges[i], *edges[j]):
+            return (f"edges {i}-{(i + 1) % n} and {j}-{(j + 1) % n} cross (the polygon intersects "
+                    f"itself; list its points in order around the zone)")
+    area2 = sum(points[i][0] * points[(i + 1) % n][1] - points[(i + 1) % n][0] * points[i][1]
+                for i in range(n))
+    if abs(area2) <= 1e-12:
+        return "the polygon has no area (all its points lie on one line)"
+    return None
+
+
+def _segments_touch(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float],
+                    d: tuple[float, float]) -> bool:
+    def orient(p: tuple[float, float], q: tuple[float, float], r: tuple[float, float]) -> float:
+        v = (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+        return 0.0 if math.isclose(v, 0.0, abs_tol=1e-12) else v
+
+    def on(p: tuple[float, float], q: tuple[float, float], r: tuple[float, float]) -> bool:
+        return (min(p[0], q[0]) <= r[0] <= max(p[0], q[0])
+                and min(p[1], q[1]) <= r[1] <= max(p[1], q[1]))
+
+    o1, o2, o3, o4 = orient(a, b, c), orient(a, b, d), orient(c, d, a), orient(c, d, b)
+    if o1 * o2 < 0 and o3 * o4 < 0:
+        return True
+    return ((o1 == 0 and on(a, b, c)) or (o2 == 0 and on(a, b, d))
+            or (o3 == 0 and on(c, d, a)) or (o4 == 0 and on(c, d, b)))
+
+
+class ModelConfig(ConfigModel):
     """Which model or engine counts, and how frames are tiled for it."""
 
-    checkpoint: str | None = path_field(None)  # our checkpoint (exported once, cached by hash)
-    engine: str | None = path_field(None)  # a prebuilt engine file (.onnx / .plan)
-    name: str | None = None  # a released model by registry name (`crowdstream models list`): pulled and converted on first use
-    backend: Literal["auto", "torch", "onnx", "tensorrt"] = "auto"
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
-    device: str = "cpu"  # "cpu", "cuda", "cuda:1"
-    batch: int = 8  # tiles per inference batch (across cameras)
-    window: tuple[int, int] | None = None  # default: the model's own window
-    overlap: float = 0.0
-    batch_timeout_ms: float = 20.0  # wait this long to fill a batch before running a partial one
-    cache_dir: str | None = path_field(None)  # default: the user's engine cache (shared)
-    random_init: str | None = None  # a small built-in config name, for tests without weights
+    checkpoint: PathStr | None = Field(None, description="Our checkpoint (.pt), exported once "
+                                                         "and cached by hash.")
+    engine: PathStr | None = Field(None, description="A prebuilt engine file (.onnx / .plan); "
+                                                     "wins over checkpoint.")
+    name: str | None = Field(None, description="A released model by registry name ('crowdstream "
+                             "models list'), pulled and converted on first use.")
+    backend: Literal["auto", "torch", "onnx", "tensorrt"] = Field(
+        "auto", description="auto: TensorRT on CUDA when available, else ONNX Runtime, else "
+                            "torch.")
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Engine precision "
+                                                       "(int8: see 'crowdstream calibrate int8').")
+    device: Device = Field("cpu", description="cpu, cuda or cuda:N.")
+    batch: int = Field(8, ge=1, description="Tiles per inference batch (across cameras).")
+    window: Pair[PositiveInt] | None = Field(
+        None, description="Tile [height, width] (default: the model's own window).")
+    overlap: float = Field(0.0, ge=0, lt=1, description="Tile overlap share, in [0, 1).")
+    batch_timeout_ms: float = Field(20.0, ge=0, description="Wait this long to fill a batch "
+                                    "before running a partial one.")
+    cache_dir: PathStr | None = Field(None, description="Exported engines (default: the user's "
+                                                        "shared engine cache).")
+    random_init: str | None = Field(None, description="A small built-in model name "
+                                    "(ebc-tiny-rn...), randomly initialised: for tests, counts "
+                                    "are not meaningful.")
 
-    def __post_init__(self) -> None:
-        if self.batch < 1:
-            raise ValueError("batch must be >= 1")
+    @model_validator(mode="after")
+    def _tensorrt_on_cuda(self) -> ModelConfig:
+        if self.backend == "tensorrt" and not self.device.startswith("cuda"):
+            raise rule_error(f"backend tensorrt needs a CUDA device (cuda or cuda:N), got "
+                             f"{self.device!r}", "device")
+        return self
 
     @property
     def engine_cache_dir(self) -> Path:
@@ -211,105 +365,155 @@ class ModelConfig:
         return Path(self.cache_dir) if self.cache_dir else engine_cache_dir()
 
 
-@dataclass
-class RedisConfig:
+class RedisConfig(ConfigModel):
     """Redis / Valkey publishing. No ``url``: an embedded server is started under the run dir."""
 
-    enabled: bool = True
-    url: str | None = None
-    username_env: str | None = None
-    password_env: str | None = None
-    namespace: str = "crowdstream"
-    stream_maxlen: int = 10000
-    heatmap_every_s: float = 1.0
-    heatmap_ttl_s: int = 300
-    heatmap_format: Literal["png", "float16"] = "png"
-    heatmap_max_side: int = 160
-    buffer_max_messages: int = 20000  # outage buffer; beyond it the oldest are dropped (counted)
-    buffer_max_mb: float = 64.0  # the same buffer's memory bound
-    batch_max: int = 256  # messages per pipelined round trip
-    pubsub: bool = True
-    ssl_ca_certs: str | None = path_field(None)  # rediss://: CA bundle (default: system store)
-    ssl_certfile: str | None = path_field(None)  # rediss://: client certificate (mutual TLS)
-    ssl_keyfile: str | None = path_field(None)
-    connect_timeout_s: float = 2.0
-    embedded_port: int | None = None  # embedded server: fixed port (default: first free >= 16379)
-    cluster: bool = False  # url is a Redis Cluster node: use the cluster client
+    enabled: bool = Field(True, description="Publish counts, heatmaps, status and alerts.")
+    url: Annotated[str, Pattern(r"^(redis|rediss|unix)://", "a URL starting with redis://, "
+                                "rediss:// or unix://")] | None = Field(
+        None, description="redis://, rediss:// (TLS) or unix://; null: an embedded server under "
+                          "the run dir.")
+    username_env: EnvName | None = Field(None, description="Environment variable holding the "
+                                                           "username.")
+    password_env: EnvName | None = Field(None, description="Environment variable holding the "
+                                                           "password.")
+    namespace: Annotated[str, Field(min_length=1), Pattern(r"^[^{} ]+$", "a namespace without "
+                                                           "braces or spaces")] = Field(
+        "crowdstream", description="Key prefix (no braces or spaces).")
+    stream_maxlen: int = Field(10000, ge=1, description="Approximate length kept per stream.")
+    heatmap_every_s: float = Field(1.0, ge=0, description="Publish a heatmap at most this often "
+                                                          "(0: every frame).")
+    heatmap_ttl_s: int = Field(300, ge=1, description="Heatmap keys expire after this (seconds).")
+    heatmap_format: Literal["png", "float16"] = Field("png", description="Heatmap encoding.")
+    heatmap_max_side: int = Field(160, ge=2, description="Heatmaps are downscaled to this longest "
+                                                         "side (cells).")
+    buffer_max_messages: int = Field(20000, ge=1, description="Outage buffer; beyond it the "
+                                                              "oldest are dropped (counted).")
+    buffer_max_mb: float = Field(64.0, gt=0, description="The outage buffer's memory bound (MB).")
+    batch_max: int = Field(256, ge=1, description="Messages per pipelined round trip.")
+    pubsub: bool = Field(True, description="Also PUBLISH each count message.")
+    ssl_ca_certs: PathStr | None = Field(None, description="rediss://: CA bundle (default: the "
+                                                           "system store).")
+    ssl_certfile: PathStr | None = Field(None, description="rediss://: client certificate "
+                                                           "(mutual TLS).")
+    ssl_keyfile: PathStr | None = Field(None, description="rediss://: the client certificate's "
+                                                          "key.")
+    connect_timeout_s: float = Field(2.0, gt=0, description="Connect / socket timeout (seconds).")
+    embedded_port: Port | None = Field(None, description="Embedded server: fixed port (default: "
+                                                         "the first free >= 16379).")
+    cluster: bool = Field(False, description="url is a Redis Cluster node: use the cluster "
+                                             "client.")
 
-    def __post_init__(self) -> None:
-        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"url must start with redis://, rediss:// or unix://, got {self.url!r}")
-        if self.stream_maxlen < 1 or self.buffer_max_messages < 1 or self.batch_max < 1:
-            raise ValueError("stream_maxlen, buffer_max_messages and batch_max must be >= 1")
-        if self.heatmap_every_s < 0 or self.heatmap_ttl_s < 1 or self.heatmap_max_side < 2:
-            raise ValueError("need heatmap_every_s >= 0, heatmap_ttl_s >= 1, heatmap_max_side >= 2")
-        if any(c in self.namespace for c in "{} "):
-            raise ValueError(f"namespace must not contain braces or spaces: {self.namespace!r}")
+    @model_validator(mode="after")
+    def _cluster_needs_url(self) -> RedisConfig:
+        if self.cluster and self.url is None:
+            raise rule_error("cluster needs a url (a node of the cluster); the embedded server is "
+                             "not a cluster", "cluster")
+        return self
 
 
-@dataclass
-class WebhookConfig:
+class WebhookConfig(ConfigModel):
     """Alert events POSTed as JSON."""
 
-    url: str
-    timeout_s: float = 5.0
-    retries: int = 3
-    backoff_s: float = 1.0  # doubles after each failed attempt
-    headers: dict[str, str] = field(default_factory=dict)  # e.g. Authorization: ${HOOK_TOKEN}
-    queue_max: int = 1000  # events waiting to be sent; beyond it new events are dropped (counted)
-
-    def __post_init__(self) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"webhook url must start with http:// or https://, got {self.url!r}")
-        if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0 or self.queue_max < 1:
-            raise ValueError("need timeout_s > 0, retries >= 0, backoff_s >= 0, queue_max >= 1")
+    url: Annotated[str, Pattern(r"^https?://", "a URL starting with http:// or https://")] = \
+        Field(description="Where alert events are POSTed (http:// or https://).")
+    timeout_s: float = Field(5.0, gt=0, description="Per-request timeout (seconds).")
+    retries: int = Field(3, ge=0, description="Retries after a failed POST.")
+    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles after each "
+                                                    "failed attempt.")
+    headers: Frozen[str, str] = Field(default_factory=FrozenDict, description="Extra headers, "
+                                      "e.g. Authorization: ${HOOK_TOKEN}.")
+    queue_max: int = Field(1000, ge=1, description="Events waiting to be sent; beyond it new "
+                                                   "events are dropped (counted).")
 
 
-@dataclass
-class MetricsConfig:
+class MetricsConfig(ConfigModel):
     """Prometheus exposition and the console status line."""
 
-    port: int | None = 9108  # None: no HTTP endpoint
-    host: str = "127.0.0.1"
-    status_every_s: float = 5.0
+    port: Port | None = Field(9108, description="Prometheus HTTP port; null: no endpoint.")
+    host: Annotated[str, Field(min_length=1)] = Field("127.0.0.1", description="Address the "
+                                                      "endpoint listens on.")
+    status_every_s: float = Field(5.0, gt=0, description="Console status line period (seconds).")
 
 
-@dataclass
-class RuntimeConfig:
+class RuntimeConfig(ConfigModel):
     """Process-level knobs: shared-memory sizes, restarts, shutdown."""
 
-    frame_slots: int = 8  # frame slots per camera ring
-    batch_slots: int = 4
-    max_frame_width: int = 3840
-    max_frame_height: int = 2160
-    restart_backoff_s: float = 1.0
-    restart_backoff_cap_s: float = 30.0
-    drain_timeout_s: float = 10.0
-    torch_threads: int | None = None
+    frame_slots: int = Field(8, ge=2, description="Frame slots per camera ring (>= 2: one being "
+                                                  "written while one is read).")
+    batch_slots: int = Field(4, ge=2, description="Batch slots shared by the tile, inference and "
+                                                  "post stages (>= 2).")
+    max_frame_width: int = Field(3840, gt=0, description="Ring frame width for live sources "
+                                                         "(pixels; files use their own).")
+    max_frame_height: int = Field(2160, gt=0, description="Ring frame height for live sources "
+                                                          "(pixels).")
+    restart_backoff_s: float = Field(1.0, gt=0, description="First delay before restarting a "
+                                                            "crashed stage (seconds).")
+    restart_backoff_cap_s: float = Field(30.0, gt=0, description="Longest restart delay "
+                                                                 "(seconds), >= "
+                                                                 "restart_backoff_s.")
+    drain_timeout_s: float = Field(10.0, ge=0, description="On stop, wait this long for queued "
+                                                           "frames to be counted.")
+    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads for "
+                                                              "inference; null: torch's default.")
+
+    @model_validator(mode="after")
+    def _cap_above_first(self) -> RuntimeConfig:
+        if self.restart_backoff_cap_s < self.restart_backoff_s:
+            raise rule_error(f"must be >= restart_backoff_s ({self.restart_backoff_s:g}), got "
+                             f"{self.restart_backoff_cap_s:g}", "restart_backoff_cap_s")
+        return self
 
 
-@dataclass
-class AppConfig:
+class AppConfig(ConfigModel):
     """A whole ``crowdstream run`` configuration."""
 
-    cameras: dict[str, CameraConfig]
-    model: ModelConfig = field(default_factory=ModelConfig)
-    redis: RedisConfig = field(default_factory=RedisConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    webhook: WebhookConfig | None = None
-    jsonl: str | None = None  # "-" for stdout, or a file path (relative to run_dir)
-    run_dir: str = path_field("runs/default")
-    defaults: dict[str, Any] = field(default_factory=dict)  # merged under every camera (raw)
-    source_file: str | None = None
+    cameras: Frozen[str, CameraConfig] = Field(
+        description="Camera name -> URL, or settings merged over defaults (at least one "
+                    "enabled).", json_schema_extra={"minProperties": 1})
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The counting model.")
+    redis: RedisConfig = Field(default_factory=RedisConfig, description="Redis / Valkey "
+                                                                        "publishing.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus and "
+                                                                              "the console line.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Process-level "
+                                                                              "knobs.")
+    webhook: WebhookConfig | None = Field(None, description="POST alert events here.")
+    jsonl: str | None = Field(None, description="One JSON line per counted frame: '-' for "
+                                                "stdout, or a file (relative to run_dir).")
+    run_dir: PathStr = Field("runs/default", description="Recordings, the embedded Redis and "
+                                                         "relative jsonl files go here.")
+    defaults: Frozen[str, Any] = Field(default_factory=FrozenDict,
+                                       description="Camera settings merged under every camera.")
+    source_file: SkipJsonSchema[str | None] = Field(
+        None, description="The file this config was loaded from (set by the loader).")
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, data: Any, info: ValidationInfo) -> Any:
+        file = context_of(info).get("file")
+        if file is not None and isinstance(data, dict):
+            data = {**data, "source_file": file}
+        return data
+
+    @model_validator(mode="after")
+    def _run_rules(self) -> AppConfig:
         if not self.cameras:
-            raise ValueError("at least one camera is needed under 'cameras'")
+            raise rule_error("needs at least one camera (name -> URL or settings)", "cameras")
+        if not any(c.enabled for c in self.cameras.values()):
+            raise rule_error("every camera is disabled (enabled: false); enable at least one",
+                             "cameras")
+        if self.jsonl is not None and self.jsonl != "-":
+            target = Path(self.run_dir) / self.jsonl
+            if not self.jsonl.strip() or self.jsonl.endswith(("/", "\\")) or target.is_dir():
+                raise rule_error(f"expected '-' (stdout) or a file path, got {self.jsonl!r}"
+                                 + (f" ({target} is a folder)" if target.is_dir() else ""),
+                                 "jsonl")
+        return self
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> AppConfig:
-    """Read, interpolate, merge defaults and validate a YAML config file."""
+    """Read, interpolate, merge defaults and validate a YAML config file; ``ConfigError`` else."""
     path = Path(path)
     raw = read_yaml(path, overrides)
     return config_from_dict(raw, file=str(path), base_dir=path.resolve().parent)
@@ -323,50 +527,44 @@ def config_from_dict(raw: dict[str, Any], file: str | None = None,
     raw = interpolate_env(raw, file)
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
-        raise ConfigError(file, "defaults", "expected a mapping")
-    # validate defaults on their own first, so an error there is reported under 'defaults'
-    build(CameraConfig, {"url": "<defaults>", **defaults}, file=file, key="defaults", base_dir=base_dir)
+        raise ConfigError(file, "defaults", f"expected a mapping of camera settings, got "
+                                            f"{defaults!r}")
+    # defaults on their own first, so an error there is reported under 'defaults'
+    load_section(CameraConfig, {"url": "<defaults>", **defaults}, file=file, key="defaults",
+                 base_dir=base_dir, context={"defaults": True})
     cams = raw.get("cameras")
     if not isinstance(cams, dict) or not cams:
-        raise ConfigError(file, "cameras", "expected a mapping of camera name -> settings (at least one)")
-    merged = dict(raw)
-    merged["cameras"] = {}
+        raise ConfigError(file, "cameras", "expected a mapping of camera name -> settings (at "
+                                           "least one)")
+    merged = {**raw, "cameras": {}}
     for name, cam in cams.items():
         if isinstance(cam, str):
             cam = {"url": cam}
         if not isinstance(cam, dict):
             raise ConfigError(file, f"cameras.{name}", f"expected a mapping or a URL, got {cam!r}")
         merged["cameras"][str(name)] = deep_merge(defaults, cam)
-    cfg = build(AppConfig, merged, file=file, base_dir=base_dir)
-    cfg.source_file = file
-    if base_dir is not None:
-        for cam in cfg.cameras.values():
-            cam.url = _resolve_local_url(cam.url, base_dir)
-    return cfg
-
-
-def _resolve_local_url(url: str, base_dir: Path) -> str:
-    """A relative file URL is relative to the config's folder, like every other path in it, so
-    ``crowdstream run configs/demo.yaml`` (and every other command) works from any directory."""
-    if "://" in url or url.startswith("/"):
-        return url
-    p = Path(url).expanduser()
-    return os.path.normpath(p if p.is_absolute() else base_dir / p)
+    return load_section(AppConfig, merged, file=file, base_dir=base_dir)
 
 
 def config_schema() -> dict[str, Any]:
-    """The JSON Schema of the config file (``crowdstream config schema``)."""
+    """The JSON Schema of the config file, for editors (``crowdstream config schema``)."""
     schema = json_schema(AppConfig)
+    defs = schema["$defs"]
+    camera_defaults = {**defs["CameraConfig"], "title": "CameraDefaults",
+                       "description": "Camera settings merged under every camera (any camera "
+                                      "key; url is not needed here)."}
+    camera_defaults.pop("required", None)
+    defs["CameraDefaults"] = camera_defaults
+    schema["properties"]["cameras"]["additionalProperties"] = {"anyOf": [
+        {"$ref": "#/$defs/CameraConfig"},
+        {"type": "string", "minLength": 1, "description": "The camera's URL alone (every other "
+                                                          "setting from defaults)."}]}
+    schema["properties"]["defaults"] = {"$ref": "#/$defs/CameraDefaults",
+                                        "description": AppConfig.model_fields["defaults"]
+                                        .description}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "crowdstream run configuration"
-    cam = json_schema(CameraConfig)
-    cam.pop("required", None)
-    schema["properties"]["defaults"] = cam
     return schema
-
-
-def write_schema(path: str | Path) -> None:
-    Path(path).write_text(json.dumps(config_schema(), indent=2) + "\n")
 
 
 __all__ = [

@@ -12,7 +12,7 @@ Example::
 
 from __future__ import annotations
 
-from pipeline.alerts import AlertSink, WebhookNotifier, check_rules
+from pipeline.alerts import AlertSink, WebhookNotifier
 from pipeline.config import AppConfig
 from pipeline.results import Sink
 from pipeline.shm import FrameRingHandle
@@ -30,11 +30,9 @@ def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
 
     Redis publishes to ``redis_url`` (the supervisor passes its embedded server's), else to
     ``redis.url``; neither is an error naming ``redis.url`` (no sink starts a server).
-    ``run_id`` (when given) goes into every count, status and alert envelope.
-    Raises ``ConfigError`` for rules naming an unknown zone or needing a missing calibration.
+    ``run_id`` (when given) goes into every count, status and alert envelope. The config was
+    checked whole when loaded (alert zones exist, m^2 has a calibration).
     """
-    for name, cam in cfg.cameras.items():
-        check_rules(name, cam, cfg.source_file)
     cams = cfg.cameras
     zones = ZoneSink(cams) if any(c.zones or c.calibration for c in cams.values()) else None
     redis_sink = None

@@ -11,7 +11,7 @@ import pytest
 from _outputs_helpers import make_result
 
 from engines.yamlconfig import ConfigError
-from pipeline.alerts import AlertSink, WebhookNotifier, check_rules
+from pipeline.alerts import AlertSink, WebhookNotifier
 from pipeline.config import WebhookConfig, config_from_dict
 from pipeline.events import CameraStatus
 from pipeline.schema import validate
@@ -83,15 +83,14 @@ def test_active_alerts_show_the_latest_value_between_events() -> None:
 
 
 def test_zone_density_rules_and_config_checks() -> None:
-    cfg = config_from_dict({"cameras": {"c": {"url": "x.mp4",
-        "zones": [{"name": "door", "polygon": [[0, 0], [1, 0], [1, 1]]}],
-        "alerts": [{"name": "z", "zone": "nowhere", "threshold": 1}]}}})
-    with pytest.raises(ConfigError, match="unknown zone 'nowhere'.*door"):
-        check_rules("c", cfg.cameras["c"])
-    cfg = config_from_dict({"cameras": {"c": {"url": "x.mp4",
-        "alerts": [{"name": "m2", "metric": "density_m2", "threshold": 1}]}}})
-    with pytest.raises(ConfigError, match="ground calibration"):
-        check_rules("c", cfg.cameras["c"])
+    with pytest.raises(ConfigError, match=r"cameras\.c\.alerts\[0\]\.zone: unknown zone "
+                                          r"'nowhere'.*door"):
+        config_from_dict({"cameras": {"c": {"url": "x.mp4",
+            "zones": [{"name": "door", "polygon": [[0, 0], [1, 0], [1, 1]]}],
+            "alerts": [{"name": "z", "zone": "nowhere", "threshold": 1}]}}})
+    with pytest.raises(ConfigError, match=r"cameras\.c\.alerts\[0\]\.metric: .*ground calibration"):
+        config_from_dict({"cameras": {"c": {"url": "x.mp4",
+            "alerts": [{"name": "m2", "metric": "density_m2", "threshold": 1}]}}})
     with pytest.raises(ConfigError, match="clear"):
         config_from_dict({"cameras": {"c": {"url": "x", "alerts": [
             {"name": "a", "threshold": 1, "clear": 2}]}}})
@@ -159,8 +158,7 @@ def test_density_m2_rule_on_a_calibrated_zone() -> None:
                         "image_size": [512, 288]},
         "zones": [{"name": "left", "polygon": [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]}],
         "alerts": [{"name": "dense", "zone": "left", "metric": "density_m2", "threshold": 2.0,
-                    "clear": 1.5, "cooldown_s": 0, "update_every_s": 0}]}}})
-    check_rules("c", cfg.cameras["c"])
+                    "clear": 1.5, "cooldown_s": 0, "update_every_s": 0}]}}})  # passes the checks
     zones = ZoneSink(cfg.cameras)
     events: list[dict] = []
     alerts = AlertSink(cfg.cameras, listeners=[events.append])

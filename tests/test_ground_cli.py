@@ -121,7 +121,7 @@ def test_cli_refuses_with_the_reason_and_leaves_the_config(
 def test_cli_points_on_the_command_line_first_frame_of_the_source(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # camera 'other' has no calibration section: it is added; the frame comes from the clip (PyAV)
-    cfg = _site(tmp_path, _point_lines(CLICKS[:1]), url=str(DEMO_CLIP))
+    cfg = _site(tmp_path, _point_lines(CLICKS), url=str(DEMO_CLIP))
     text = cfg.read_text().replace("  other: {url: other.mp4}\n", f"  other:\n    url: {DEMO_CLIP}\n")
     cfg.write_text(text)
     gnd = project(np.linalg.inv(CAMERA), CLICKS)
@@ -217,8 +217,8 @@ def test_yaml_float_round_trips() -> None:
 def test_preview_draws_zones_and_checks_the_size() -> None:
     cal = GroundCalibration.from_homography(np.linalg.inv(CAMERA), FRAME)
     frame = np.zeros((480, 640, 3), np.uint8)
-    zones = [ZoneConfig("z", [(0.1, 0.6), (0.5, 0.6), (0.5, 0.95)]),
-             ZoneConfig("sky", [(0.0, 0.0), (1.0, 0.0), (1.0, 0.05)])]
+    zones = [ZoneConfig(name="z", polygon=[(0.1, 0.6), (0.5, 0.6), (0.5, 0.95)]),
+             ZoneConfig(name="sky", polygon=[(0.0, 0.0), (1.0, 0.0), (1.0, 0.05)])]
     img = render_preview(frame, cal, zones=zones, title="t")
     assert img.shape == frame.shape and img.any() and not frame.any()
     with pytest.raises(ValueError, match="calibration was built for 640x480"):

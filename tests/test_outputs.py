@@ -40,10 +40,10 @@ def test_no_outputs_configured() -> None:
 
 
 def test_rule_with_unknown_zone_is_a_config_error() -> None:
-    cfg = config_from_dict({"cameras": {"c": {"url": "x.mp4", "alerts": [
-        {"name": "a", "zone": "door", "threshold": 3}]}}}, file="cams.yaml")
+    """Refused when the config is loaded, before any sink (or process) exists."""
     with pytest.raises(ConfigError, match=r"cams.yaml: cameras.c.alerts\[0\].zone: unknown zone"):
-        build_output_sinks(cfg)
+        config_from_dict({"cameras": {"c": {"url": "x.mp4", "alerts": [
+            {"name": "a", "zone": "door", "threshold": 3}]}}}, file="cams.yaml")
 
 
 def test_redis_without_url_or_running_server_is_an_error_naming_the_key(tmp_path: Path) -> None:

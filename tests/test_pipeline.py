@@ -239,7 +239,7 @@ def test_latest_policy_counts_drops_exactly_and_random_init_says_so(tmp_path: Pa
 @pytest.mark.parametrize(("model", "camera", "expect"), [
     ({"checkpoint": "nowhere/model.pt"}, None, "model.checkpoint: checkpoint file not found"),
     ({"engine": "nowhere/m.onnx"}, None, "model.engine: engine file not found"),
-    ({"random_init": "ebc-tiny-rn", "batch": 0}, None, "model: batch must be >= 1"),
+    ({"random_init": "ebc-tiny-rn", "batch": 0}, None, "model.batch: must be >= 1, got 0"),
     ({"random_init": "ebc-tiny-rn"}, {"url": "x.mp4", "queue_policy": "sometimes"},
      "cameras.a.queue_policy"),
 ])

@@ -61,5 +61,6 @@ def test_credentials_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_bad_url_scheme_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"redis: url must start with redis://, rediss:// or unix://"):
+    with pytest.raises(ConfigError, match=r"redis\.url: expected a URL starting with redis://, "
+                                          r"rediss:// or unix://, got 'http://x'"):
         config_from_dict({"redis": {"url": "http://x"}, "cameras": {"c": "x.mp4"}})

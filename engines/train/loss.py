@@ -20,25 +20,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+
+from engines.yamlconfig import ConfigModel
 
 
-@dataclass
-class LossConfig:
+class LossConfig(ConfigModel):
     """Weights of the DACE parts (CLIP-EBC defaults)."""
 
-    ce_weight: float = 1.0
-    count_weight: float = 1.0  # weight of the whole DMCount term
-    ot_weight: float = 0.1
-    tv_weight: float = 0.01
-    l1_weight: float = 1.0
-    sinkhorn_reg: float = 10.0
-    sinkhorn_iters: int = 100
-    ce_reduction: Literal["sum", "mean"] = "sum"  # over blocks: "sum" is CLIP-EBC's
+    ce_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy over count "
+                                                    "bins.")
+    count_weight: float = Field(1.0, ge=0, description="Weight of the whole DMCount term.")
+    ot_weight: float = Field(0.1, ge=0, description="DMCount: weight of the optimal-transport "
+                                                    "part.")
+    tv_weight: float = Field(0.01, ge=0, description="DMCount: weight of the total-variation "
+                                                     "part.")
+    l1_weight: float = Field(1.0, ge=0, description="DMCount: weight of the count (L1) part.")
+    sinkhorn_reg: float = Field(10.0, gt=0, description="Entropic regulariser of the Sinkhorn "
+                                                        "OT.")
+    sinkhorn_iters: int = Field(100, ge=1, description="Sinkhorn iterations.")
+    ce_reduction: Literal["sum", "mean"] = Field("sum", description="Cross-entropy over blocks: "
+                                                 "sum (CLIP-EBC's) or mean.")
 
 
 def sinkhorn_potential(a: torch.Tensor, cost: torch.Tensor, log_b: torch.Tensor, reg: float,

@@ -23,7 +23,6 @@ Example::
 from __future__ import annotations
 
 import csv
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -241,15 +240,12 @@ class Trainer:
 
     def sources(self) -> list[DatasetSource]:
         t = self.cfg.data.train
-        return list(t) if isinstance(t, list) else [t]
+        return [t] if isinstance(t, DatasetSource) else list(t)
 
     def load_data(self) -> list[SourceSplit]:
         """Every source's (train, validation) samples; see ``DataConfig`` for the rules."""
         d = self.cfg.data
         srcs = self.sources()
-        if d.val is not None and len(srcs) > 1:
-            raise ValueError("data.val names one validation set; with several training sources "
-                             "hold back part of each (holdout / val_select) instead")
         out = []
         for i, src in enumerate(srcs):
             samples = load_dataset(src.root, src.format, split=src.split, select=src.select,
@@ -281,10 +277,8 @@ class Trainer:
         m = self.cfg.model
         bins = fine_bins(m.truncation)
         block = int(m.spec.get("block_size", 8))
-        if m.anchors is not None:
+        if m.anchors is not None:  # one per bin: checked with the config
             anchors = list(m.anchors)
-            if len(anchors) != len(bins):
-                raise ValueError(f"model.anchors has {len(anchors)} values for {len(bins)} bins")
         else:
             maps = [block_counts(p.points, p.rgb(self.cfg).shape[:2], block) for p in train]
             anchors = measure_anchors(maps, bins)
@@ -301,7 +295,7 @@ class Trainer:
                 spec = ModelSpec.from_dict({**base, **m.spec})
             spec = spec.with_bins(bins, anchors).replace(truncation=m.truncation,
                                                           dataset=self._dataset_name())
-        except TypeError as e:  # dataclasses.replace with an unknown field
+        except TypeError as e:  # ModelSpec.replace with an unknown field
             raise ValueError(f"model.spec: {e}") from None
         model = create_model(spec)
         if m.text_features == "orthogonal" or (m.text_features == "auto"
@@ -478,7 +472,7 @@ class Trainer:
     def _augment_for(self, src: DatasetSource) -> AugmentConfig:
         if src.zoom is None:
             return self.cfg.augment
-        return dataclasses.replace(self.cfg.augment, zoom_min=src.zoom[0], zoom_max=src.zoom[1])
+        return self.cfg.augment.model_copy(update={"zoom_min": src.zoom[0], "zoom_max": src.zoom[1]})
 
     def _validate(self, model: nn.Module, vals: Sequence[tuple[str, list[Prepared]]]
                   ) -> dict[str, Any]:
@@ -543,7 +537,7 @@ class Trainer:
                               "select": src.select, "video": src.video,
                               "holdout": src.holdout if src.holdout is not None else d.holdout,
                               "val_select": src.val_select} for src in self.sources()],
-                "config": _plain(dataclasses.asdict(self.cfg))}
+                "config": self.cfg.model_dump(mode="json")}
 
     def _save(self, name: str, model: nn.Module, meta: dict[str, Any], epoch: int,
               row: dict[str, Any], train: Sequence[Sample], val: Sequence[Sample],
@@ -657,12 +651,3 @@ class Trainer:
 
 def _r(v: Any) -> Any:
     return round(v, 3) if isinstance(v, float) and math.isfinite(v) else v
-
-
-def _plain(obj: Any) -> Any:
-    """Config as JSON-able data (tuples -> lists) for the checkpoint metadata."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj

@@ -16,29 +16,45 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import cv2
 import numpy as np
+from pydantic import Field, PositiveInt, model_validator
+
+from engines.yamlconfig import ConfigModel, Pair, rule_error
+
+Probability = Annotated[float, Field(ge=0, le=1)]
 
 
-@dataclass
-class AugmentConfig:
+class AugmentConfig(ConfigModel):
     """Training-time augmentation; probabilities are per sample."""
 
-    crop: tuple[int, int] = (448, 448)  # (h, w) of the network input during training
-    zoom_max: float = 2.0  # crop s*crop pixels, s ~ U[zoom_min, zoom_max], then resize to crop
+    crop: Pair[PositiveInt] = Field((448, 448), description="[height, width] of the network "
+                                                            "input during training.")
     # below 1: zoom in (a smaller region enlarged: people look bigger, as near a camera);
     # s is drawn log-uniformly when the range straddles 1, so in and out are equally likely
-    zoom_min: float = 1.0
-    hflip: float = 0.5
-    jitter_p: float = 0.2
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
-    blur_p: float = 0.2
-    noise_p: float = 0.5  # salt-and-pepper (1e-3 of the pixels each)
-    noise_amount: float = 1e-3
+    zoom_max: float = Field(2.0, gt=0, description="Crop s*crop pixels, s ~ U[zoom_min, "
+                                                   "zoom_max], then resize to crop (> 1: zoom "
+                                                   "out).")
+    zoom_min: float = Field(1.0, gt=0, description="Smallest zoom (< 1: zoom in; the range is "
+                                                   "log-uniform when it straddles 1).")
+    hflip: Probability = Field(0.5, description="Probability of a horizontal flip.")
+    jitter_p: Probability = Field(0.2, description="Probability of colour jitter.")
+    brightness: float = Field(0.1, ge=0, description="Colour jitter: brightness range.")
+    contrast: float = Field(0.1, ge=0, description="Colour jitter: contrast range.")
+    saturation: float = Field(0.1, ge=0, description="Colour jitter: saturation range.")
+    blur_p: Probability = Field(0.2, description="Probability of a Gaussian blur.")
+    noise_p: Probability = Field(0.5, description="Probability of salt-and-pepper noise.")
+    noise_amount: Probability = Field(1e-3, description="Share of the pixels salt-and-pepper "
+                                                        "noise changes.")
+
+    @model_validator(mode="after")
+    def _zoom_range(self) -> AugmentConfig:
+        if self.zoom_min > self.zoom_max:
+            raise rule_error(f"must be <= zoom_max ({self.zoom_max:g}), got {self.zoom_min:g}",
+                             "zoom_min")
+        return self
 
 
 def resize_for_training(image: np.ndarray, points: np.ndarray, *, min_side: int | None = None,

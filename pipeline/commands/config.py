@@ -1,4 +1,14 @@
-"""``crowdstream config validate FILE`` / ``crowdstream config schema [OUT]``."""
+"""``crowdstream config validate FILE`` / ``crowdstream config schema [OUT]``.
+
+``validate`` loads the file exactly as ``crowdstream run`` does (every bound and rule across keys)
+and lists the cameras; a bad config is one line ``FILE: key.path: reason`` on stderr, exit 2.
+``schema`` prints (or writes) the editor JSON Schema generated from the config models.
+
+Example::
+
+    crowdstream config validate configs/demo.yaml
+    crowdstream config schema configs/crowdstream.schema.json
+"""
 
 from __future__ import annotations
 
