@@ -30,7 +30,6 @@ from typing import Any
 
 from engines.log import get_logger
 from engines.video import redact_url
-from engines.yamlconfig import ConfigError
 from pipeline.config import AlertRuleConfig, CameraConfig, WebhookConfig
 from pipeline.envelopes import alert_envelope
 from pipeline.events import CameraStatus
@@ -52,19 +51,6 @@ class _RuleState:
     prev_value: float | None = None  # value of the previous frame (a start's "before")
     before_start: float | None = None
     peak: float = 0.0
-
-
-def check_rules(camera: str, cam: CameraConfig, file: str | None = None) -> None:
-    """Config errors a rule can only have in context: unknown zone, m^2 on an uncalibrated camera."""
-    names = {z.name for z in cam.zones}
-    for i, rule in enumerate(cam.alerts):
-        key = f"cameras.{camera}.alerts[{i}]"
-        if rule.zone is not None and rule.zone not in names:
-            raise ConfigError(file, f"{key}.zone", f"unknown zone {rule.zone!r}; zones of camera "
-                              f"{camera!r}: {', '.join(sorted(names)) or '(none)'}")
-        if rule.metric == "density_m2" and cam.calibration is None:
-            raise ConfigError(file, f"{key}.metric", "density_m2 needs a ground calibration "
-                              "(cameras.<name>.calibration; see 'crowdstream calibrate ground')")
 
 
 class RuleEngine:

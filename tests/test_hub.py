@@ -439,7 +439,7 @@ def test_the_shipped_registry_is_complete_and_documented() -> None:
             assert entry_spec(e).anchors[-1] == pytest.approx(anchors[ds]), name
         if isinstance(e.args, CountArgs):
             assert reg.get(e.args.pretrained.model).family == "open_clip"
-    assert reg.get("clip-ebc-vitb16-nwpu").layout.member == ["best_mae_0.pth"]
+    assert reg.get("clip-ebc-vitb16-nwpu").layout.member == ("best_mae_0.pth",)
     with pytest.raises(HubError, match="listed but cannot be pulled: unsupported"):
         pull("zip-b-sha", registry=reg)
 

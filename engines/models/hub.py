@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import fnmatch
 import http.client
@@ -39,7 +38,7 @@ import urllib.request
 import warnings
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -47,7 +46,15 @@ from typing import IO, Any, Literal
 from engines.log import get_logger
 from engines.modelcard import Figure, ModelCard
 from engines.paths import models_dir
-from engines.yamlconfig import ConfigError, build, read_yaml
+from engines.yamlconfig import (
+    ConfigError,
+    ConfigModel,
+    Frozen,
+    FrozenDict,
+    Items,
+    load_section,
+    read_yaml,
+)
 
 log = get_logger("hub")
 
@@ -74,29 +81,26 @@ class LayoutError(HubError):
 # -- the registry (typed, validated data) ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(ConfigModel):
     """Where the file comes from; ``sha256`` null = recorded on first download."""
 
-    urls: list[str] = field(default_factory=list)
+    urls: Items[str] = ()
     page: str = ""
     file: str | None = None
     sha256: str | None = None
     size_bytes: int | None = None
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(ConfigModel):
     """How the checkpoint sits in the downloaded file."""
 
     format: Literal["ebc_state_dict", "count_lightning", "openai_jit", "state_dict",
                     "ebc_zip_checkpoint"]
     archive: Literal["none", "tgz", "zip", "auto"] = "none"
-    member: list[str] = field(default_factory=list)
+    member: Items[str] = ()
 
 
-@dataclass(frozen=True)
-class EbcArgs:
+class EbcArgs(ConfigModel):
     """Every argument of a CLIP-EBC conversion (the files hold weights only)."""
 
     backbone: str | dict[str, Any]
@@ -113,15 +117,13 @@ class EbcArgs:
     eval_whole_image: bool = False
 
 
-@dataclass(frozen=True)
-class PretrainedRef:
+class PretrainedRef(ConfigModel):
     """Frozen towers from another registry entry (pulled first)."""
 
     model: str
 
 
-@dataclass(frozen=True)
-class CountArgs:
+class CountArgs(ConfigModel):
     """Every argument of a CLIP-Count conversion (the frozen CLIP towers come from ``pretrained``:
     another entry, an open_clip tag or a local file)."""
 
@@ -138,8 +140,7 @@ class CountArgs:
     eval_tiling: Literal["clip_count", "plain"] = "clip_count"
 
 
-@dataclass(frozen=True)
-class OpenClipArgs:
+class OpenClipArgs(ConfigModel):
     """An open_clip backbone by pretrained tag (``backbone`` may be an inline config in tests)."""
 
     backbone: str | dict[str, Any]
@@ -150,21 +151,20 @@ class OpenClipArgs:
 _ARGS = {"clip_ebc": EbcArgs, "clip_count": CountArgs, "open_clip": OpenClipArgs}
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(ConfigModel):
     """One registry entry (see the header of ``registry.yaml`` for the meaning of each key)."""
 
     title: str
     family: Literal["clip_ebc", "clip_count", "open_clip", "ebc_zip"]
     source: Source
     layout: Layout
-    convert: dict[str, Any]
+    convert: Frozen[str, Any]
     licence: str
     attribution: str
-    card: dict[str, Any] = field(default_factory=dict)
+    card: Frozen[str, Any] = FrozenDict()
     status: str = ""  # non-empty: listed but not pullable, and why
-    notes: list[str] = field(default_factory=list)
-    verified: dict[str, str] = field(default_factory=dict)
+    notes: Items[str] = ()
+    verified: Frozen[str, str] = FrozenDict()
     name: str = ""  # filled from the registry key
     args: Any = None  # the typed convert arguments (EbcArgs / CountArgs / OpenClipArgs)
 
@@ -213,17 +213,18 @@ def _entry(path: Path, name: str, data: Any) -> Entry:
     key = f"models.{name}"
     if isinstance(data, dict) and {"name", "args"} & set(data):
         raise ConfigError(path, key, "'name' and 'args' are set by crowdstream, not the registry")
-    entry: Entry = build(Entry, data, file=str(path), key=key)
+    entry = load_section(Entry, data, file=str(path), key=key)
     args = None
     if entry.family in _ARGS and not entry.status:
-        args = build(_ARGS[entry.family], entry.convert, file=str(path), key=f"{key}.convert")
+        args = load_section(_ARGS[entry.family], dict(entry.convert), file=str(path),
+                            key=f"{key}.convert")
     if entry.layout.archive != "none" and not entry.layout.member:
         raise ConfigError(path, f"{key}.layout.member",
                           f"archive {entry.layout.archive} needs member patterns")
     sha = entry.source.sha256
     if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
         raise ConfigError(path, f"{key}.source.sha256", "expected 64 lower-case hex digits or null")
-    entry = dataclasses.replace(entry, name=name, args=args)
+    entry = entry.model_copy(update={"name": name, "args": args})
     try:
         entry_card(entry, "")
     except (TypeError, ValueError) as e:

@@ -572,8 +572,7 @@ class Trainer:
                               f"of {o.epochs}, crop {list(self.cfg.augment.crop)}, block "
                               f"{spec.block_size}, {len(spec.bins)} bins; the whole config is in "
                               "this checkpoint's metadata")
-        command = c.command or (f"crowdstream train {self.config_path}" if self.config_path else
-                                "crowdstream train CONFIG (the config is in this checkpoint's "
+        command = c.command or ("crowdstream train CONFIG (the config is in this checkpoint's "
                                 "metadata)")
         return ModelCard(name=c.name or spec.name or self.out.name, summary=c.summary,
                          trained_on=tuple(trained_on), recipe=recipe, command=command,

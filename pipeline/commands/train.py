@@ -40,8 +40,9 @@ def main(args: argparse.Namespace) -> int:
         overrides["out_dir"] = str(Path(args.out_dir).resolve())
     cfg = load_train_config(args.config, overrides=overrides)
     if not cfg.card.command:  # the model card records how its checkpoint was made
-        cfg.card.command = shlex.join(["crowdstream", "train", args.config]
-                                      + [f"--set={s}" for s in args.set])
+        command = shlex.join(["crowdstream", "train", args.config]
+                             + [f"--set={s}" for s in args.set])
+        cfg = cfg.model_copy(update={"card": cfg.card.model_copy(update={"command": command})})
     summary = Trainer(cfg, quiet=args.quiet, config_path=args.config).fit(resume=args.resume)
     best = Path(cfg.out_dir) / "best.pt"
     if args.export and best.is_file():
