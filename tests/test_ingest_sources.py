@@ -18,6 +18,7 @@ from engines.video import (
     FpsSampler,
     Pacer,
     SourceError,
+    is_live,
     iter_video_frames,
     open_source,
     open_spec,
@@ -25,19 +26,41 @@ from engines.video import (
 )
 from pipeline.config import CameraConfig, ReconnectConfig
 
+SOURCES = [  # url, kind, live, the queue policy it gets by default
+    ("rtsp://10.0.0.5/stream1", "rtsp", True, "latest"),
+    ("RTSP://cam/1", "rtsp", True, "latest"),  # schemes are case-insensitive
+    ("rtsps://cam/1", "rtsp", True, "latest"),
+    ("RTSPS://cam/1", "rtsp", True, "latest"),
+    ("rtmp://live/app/key", "rtmp", True, "latest"),
+    ("rtmps://live/app/key", "rtmp", True, "latest"),
+    ("http://cdn/x/index.m3u8", "http", True, "latest"),
+    ("HTTPS://cdn/x/index.m3u8", "http", True, "latest"),
+    ("udp://239.0.0.1:1234", "stream", True, "latest"),
+    ("srt://host:9000", "stream", True, "latest"),
+    ("tcp://host:9000", "stream", True, "latest"),
+    ("/dev/video0", "v4l2", True, "latest"),
+    ("/dev/video12", "v4l2", True, "latest"),
+    ("/videos/a.mp4", "file", False, "lossless"),
+    ("clips/a.mp4", "file", False, "lossless"),  # relative: resolved against the config
+    ("a.mp4", "file", False, "lossless"),
+    ("file:///videos/a.mp4", "file", False, "lossless"),
+    ("C:/videos/a.mp4", "file", False, "lossless"),
+]
 
-def test_source_kinds() -> None:
-    assert source_kind("rtsp://10.0.0.5/stream1") == "rtsp"
-    assert source_kind("RTSPS://cam/1") == "rtsp"
-    assert source_kind("rtmp://live/app/key") == "rtmp"
-    assert source_kind("https://cdn/x/index.m3u8") == "http"
-    assert source_kind("/dev/video0") == "v4l2"
-    assert source_kind("udp://239.0.0.1:1234") == "stream"
-    assert source_kind("clips/a.mp4") == "file"
-    # ingest's notion of "live" (end of stream = drop) is the config's (policy "latest")
-    for url in ("rtsp://a", "rtmps://a", "http://a", "udp://a", "srt://a", "/dev/video1",
-                "a.mp4", "tcp://a"):
-        assert (source_kind(url) != "file") == CameraConfig(url=url).is_live, url
+
+@pytest.mark.parametrize(("url", "kind", "live", "policy"), SOURCES)
+def test_one_classifier_decides_kind_liveness_and_queue_policy(url: str, kind: str, live: bool,
+                                                                policy: str) -> None:
+    """One answer to "is this live?" everywhere: ingest (``source_kind``), the config's policy
+    and the supervisor's planning all ask ``engines.video``. (``RTSP://cam/1`` was live for
+    ingest but got the file queue policy before.)"""
+    assert source_kind(url) == kind
+    assert is_live(url) is live
+    cam = CameraConfig(url=url)
+    assert cam.is_live is live and cam.effective_policy == policy
+    # a file paced like a camera gets the live policy; an explicit policy always wins
+    assert CameraConfig(url=url, realtime=True).effective_policy == "latest"
+    assert CameraConfig(url=url, queue_policy="lossless").effective_policy == "lossless"
 
 
 def test_open_spec_live_options() -> None:
