@@ -1,8 +1,8 @@
 """The middle layer: calibration of what the engines compute to the world they run in. INT8
 engine calibration on a camera's own frames (``calibrate.int8``, with the engine benchmark that
 compares it, ``calibrate.bench``) and ground-plane geometry for people per m²
-(``calibrate.ground``, its config section ``calibrate.config``, stored in place by
-``calibrate.ground_store``, drawn by ``calibrate.preview``).
+(``calibrate.ground``, its config section ``calibrate.config``, drawn by ``calibrate.preview``;
+stored in place by the one comment-keeping writer, ``engines.yamledit``).
 
 May import: ``engines`` (and itself). Never ``pipeline``: the runtime passes what calibration
 needs (cameras, model settings) in (``tests/test_layers.py`` enforces this).

@@ -12,8 +12,8 @@ from test_ground import CLICKS, FRAME, SHAPE
 from test_ground_camera import analytic_cell_areas, ground_to_image_matrix, project
 
 from calibrate.ground import GroundCalibration
-from calibrate.ground_store import dump_with_calibration, update_calibration_text, yaml_float
 from calibrate.preview import render_preview
+from engines.yamledit import dump_with_calibration, update_calibration_text, yaml_float
 from pipeline.cli import main as cli
 from pipeline.config import ZoneConfig, load_config
 

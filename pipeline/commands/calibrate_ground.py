@@ -198,7 +198,7 @@ def main(args: argparse.Namespace) -> int:
 def _store(config: Path, output: Path | None, camera: str, updates: dict[str, Any],
            comments: dict[str, str]) -> Path:
     """Write the calibration; returns the file written (see the module docstring for which)."""
-    from calibrate.ground_store import dump_with_calibration, update_calibration_text
+    from engines.yamledit import dump_with_calibration, update_calibration_text
     from pipeline.config import load_config
 
     text = config.read_text()
