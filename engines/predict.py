@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,18 +46,77 @@ def _geometry(model: Any) -> tuple[tuple[int, int], int, Any]:
     return (int(window[0]), int(window[1])), int(block), spec
 
 
+@dataclass(frozen=True)
+class ResizeRule:
+    """How a frame is resized before tiling: the model's rule (its spec's ``resize_height``,
+    ``min_side``, ``max_side``) times a camera's own ``scale`` when it sets one. One rule for
+    ``predict``, the trainer's evaluation and the pipeline's tile stage.
+
+    Example::
+
+        ResizeRule(max_side=1280).size(1080, 1920)      # (720, 1280)
+        ResizeRule(scale=0.5).size(432, 768)             # (216, 384): people near the camera
+    """
+
+    resize_height: int | None = None
+    min_side: int | None = None
+    max_side: int | None = None
+    scale: float | None = None  # a camera's override: multiply the frame by this instead
+
+    @classmethod
+    def from_spec(cls, spec: Any, scale: float | None = None) -> ResizeRule:
+        """The rule a ``ModelSpec`` states."""
+        return cls(getattr(spec, "resize_height", None), getattr(spec, "min_side", None),
+                   getattr(spec, "max_side", None), scale)
+
+    @classmethod
+    def of(cls, model_or_engine: Any, scale: float | None = None) -> ResizeRule:
+        """The rule of a model (its spec) or an engine (its description's ``resize``)."""
+        spec = getattr(model_or_engine, "spec", None)
+        if spec is not None:
+            return cls.from_spec(spec, scale)
+        desc = getattr(model_or_engine, "description", None) or {}
+        return cls.from_dict(desc.get("resize"), scale)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, scale: float | None = None) -> ResizeRule:
+        d = d or {}
+        return cls(d.get("resize_height"), d.get("min_side"), d.get("max_side"), scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"resize_height": self.resize_height, "min_side": self.min_side,
+                "max_side": self.max_side}
+
+    def size(self, height: int, width: int) -> tuple[int, int]:
+        """The (h, w) a ``height x width`` frame is counted at."""
+        if self.scale:
+            return max(1, round(height * self.scale)), max(1, round(width * self.scale))
+        if self.resize_height:
+            t = self.resize_height
+            return int(t), max(1, round(width * t / height))
+        if self.min_side and min(height, width) < self.min_side:
+            s = self.min_side / min(height, width)
+            return max(self.min_side, round(height * s)), max(self.min_side, round(width * s))
+        if self.max_side and max(height, width) > self.max_side:
+            s = self.max_side / max(height, width)
+            return max(1, round(height * s)), max(1, round(width * s))
+        return height, width
+
+
 def resize_for(spec: Any, height: int, width: int) -> tuple[int, int]:
     """The (h, w) a frame of ``height x width`` is resized to before tiling, by the spec's rules."""
-    if spec is None:
-        return height, width
-    target = getattr(spec, "resize_height", None)
-    if target:
-        return int(target), max(1, round(width * target / height))
-    min_side = getattr(spec, "min_side", None)
-    if min_side and min(height, width) < min_side:
-        s = min_side / min(height, width)
-        return max(min_side, round(height * s)), max(min_side, round(width * s))
-    return height, width
+    return ResizeRule.from_spec(spec).size(height, width)
+
+
+def resize_frame(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` resized to ``size`` (h, w): area averaging to shrink, bicubic to enlarge."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if (h, w) == tuple(size):
+        return image
+    interp = cv2.INTER_AREA if size[0] * size[1] < h * w else cv2.INTER_CUBIC
+    return cv2.resize(image, (size[1], size[0]), interpolation=interp)
 
 
 def _run_torch(model: Any, tiles: np.ndarray) -> np.ndarray:
@@ -149,10 +209,12 @@ def _clip_count_strip(model_or_engine: Any, image: np.ndarray, window: tuple[int
 
 def predict(model_or_engine: Any, image: np.ndarray, overlap: float = 0.0, *,
             batch_size: int | None = None, whole: bool = False,
-            tiling: str = "plain") -> DensityMap:
+            tiling: str = "plain", input_scale: float | None = None) -> DensityMap:
     """Count ``image`` (H x W x 3 uint8 RGB, any size) with a model or engine.
 
-    ``overlap`` is the share of a window shared with its neighbour (0 <= overlap < 1); windows
+    Frames are first resized by the model's rule (``ResizeRule``), or by ``input_scale`` when
+    given (a camera's own scale). ``overlap`` is the share of a window shared with its neighbour
+    (0 <= overlap < 1); windows
     run ``batch_size`` at a time (default: the engine's ``max_batch``, or 8). ``whole=True``
     (torch CLIP-EBC models only) runs the whole frame in one forward instead, as the official
     ResNet evaluation does. ``tiling="clip_count"`` runs CLIP-Count's official evaluation strip
@@ -171,11 +233,8 @@ def predict(model_or_engine: Any, image: np.ndarray, overlap: float = 0.0, *,
             raise ValueError("whole=True and tiling='clip_count' exclude each other")
         return _clip_count_strip(model_or_engine, image, window, block, batch_size)
     h, w = image.shape[:2]
-    nh, nw = resize_for(spec, h, w)
-    if (nh, nw) != (h, w):
-        import cv2
-
-        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_CUBIC)
+    nh, nw = ResizeRule.of(model_or_engine, input_scale).size(h, w)
+    image = resize_frame(image, (nh, nw))
     scale = nh / h
     if whole:
         if _is_engine(model_or_engine):

@@ -223,6 +223,10 @@ class CameraConfig(ConfigModel):
                           "ground'.")
     roi_mask: PathStr | None = Field(None, description="PNG, 255 inside: density outside is "
                                                        "zeroed.")
+    input_scale: float | None = Field(
+        None, gt=0, le=8, description="Scale this camera's frames by this before counting, "
+        "instead of the model's own resize rule: below 1 when people look much bigger than the "
+        "model was trained on (a person near the camera), above 1 when they look much smaller.")
 
     @field_validator("url")
     @classmethod

@@ -114,8 +114,8 @@ _COUNTERS = np.dtype([
 _TILE_DESC = np.dtype([
     ("cam", "<i4"), ("fslot", "<i4"), ("tile", "<i4"), ("ntiles", "<i4"), ("seq", "<i8"),
     ("frame_index", "<i8"), ("pts", "<f8"), ("capture_ts", "<f8"), ("height", "<i4"),
-    ("width", "<i4"),
-])
+    ("width", "<i4"), ("frame_height", "<i4"), ("frame_width", "<i4"),
+])  # height/width: the frame as tiled (after the resize rule); frame_*: as decoded
 
 _BATCH_META = np.dtype([("n", "<i4"), ("pad", "<i4"), ("batch_id", "<i8"), ("t_submit", "<f8")])
 

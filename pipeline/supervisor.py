@@ -307,7 +307,8 @@ class Supervisor:
         return StageArgs(self.cfg, [c.name for c in self.cams],
                          [c.ring.handle() for c in self.cams if c.ring is not None],
                          self.pool_handle, self.stop_stages, self.redis_url,
-                         {cam: r.handle() for cam, r in self.rec_rings.items()}, self.run_id)
+                         {cam: r.handle() for cam, r in self.rec_rings.items()}, self.run_id,
+                         (self.engine.get("description") or {}).get("resize"))
 
     def _spawn(self, key: str) -> None:
         """Start (or restart) the child ``key``."""

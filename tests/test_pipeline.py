@@ -264,3 +264,32 @@ def test_full_dev_shm_is_a_clear_error_at_start(tmp_path: Path) -> None:
     r = cli("run", str(cfg), "--quiet", timeout=60)
     assert r.returncode == 1
     assert "/dev/shm too small" in r.stderr and "MiB" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("camera_scale", [None, 0.5])
+def test_the_pipeline_resizes_frames_as_predict_does(tmp_path: Path, camera_scale: float | None
+                                                     ) -> None:
+    """The model's resize rule (CLIP-Count's 128-high frames for count-tiny) or the camera's own
+    input_scale is applied by the tile stage exactly as engines.predict applies it: every frame's
+    count through the pipeline equals predict() on the same decoded frame."""
+    from engines.backends import load_engine
+    from engines.predict import predict
+    from engines.video import read_frames
+    from pipeline.config import load_config
+    from pipeline.supervisor import Supervisor
+
+    clip = make_clip(tmp_path / "a.mp4", 6, w=320, h=240)
+    cam = {"url": str(clip), **({"input_scale": camera_scale} if camera_scale else {})}
+    cfg = load_config(write_config(tmp_path, {"a": cam},
+                                   model={"random_init": "count-tiny", "backend": "torch"}))
+    assert Supervisor(cfg, console=False).run() == 0
+    counts, _ = read_jsonl(tmp_path / "run" / "counts.jsonl")
+    engine = load_engine(None, backend="torch", random_init="count-tiny", max_batch=4, threads=1)
+    want = [predict(engine, rgb, input_scale=camera_scale)
+            for _, rgb in read_frames(str(clip))]
+    assert [c["raw_count"] for c in counts] == pytest.approx([d.count for d in want], rel=1e-4)
+    # cells are in the decoded frame's pixels: 128 / 240 of a frame when count-tiny's rule
+    # resizes it, 0.5 with the camera's scale (count-tiny's cells are 1 px of its input)
+    scale = camera_scale or 128 / 240
+    assert counts[0]["cell_pixels"] == pytest.approx(1 / scale, rel=1e-3)
+    assert counts[0]["frame_size"] == [240, 320]

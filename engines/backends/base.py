@@ -88,10 +88,18 @@ def make_description(
     max_batch: int,
     checkpoint_hash: str | None,
     source: str | None,
+    spec: Any = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The ``description`` dict every engine carries (logged by the pipeline, shown by bench)."""
+    """The ``description`` dict every engine carries (logged by the pipeline, shown by bench).
+    ``spec`` (a ``ModelSpec`` or its dict) gives ``resize``: the model's resize rule, which the
+    pipeline applies to frames before tiling exactly as ``engines.predict`` does."""
+    if isinstance(spec, dict):
+        resize = {k: spec.get(k) for k in ("resize_height", "min_side", "max_side")}
+    else:
+        resize = {k: getattr(spec, k, None) for k in ("resize_height", "min_side", "max_side")}
     return {
+        "resize": resize,
         "backend": backend,
         "precision": precision,
         "device": device,

@@ -131,7 +131,7 @@ class OrtEngine(Engine):
             backend="onnx", precision=precision, device=device, window=self.window,
             block_size=self.block_size, max_batch=self.max_batch,
             checkpoint_hash=meta.get("checkpoint_hash"), source=str(self.path),
-            provider=used[0], providers=used, engine_file=str(self.path),
+            spec=meta.get("spec"), provider=used[0], providers=used, engine_file=str(self.path),
             text_prompt=meta.get("text_prompt"), threads=threads, spin=spin)
         log.info("engine_loaded", engine=self.engine_id, provider=used[0], file=str(self.path))
 

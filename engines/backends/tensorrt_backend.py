@@ -255,7 +255,7 @@ class TrtEngine(Engine):
             backend="tensorrt", precision=str(meta["precision"]), device=device,
             window=self.window, block_size=self.block_size, max_batch=self.max_batch,
             checkpoint_hash=meta.get("checkpoint_hash"), source=str(self.path),
-            engine_file=str(self.path), tensorrt=meta["tensorrt"],
+            spec=meta.get("spec"), engine_file=str(self.path), tensorrt=meta["tensorrt"],
             text_prompt=meta.get("text_prompt"))
         log.info("engine_loaded", engine=self.engine_id, gpu=gpu_name, trt=trt.__version__)
 

@@ -88,7 +88,7 @@ class TorchEngine(Engine):
         self.description = make_description(
             backend="torch", precision=precision, device=device, window=self.window,
             block_size=self.block_size, max_batch=self.max_batch,
-            checkpoint_hash=checkpoint_hash, source=source,
+            checkpoint_hash=checkpoint_hash, source=source, spec=spec,
             cuda_graphs=self._use_graphs, channels_last=self._cuda,
             text_prompt=spec.text_prompt if getattr(model, "text_prompted", False) else None,
             threads=torch.get_num_threads() if not self._cuda else None)

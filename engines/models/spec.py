@@ -67,6 +67,8 @@ class ModelSpec:
       mean/std: normalisation applied INSIDE the model to RGB input in [0, 1].
       resize_height: ``predict`` resizes frames to this height first (CLIP-Count: 384).
       min_side: ``predict`` upscales frames whose shorter side is below this (default window).
+      max_side: ``predict`` (and the pipeline) downscale frames whose longer side is above this:
+        the resolution the model was trained to see people at.
 
     CLIP-EBC fields: ``bins`` (``[lo, hi]`` inclusive, ``hi=None`` for infinity), ``anchors``
     (count represented by each bin), ``prompt_type`` (``"word"``/``"number"``), ``prompts`` (one
@@ -94,6 +96,7 @@ class ModelSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     resize_height: int | None = None
     min_side: int | None = None
+    max_side: int | None = None
     # CLIP-EBC head
     bins: tuple[Bin, ...] = ()
     anchors: tuple[float, ...] = ()

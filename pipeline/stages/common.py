@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.config import AppConfig
 from pipeline.process import StopFlag
@@ -30,3 +31,4 @@ class StageArgs:
     redis_url: str | None = None
     recorder_rings: dict[str, FrameRingHandle] = field(default_factory=dict)
     run_id: str | None = None  # in every published record: which run it came from
+    resize: dict[str, Any] | None = None  # the engine's resize rule (engines.predict.ResizeRule)

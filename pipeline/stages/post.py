@@ -41,8 +41,10 @@ class _Pending:
     frame_index: int
     pts: float | None
     capture_ts: float
-    height: int
+    height: int  # as tiled (after the resize rule)
     width: int
+    frame_height: int  # as decoded
+    frame_width: int
     maps: np.ndarray
     got: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
@@ -119,8 +121,9 @@ class PostProcessor:
                 pts = float(d["pts"])
                 p = _Pending(seq, int(d["fslot"]), ntiles, int(d["frame_index"]),
                              None if math.isnan(pts) else pts, float(d["capture_ts"]),
-                             int(d["height"]), int(d["width"]),
-                             np.empty((ntiles, mh, mw), np.float32), np.zeros(ntiles, bool))
+                             int(d["height"]), int(d["width"]), int(d["frame_height"]),
+                             int(d["frame_width"]), np.empty((ntiles, mh, mw), np.float32),
+                             np.zeros(ntiles, bool))
                 self.pending[cam] = p
             p.maps[tile] = outs[j, 0]
             p.got[tile] = True
@@ -141,12 +144,13 @@ class PostProcessor:
         t = p.pts if p.pts is not None else p.capture_ts
         count, density = self.smoothers[cam].update(raw_count, raw, t)
         ring = self.rings[cam]
-        block = int(self.pool.block)  # tiles are cut at full resolution: a cell is block pixels
+        block = int(self.pool.block)
+        scale = p.height / p.frame_height  # the resize rule's: a cell is block / scale pixels
         result = FrameResult(
             camera=self.cameras[cam], frame_index=p.frame_index, pts=p.pts,
             capture_ts=p.capture_ts, count=count, raw_count=raw_count,
-            density=DensityMap(density, block), raw_density=DensityMap(raw, block),
-            frame_size=(p.height, p.width), engine_id=self.engine_id,
+            density=DensityMap(density, block, scale), raw_density=DensityMap(raw, block, scale),
+            frame_size=(p.frame_height, p.frame_width), engine_id=self.engine_id,
             # a zero-copy view of the frame slot, valid only during write(): sinks that keep it
             # must copy it
             frame=ring.frame(p.fslot) if self.want_frames else None,

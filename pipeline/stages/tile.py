@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from engines.log import get_logger
+from engines.predict import ResizeRule, resize_frame
 from engines.tiling import TileLayout
 from pipeline.events import EndOfStream
 from pipeline.shm import BatchPool, FrameMeta, FrameRing
@@ -49,9 +50,16 @@ class Tiler:
                 return self.slot is not None
         return True
 
-    def add(self, cam: int, fslot: int, seq: int, meta: FrameMeta, frame: np.ndarray) -> bool:
-        """Cut one frame into the current batch(es). False when stopped before it was done."""
-        lay = self.layout(meta.height, meta.width)
+    def add(self, cam: int, fslot: int, seq: int, meta: FrameMeta, frame: np.ndarray,
+            rule: ResizeRule | None = None) -> bool:
+        """Cut one frame into the current batch(es), resized first by ``rule`` (the model's
+        resize rule and the camera's scale: the same as ``engines.predict``). False when stopped
+        before it was done."""
+        th, tw = rule.size(meta.height, meta.width) if rule is not None else (meta.height,
+                                                                             meta.width)
+        if (th, tw) != (meta.height, meta.width):
+            frame = resize_frame(frame, (th, tw))  # one resize per frame, into private memory
+        lay = self.layout(th, tw)
         total = lay.count
         i = 0
         while i < total:
@@ -70,8 +78,10 @@ class Tiler:
             d["frame_index"] = meta.frame_index
             d["pts"] = math.nan if meta.pts is None else meta.pts
             d["capture_ts"] = meta.capture_ts
-            d["height"] = meta.height
-            d["width"] = meta.width
+            d["height"] = th
+            d["width"] = tw
+            d["frame_height"] = meta.height
+            d["frame_width"] = meta.width
             if self.n == 0:
                 self.t_first = time.monotonic()
             self.n += k
@@ -99,6 +109,8 @@ def main(args: StageArgs) -> None:
     rings = [FrameRing.attach(h) for h in args.rings]
     pool = BatchPool.attach(args.pool)
     tiler = Tiler(pool, args.cfg.model.overlap, args.cfg.model.batch_timeout_ms / 1000.0, args.stop)
+    rules = [ResizeRule.from_dict(args.resize, args.cfg.cameras[name].input_scale)
+             for name in args.cameras]
     open_cams = set(range(len(rings)))
     log.info("started", cameras=len(rings), window=f"{pool.window[0]}x{pool.window[1]}",
              batch=pool.max_batch)
@@ -129,7 +141,7 @@ def main(args: StageArgs) -> None:
                     continue
                 fslot, meta, frame = item
                 seq = ring.counters.next_seq()
-                if not tiler.add(c, fslot, seq, meta, frame):
+                if not tiler.add(c, fslot, seq, meta, frame, rules[c]):
                     break
                 ring.mark_posted(fslot)
                 got_any = True
