@@ -69,8 +69,14 @@ def choose_model(cfg: AppConfig) -> ModelChoice:
                           f"randomly initialised model)")
     if m.random_init:
         return ModelChoice(None, m.random_init)
-    raise ConfigError(file, "model", "no model: set model.checkpoint, model.engine, model.name "
-                                     "or model.random_init")
+    from engines.models.shipped import general_model_path
+
+    general = general_model_path()
+    if general.is_file():  # no model named: the shipped general people-counting model
+        return ModelChoice(str(general), None)
+    raise ConfigError(file, "model", f"no model: set model.checkpoint, model.engine, model.name "
+                                     f"or model.random_init (the shipped general model "
+                                     f"{general} is missing from this install)")
 
 
 def pull_named(name: str, file: str | None) -> str:
