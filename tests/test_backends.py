@@ -164,3 +164,46 @@ def test_cuda_graph_batch_sizes() -> None:
     assert graph_batch_sizes(8) == [1, 2, 4, 8]
     assert graph_batch_sizes(6) == [1, 2, 4, 6]
     assert graph_batch_sizes(1) == [1]
+
+
+def test_torch_engine_layout_and_precision_are_per_engine() -> None:
+    """channels_last and the autocast precision are chosen per engine (the GPU check measures
+    each on its own): an NCHW engine puts back a model that an NHWC engine converted in place,
+    both give the same maps, and half precisions are refused on the CPU."""
+    from engines.backends.torch_backend import TorchEngine
+    from engines.export import load_source_model
+
+    model, _, _ = load_source_model(None, random_init="ebc-tiny-rn")
+    conv = next(m for m in model.modules()
+                if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1 and m.in_channels > 1)
+    x = _tiles(2, (224, 224))
+    nhwc = TorchEngine(model, channels_last=True, max_batch=2)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    maps = nhwc.run(x)
+    plain = TorchEngine(model, max_batch=2)  # CPU default: NCHW
+    assert conv.weight.is_contiguous()
+    assert nhwc.description["channels_last"] and not plain.description["channels_last"]
+    assert relative_l2(plain.run(x), maps) < 1e-5
+    for precision in ("fp16", "bf16"):
+        with pytest.raises(EngineError, match=f"{precision} needs a GPU"):
+            TorchEngine(model, precision=precision)
+    with pytest.raises(EngineError, match="fp32 .CPU, CUDA. or fp16 / bf16 .CUDA., not int8"):
+        TorchEngine(model, precision="int8")
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider .CUDAExecutionProvider.")
+def test_ort_explicit_providers_never_change_quietly(tmp_path: Path) -> None:
+    from engines.backends.onnx_backend import OrtEngine
+
+    path = load_engine(None, backend="onnx", random_init="ebc-tiny-rn", max_batch=2, threads=1,
+                       cache_dir=str(tmp_path)).description["engine_file"]
+    cpu = OrtEngine(path, providers=["CPUExecutionProvider"], threads=1)
+    assert cpu.providers == ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():  # the CPU build
+        # ORT itself only warns and runs on the CPU: a row or a run asking for CUDA must not
+        with pytest.raises(EngineError, match="could not use CUDAExecutionProvider"):
+            OrtEngine(path, providers=[("CUDAExecutionProvider", {}), "CPUExecutionProvider"],
+                      threads=1)

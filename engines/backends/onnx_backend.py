@@ -82,13 +82,16 @@ class OrtEngine(Engine):
     """An ``.onnx`` engine file (with sidecar) run by ONNX Runtime.
 
     ``spin=False`` (default) stops idle ORT threads from busy-waiting between runs, which on a
-    shared CPU otherwise burns cycles the decode processes need.
+    shared CPU otherwise burns cycles the decode processes need. ``providers`` overrides
+    :func:`choose_providers` (the GPU check measures the CUDA and TensorRT providers one by
+    one); the session is refused when ORT does not put the first of them first.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, device: str = "cpu",
                  max_batch: int | None = None, threads: int | None = None,
                  cache_dir: str | None = None, meta: dict[str, Any] | None = None,
-                 spin: bool = False) -> None:
+                 spin: bool = False,
+                 providers: list[str | tuple[str, dict[str, Any]]] | None = None) -> None:
         ort = import_onnxruntime()
         self.path = Path(path)
         meta = meta if meta is not None else read_sidecar(self.path)
@@ -101,7 +104,9 @@ class OrtEngine(Engine):
         self.window = (int(meta["window"][0]), int(meta["window"][1]))
         self.block_size = int(meta["block_size"])
         precision = str(meta["precision"])
-        providers = choose_providers(device, precision, cache_dir=cache_dir)
+        explicit = providers is not None
+        if providers is None:
+            providers = choose_providers(device, precision, cache_dir=cache_dir)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -125,6 +130,15 @@ class OrtEngine(Engine):
             raise EngineError(f"{self.path}: input '{self._input}' named in the sidecar is not "
                               f"in the model (inputs: {names})")
         used = self._session.get_providers()
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        # ORT drops a provider it cannot load (missing CUDA / TensorRT libraries) with only a
+        # warning: a GPU request must not end up on the CPU, and an explicit provider must not
+        # quietly become another one (a benchmark row would measure the wrong thing).
+        if (device != "cpu" and used[0] == "CPUExecutionProvider") or (explicit
+                                                                      and used[0] != wanted):
+            raise EngineError(f"ONNX Runtime could not use {wanted} for {self.path} (the "
+                              f"session runs on {', '.join(used)}); check that its CUDA / "
+                              "TensorRT libraries load, or use backend torch")
         self.providers = used
         self.engine_id = f"onnx-{precision}-{str(meta['engine_sha256'])[:12]}"
         self.description = make_description(
