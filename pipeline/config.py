@@ -432,11 +432,15 @@ class WebhookConfig(ConfigModel):
 
 
 class MetricsConfig(ConfigModel):
-    """Prometheus exposition and the console status line."""
+    """Prometheus exposition (with the /healthz and /readyz endpoints) and the console status
+    line."""
 
-    port: Port | None = Field(9108, description="Prometheus HTTP port; null: no endpoint.")
+    port: Port | None = Field(9108, description="HTTP port of /metrics, /healthz and /readyz; "
+                                                "0: any free port (printed at start); null: no "
+                                                "endpoint. A taken port is an error at start.")
     host: Annotated[str, Field(min_length=1)] = Field("127.0.0.1", description="Address the "
-                                                      "endpoint listens on.")
+                                                      "endpoint listens on (0.0.0.0: every "
+                                                      "interface, e.g. in a container).")
     status_every_s: float = Field(5.0, gt=0, description="Console status line period (seconds).")
 
 

@@ -1,6 +1,7 @@
 """Everything downstream of a count, as sinks for the post stage: zones -> alerts -> Redis ->
-recording (in that order: zone counts feed the alerts, alert events go out through Redis and the
-webhook, and the recorder draws zones and active alerts).
+recording -> live values (in that order: zone counts feed the alerts, alert events go out
+through Redis and the webhook, the recorder draws zones and active alerts, and the live values
+for the metrics are those of the finished frame).
 
 Example::
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 from pipeline.alerts import AlertSink, WebhookNotifier
 from pipeline.config import AppConfig
 from pipeline.results import Sink
-from pipeline.shm import FrameRingHandle
+from pipeline.shm import FrameRingHandle, ValueBoardHandle
 from pipeline.zones import ZoneSink
 
 __all__ = ["build_output_sinks"]
@@ -23,10 +24,12 @@ __all__ = ["build_output_sinks"]
 
 def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
                        run_id: str | None = None,
-                       recorder_rings: dict[str, FrameRingHandle] | None = None) -> list[Sink]:
-    """The output sinks this config asks for, in call order (zones, alerts, Redis, recording).
-    ``redis_url``: where the Redis sink publishes (default ``redis.url``); ``recorder_rings``:
-    camera -> the recorder process's ring (from the supervisor).
+                       recorder_rings: dict[str, FrameRingHandle] | None = None,
+                       values: ValueBoardHandle | None = None) -> list[Sink]:
+    """The output sinks this config asks for, in call order (zones, alerts, Redis, recording,
+    live values). ``redis_url``: where the Redis sink publishes (default ``redis.url``);
+    ``recorder_rings``: camera -> the recorder process's ring (from the supervisor); ``values``:
+    the run's value board, where the post stage leaves its live values for the metrics.
 
     Redis publishes to ``redis_url`` (the supervisor passes its embedded server's), else to
     ``redis.url``; neither is an error naming ``redis.url`` (no sink starts a server).
@@ -52,4 +55,9 @@ def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
 
         recorder = RecordingSink(cams, rings=recorder_rings,
                                  active_alerts=alerts.active if alerts is not None else None)
-    return [s for s in (zones, alerts, redis_sink, recorder) if s is not None]
+    live = None
+    if values is not None:
+        from pipeline.sinks.live_values import LiveValuesSink
+
+        live = LiveValuesSink(values, active_alerts=alerts.active if alerts is not None else None)
+    return [s for s in (zones, alerts, redis_sink, recorder, live) if s is not None]

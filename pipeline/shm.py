@@ -29,16 +29,20 @@ Example (parent creates and owns the segment; a spawned child attaches through t
     ring.close(); ring.unlink()
 
 ``BatchPool`` is the same machinery for batches of tiles (tile -> inference -> post) with the model
-outputs written back into the same slot. ``RunSegments`` names every segment of a run under one
+outputs written back into the same slot. ``ValueBoard`` is a fixed record of float64 values
+(the post stage's live people counts, densities and alert flags, read by the supervisor for the
+metrics). ``RunSegments`` names every segment of a run under one
 run prefix (``run_prefix()``) and unlinks them all at the end; nothing of a run is made elsewhere.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import multiprocessing as mp
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any, Literal
@@ -49,7 +53,8 @@ from pipeline.events import CameraStatus, EndOfStream
 
 __all__ = [
     "BatchPool", "BatchPoolHandle", "CameraStatus", "EndOfStream", "FrameCounters", "FrameMeta",
-    "FrameRing", "FrameRingHandle", "RunSegments", "ShmSpaceError", "check_shm_space",
+    "FrameRing", "FrameRingHandle", "LATENCY_BUCKETS", "RunSegments", "ShmSpaceError",
+    "ValueBoard", "ValueBoardHandle", "check_shm_space",
     "run_prefix", "shm_free_bytes", "shm_segments",
 ]
 
@@ -62,11 +67,13 @@ B_FREE, B_FILLING, B_QUEUED, B_INFERRING, B_DONE, B_POSTING = 0, 1, 2, 3, 4, 5
 
 # int64 header words (transport only: the stages' bookkeeping is a FrameCounters record)
 _HDR_WORDS = 64
-H_DROPS, H_PUTS, H_GETS, H_END, H_LAST_PUT = 0, 1, 2, 3, 4
+H_DROPS, H_PUTS, H_GETS, H_END, H_LAST_PUT, H_REFUSED = 0, 1, 2, 3, 4, 5
 H_BATCHES, H_TILES, H_REQUEUED, H_INFER_NS = 10, 11, 12, 13
 _FIFO_BASE = 32  # head, tail pairs from here on
 _REASON_BYTES = 128
 LATENCY_SAMPLES = 2048
+# capture->result latency histogram bucket bounds (seconds, Prometheus ``le``): 10 ms .. 60 s
+LATENCY_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 _ALIGN = 64
 
 
@@ -105,10 +112,12 @@ _FRAME_META = np.dtype([
     ("height", "<i4"), ("width", "<i4"), ("aux_len", "<i8"),
 ])
 
-# the stages' per-camera bookkeeping, followed by LATENCY_SAMPLES float64 latencies
+# the stages' per-camera bookkeeping, followed by LATENCY_SAMPLES float64 latencies and the
+# latency histogram (one int64 per LATENCY_BUCKETS bound, plus +Inf; not cumulative)
 _COUNTERS = np.dtype([
     ("seq", "<i8"), ("tiled", "<i8"), ("emitted", "<i8"), ("lost", "<i8"), ("eos_seen", "<i8"),
-    ("last_index", "<i8"), ("lat_n", "<i8"),
+    ("last_index", "<i8"), ("lat_n", "<i8"), ("lat_sum", "<f8"), ("first_capture_ts", "<f8"),
+    ("last_result_ts", "<f8"),
 ])
 
 _TILE_DESC = np.dtype([
@@ -242,29 +251,35 @@ class FrameCounters:
     Kept apart from the ring's transport (slots, FIFOs, drops) but in the ring's segment, so it
     survives a stage restart: the sequence number the tile stage gives each frame, how many frames
     were tiled, emitted (counted) and lost, the last counted frame index, recent capture->result
-    latencies and whether the tile stage has seen the end of the stream. Each field has one
-    writer (tile: seq, tiled, eos_seen; post: emitted, last_index, latencies; lost: post, or the
-    supervisor while the readers are stopped), so no lock is needed.
+    latencies with a histogram of all of them (``LATENCY_BUCKETS``), the capture time of the
+    first counted frame and the time of the last result (the camera's counting rate), and whether
+    the tile stage has seen the end of the stream. Each field has one writer (tile: seq, tiled,
+    eos_seen; post: emitted, last_index, latencies; lost: post, or the supervisor while the
+    readers are stopped), so no lock is needed.
 
     Example::
 
         c = ring.counters
         seq = c.next_seq()                       # tile stage
         c.record_result(0.08, frame_index=12)    # post stage
-        c.stats()["emitted"]
+        c.stats()["emitted"], c.latency_histogram()
     """
 
-    NBYTES = _align(_COUNTERS.itemsize) + LATENCY_SAMPLES * 8
+    NBYTES = (_align(_COUNTERS.itemsize) + LATENCY_SAMPLES * 8
+              + (len(LATENCY_BUCKETS) + 1) * 8)
 
     def __init__(self, buf: np.ndarray) -> None:
         self._rec = buf[:_COUNTERS.itemsize].view(_COUNTERS)
         off = _align(_COUNTERS.itemsize)
         self._lat = buf[off:off + LATENCY_SAMPLES * 8].view(np.float64)
+        off += LATENCY_SAMPLES * 8
+        self._hist = buf[off:off + (len(LATENCY_BUCKETS) + 1) * 8].view(np.int64)
 
     def reset(self) -> None:
         """All zero, no frame counted yet (the owner does this once, at creation)."""
         self._rec[0] = 0
         self._rec[0]["last_index"] = -1
+        self._hist[:] = 0
 
     def _add(self, key: str, n: int = 1) -> int:
         v = int(self._rec[0][key])
@@ -280,10 +295,19 @@ class FrameCounters:
         self._rec[0]["eos_seen"] = 1
 
     def record_result(self, latency_s: float, frame_index: int = -1) -> None:
-        """Post stage: frame ``frame_index`` was counted, capture->result ``latency_s`` later."""
-        self._rec[0]["last_index"] = frame_index
+        """Post stage: frame ``frame_index`` was counted, capture->result ``latency_s`` later.
+        Everything else is written before ``emitted``, so a reader that sees the frame emitted
+        also sees its latency."""
+        rec = self._rec[0]
+        now = time.time()
+        if not rec["emitted"]:
+            rec["first_capture_ts"] = now - latency_s
+        rec["last_result_ts"] = now
+        rec["last_index"] = frame_index
         n = self._add("lat_n")
         self._lat[n % LATENCY_SAMPLES] = latency_s
+        self._hist[bisect.bisect_left(LATENCY_BUCKETS, latency_s)] += 1
+        rec["lat_sum"] += latency_s
         self._add("emitted")
 
     def record_lost(self, n: int = 1) -> None:
@@ -294,12 +318,25 @@ class FrameCounters:
         n = min(int(self._rec[0]["lat_n"]), LATENCY_SAMPLES)
         return self._lat[:n].copy()
 
+    def latency_histogram(self) -> tuple[list[int], float]:
+        """Every latency recorded so far: per-bucket counts (one per ``LATENCY_BUCKETS`` bound,
+        then +Inf; not cumulative) and their sum in seconds."""
+        return [int(v) for v in self._hist], float(self._rec[0]["lat_sum"])
+
+    def counting_span(self) -> tuple[float, float] | None:
+        """(capture time of the first counted frame, time of the last result), wall clock; None
+        before the first result. Frames counted / its length = the camera's counting rate."""
+        r = self._rec[0]
+        if not int(r["emitted"]):
+            return None
+        return float(r["first_capture_ts"]), float(r["last_result_ts"])
+
     def stats(self) -> dict[str, int]:
         r = self._rec[0]
         return {k: int(r[k]) for k in ("tiled", "emitted", "lost", "eos_seen", "last_index")}
 
     def close(self) -> None:
-        self._rec = self._lat = None  # type: ignore[assignment]
+        self._rec = self._lat = self._hist = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -460,6 +497,7 @@ class FrameRing:
             if self._h.policy == "latest":
                 with self._q.lock:
                     self._q.hdr[H_DROPS] += 1
+                    self._q.hdr[H_REFUSED] += 1  # dropped without ever entering the ring
             return None
         return slot, self._view(slot, height, width)
 
@@ -615,10 +653,18 @@ class FrameRing:
         return bool(self._q.hdr[H_END])
 
     def stats(self) -> dict[str, int]:
-        """The transport's counters and, for the metrics' convenience, the stages' ones."""
+        """The transport's counters and, for the metrics' convenience, the stages' ones.
+
+        ``puts``: frames written; ``refused``: frames ``latest`` dropped before they got a slot
+        (also in ``drops``, with the unread frames it reclaimed). So frames offered = ``puts`` +
+        ``refused`` = emitted + drops + lost + in flight. The counters are read downstream first
+        (emitted, lost, drops) and the frames offered last, so a frame moving while they are
+        read can only make "in flight" look larger, never negative."""
+        c = self.counters.stats()
         h = self._q.hdr
-        return {"puts": int(h[H_PUTS]), "gets": int(h[H_GETS]), "drops": int(h[H_DROPS]),
-                "depth": self.depth, "ended": int(h[H_END]), **self.counters.stats()}
+        drops = int(h[H_DROPS])
+        return {"drops": drops, "refused": int(h[H_REFUSED]), "puts": int(h[H_PUTS]),
+                "gets": int(h[H_GETS]), "depth": self.depth, "ended": int(h[H_END]), **c}
 
     def close(self) -> None:
         self.counters.close()
@@ -841,6 +887,78 @@ class BatchPool:
         self._q.unlink()
 
 
+@dataclass
+class ValueBoardHandle:
+    """What a child needs to attach to a ``ValueBoard``: its segment and its keys, in order."""
+
+    name: str
+    keys: tuple[tuple[str, ...], ...]
+
+
+class ValueBoard:
+    """The latest value of each of a fixed set of keys, one float64 per key in one segment (NaN:
+    no value yet). One writer per key (the post stage), any number of readers (the supervisor);
+    an aligned 8-byte store is atomic, so no lock: a reader sees each value old or new, whole.
+
+    The post stage publishes its live values here (people per camera and zone, density, alert
+    flags) so the supervisor can serve them as metrics without a message per frame.
+
+    Example::
+
+        board = ValueBoard.create("cs_1_values", [("people", "lobby")])   # supervisor
+        w = ValueBoard.attach(board.handle()); w.set(w.index[("people", "lobby")], 31.5)
+        board.read()                      # {("people", "lobby"): 31.5}
+    """
+
+    def __init__(self, shm: shared_memory.SharedMemory, handle: ValueBoardHandle) -> None:
+        self._shm = shm
+        self._h = handle
+        self.values = np.ndarray((len(handle.keys),), np.float64, buffer=shm.buf)
+        self.index = {k: i for i, k in enumerate(handle.keys)}
+
+    @staticmethod
+    def nbytes(nkeys: int) -> int:
+        return max(8, nkeys * 8)
+
+    @classmethod
+    def create(cls, name: str, keys: list[tuple[str, ...]]) -> ValueBoard:
+        if len(set(keys)) != len(keys):
+            raise ValueError("value board keys must be unique")
+        shm = _create_segment(name, cls.nbytes(len(keys)), f"value board {name!r}")
+        board = cls(shm, ValueBoardHandle(name, tuple(tuple(k) for k in keys)))
+        board.values[:] = np.nan
+        return board
+
+    @classmethod
+    def attach(cls, handle: ValueBoardHandle) -> ValueBoard:
+        return cls(shared_memory.SharedMemory(name=handle.name, create=False), handle)
+
+    def handle(self) -> ValueBoardHandle:
+        return self._h
+
+    def set(self, i: int, value: float | None) -> None:
+        """Write key number ``i`` (``index[key]``); None clears it to NaN."""
+        self.values[i] = math.nan if value is None else value
+
+    def read(self) -> dict[tuple[str, ...], float]:
+        """Every key with a value (NaN ones left out)."""
+        vals = self.values.copy()
+        return {k: float(v) for k, v in zip(self._h.keys, vals, strict=True) if not math.isnan(v)}
+
+    def close(self) -> None:
+        self.values = None  # type: ignore[assignment]
+        try:
+            self._shm.close()
+        except BufferError:
+            pass
+
+    def unlink(self) -> None:
+        try:
+            self._shm.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def run_prefix() -> str:
     """A run-unique segment name prefix (``cs_<pid>_<random>_``) so runs never collide and a
     leftover segment names the run that made it."""
@@ -856,8 +974,8 @@ def shm_segments(prefix: str) -> list[str]:
 
 
 class RunSegments:
-    """Every shared-memory segment of one run: frame rings, the batch pool and the recorder's
-    rings are all made here, named ``<run prefix><role>``, and ``unlink_all`` removes each one
+    """Every shared-memory segment of one run: frame rings, the batch pool, the recorder's rings
+    and the post stage's value board are all made here, named ``<run prefix><role>``, and ``unlink_all`` removes each one
     (also a segment whose creator died before wrapping it), then checks nothing under the prefix
     is left. The one owner is the supervisor; children only ``attach`` through handles.
 
@@ -872,7 +990,7 @@ class RunSegments:
     def __init__(self, prefix: str | None = None) -> None:
         self.prefix = prefix or run_prefix()
         self.names: list[str] = []
-        self._owned: list[FrameRing | BatchPool] = []
+        self._owned: list[FrameRing | BatchPool | ValueBoard] = []
 
     def _name(self, role: str) -> str:
         name = self.prefix + role
@@ -886,6 +1004,11 @@ class RunSegments:
         ring = FrameRing.create(self._name(role), slots, max_height, max_width, policy, aux_bytes)
         self._owned.append(ring)
         return ring
+
+    def value_board(self, role: str, keys: list[tuple[str, ...]]) -> ValueBoard:
+        board = ValueBoard.create(self._name(role), keys)
+        self._owned.append(board)
+        return board
 
     def batch_pool_handle(self, role: str, slots: int) -> BatchPoolHandle:
         """The handle of the batch pool ``batch_pool`` creates once the engine's geometry is

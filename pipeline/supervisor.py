@@ -3,12 +3,14 @@
 Children (all through ``pipeline.process.spawn_child``, spawn context): one ingest per camera ->
 its ``FrameRing`` -> tile -> inference (the only one importing torch) -> post (stitch, smooth,
 sinks) -> recorder (when a camera records); and one service, the embedded Redis (when no
-``redis.url`` is set). Startup runs in named steps, each logged:
+``redis.url`` is set). Before anything else the metrics endpoint is bound (``metrics.port``: a
+taken port is a config error before any process starts) and its address printed; then startup
+runs in named steps, each logged:
 
 1. plan cameras -- the model choice and each camera's frame size and queue policy;
 2. check /dev/shm -- the computed need (clear error naming it), then the frame rings, every
    segment under the run prefix (``RunSegments``);
-3. start services -- the embedded Redis and the Prometheus endpoint;
+3. start services -- the embedded Redis;
 4. load engine -- the inference process reports the model's window, the batch pool is sized to it;
 5. start stages -- recorder rings and process, tile, post, and one ingest per camera.
 
@@ -34,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
 import os
 import queue
@@ -51,11 +54,12 @@ from engines.yamlconfig import ConfigError
 from pipeline.config import AppConfig, CameraConfig
 from pipeline.console import RunConsole
 from pipeline.events import CameraStatus
-from pipeline.metrics import PipelineMetrics, Snapshot
+from pipeline.metrics import PipelineMetrics, Snapshot, throughput
 from pipeline.process import ChildSpec, RestartPolicy, RestartState, StopFlag, spawn_child
 from pipeline.redis_embedded import connect_hint, embedded_data_dir
 from pipeline.services import RedisService
-from pipeline.shm import BatchPool, FrameRing, RunSegments, check_shm_space
+from pipeline.shm import BatchPool, FrameRing, RunSegments, ValueBoard, check_shm_space
+from pipeline.sinks.live_values import live_value_keys
 from pipeline.sinks.recorder import RECORDER_TARGET, RecorderArgs, recorder_rings
 from pipeline.stages import inference as inference_stage
 from pipeline.stages.common import StageArgs
@@ -123,6 +127,7 @@ class Supervisor:
         self.redis: RedisService | None = None
         self.redis_url: str | None = None
         self.metrics: PipelineMetrics | None = None
+        self.values: ValueBoard | None = None  # the post stage's live values, for the metrics
         self.engine: dict[str, Any] = {}
         self.exit_reason = ""
         self.last_snapshot: Snapshot | None = None
@@ -177,6 +182,7 @@ class Supervisor:
 
     # ================================================================== startup
     def _startup(self) -> None:
+        self._start_metrics()
         steps: list[tuple[str, Callable[[], None]]] = [
             ("plan cameras", self._plan_cameras), ("check /dev/shm", self._check_shm),
             ("start services", self._start_services), ("load engine", self._load_engine),
@@ -185,7 +191,33 @@ class Supervisor:
             if self._signal is not None:
                 raise PipelineError(f"interrupted before '{name}'")
             self.log.info("startup", step=f"{i}/{len(steps)} {name}", run_id=self.run_id)
+            if self.metrics is not None:
+                self.metrics.step(f"{i}/{len(steps)} {name}")
             step()
+
+    def _start_metrics(self) -> None:
+        """Bind the metrics endpoint first: a taken port is a config error before any process
+        or segment exists. Port 0 picks a free port; the address is printed either way."""
+        m = self.cfg.metrics
+        names = [n for n, c in self.cfg.cameras.items() if c.enabled]
+        try:
+            self.metrics = PipelineMetrics(names, m.port, m.host, run_id=self.run_id)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(self.cfg.source_file, "metrics.port",
+                                  f"{m.host}:{m.port} is already in use (another crowdstream "
+                                  f"run?); set metrics.port to a free port, 0 to pick one "
+                                  f"(printed at start), or null for no endpoint "
+                                  f"(command line: --metrics-port 0)") from None
+            raise ConfigError(self.cfg.source_file, "metrics.host",
+                              f"cannot serve metrics on {m.host}:{m.port}: {e}") from None
+        self.out.metrics = self.metrics
+        if self.metrics.url is not None:
+            base = self.metrics.url.rsplit("/", 1)[0]
+            self.out.note(f"metrics at {self.metrics.url} (health: {base}/healthz, "
+                          f"{base}/readyz)")
+            self.log.info("metrics", url=self.metrics.url)
+            self.values = self.segments.value_board("values", live_value_keys(self.cfg.cameras))
 
     def _plan_cameras(self) -> None:
         cfg, rt = self.cfg, self.cfg.runtime
@@ -234,17 +266,6 @@ class Supervisor:
             self.log.info("spawned", stage="redis", pid=self.redis.pid)
             self.out.note(f"embedded Redis at {self.redis_url} (data in {self.redis.data_dir}); "
                           f"connect with: {connect_hint(self.redis_url)}")
-        names = [c.name for c in self.cams]
-        if cfg.metrics.port is None:
-            self.metrics = PipelineMetrics(names, None)
-        else:
-            try:
-                self.metrics = PipelineMetrics(names, cfg.metrics.port, cfg.metrics.host)
-            except OSError as e:
-                raise ConfigError(cfg.source_file, "metrics.port",
-                                  f"cannot serve metrics on {cfg.metrics.host}:"
-                                  f"{cfg.metrics.port}: {e}") from None
-        self.out.metrics = self.metrics
 
     def _load_engine(self) -> None:
         """The engine decides the window, so inference starts first and the pool is sized to it."""
@@ -308,6 +329,7 @@ class Supervisor:
                          [c.ring.handle() for c in self.cams if c.ring is not None],
                          self.pool_handle, self.stop_stages, self.redis_url,
                          {cam: r.handle() for cam, r in self.rec_rings.items()}, self.run_id,
+                         self.values.handle() if self.values is not None else None,
                          (self.engine.get("description") or {}).get("resize"))
 
     def _spawn(self, key: str) -> None:
@@ -390,7 +412,8 @@ class Supervisor:
                                                    if c.state == "offline"]
         summary = ", ".join(f"{k}: {v.ring['emitted']} counted, {v.ring['drops']} dropped, "
                             f"{v.ring['lost']} lost" for k, v in snap.cameras.items())
-        self.out.note(f"{self.exit_reason}; {summary}"
+        fps = throughput(snap)
+        self.out.note(f"{self.exit_reason}; {summary}" + (f"; {fps}" if fps else "")
                       + (f"; offline: {', '.join(bad)}" if bad else ""))
         return 1 if bad else 0
 
@@ -404,7 +427,9 @@ class Supervisor:
             restarts[p.stage] = restarts.get(p.stage, 0) + p.restart.crashes
         snap = Snapshot.take({c.name: c.ring for c in self.cams if c.ring is not None},
                              {c.name: (c.state, c.reason) for c in self.cams},
-                             {c.name: c.total_frames for c in self.cams}, self.pool, up, restarts)
+                             {c.name: c.total_frames for c in self.cams}, self.pool, up, restarts,
+                             board=self.values, recorder_rings=self.rec_rings,
+                             stopping=self._signal is not None or bool(self.exit_reason))
         if self.metrics is not None:
             self.metrics.update(snap)
         self.out.update(snap, force=force)
@@ -546,7 +571,7 @@ class Supervisor:
         for c in self.cams:
             c.ring = None
         self.rec_rings.clear()
-        self.pool = None
+        self.pool = self.values = None
         leaked = self.segments.unlink_all()
         if leaked:
             self.log.error("shared memory left behind", segments=",".join(leaked))

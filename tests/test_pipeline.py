@@ -206,7 +206,7 @@ def test_lossless_file_gives_every_frame_once_in_order(tmp_path: Path) -> None:
     # every segment any process of the run mapped was made under the run's prefix
     assert shm.seen and not shm.outside(sup.prefix), shm.seen
     assert scraper.body, "no metrics scraped while running"
-    for name in ('crowdstream_fps{camera="a",direction="in"}', 'crowdstream_queue_depth',
+    for name in ('crowdstream_frames_in_total{camera="a"}', 'crowdstream_queue_depth',
                  'crowdstream_camera_state{camera="b",state="online"}', "crowdstream_stage_up",
                  "crowdstream_frames_dropped_total", "crowdstream_latency_seconds"):
         assert name in scraper.body

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 
 from pipeline.shm import (
+    LATENCY_BUCKETS,
     BatchPool,
     EndOfStream,
     FrameMeta,
     FrameRing,
+    RunSegments,
     ShmSpaceError,
+    ValueBoard,
     check_shm_space,
     run_prefix,
 )
@@ -112,6 +115,10 @@ def test_latest_with_reader_holding_slots(ring_name: str) -> None:
         # every slot held by readers: latest waits and gives up on timeout
         assert ring.put(_frame(9), FrameMeta("c", 9, None, 0.0, H, W), timeout=0.05) is False
         assert ring.drops == 6  # ... and that frame counts as dropped
+        st = ring.stats()
+        # 10 frames offered: 9 written, 1 refused; 5 of the written were reclaimed unread
+        assert (st["puts"], st["refused"], st["drops"]) == (8, 1, 6)
+        assert st["puts"] + st["refused"] == st["gets"] + st["drops"] + st["depth"]
         for s in (a[0], b[0], last[0]):
             ring.release(s)
     finally:
@@ -231,3 +238,27 @@ def test_lock_of_a_dead_process_is_broken(ring_name: str) -> None:
     finally:
         ring.close()
         ring.unlink()
+
+
+def test_latency_histogram_counting_span_and_value_board() -> None:
+    segs = RunSegments()
+    try:
+        ring = segs.frame_ring("r0", 2, H, W, "lossless")
+        c = ring.counters
+        assert c.counting_span() is None
+        for lat in (0.005, 0.01, 0.3, 75.0):  # the first is in the 10 ms bucket, 75 s in +Inf
+            c.record_result(lat)
+        counts, total = c.latency_histogram()
+        assert len(counts) == len(LATENCY_BUCKETS) + 1
+        assert counts[0] == 2 and counts[LATENCY_BUCKETS.index(0.5)] == 1 and counts[-1] == 1
+        assert total == pytest.approx(75.315) and c.stats()["emitted"] == 4
+        first, last = c.counting_span()
+        assert last - first == pytest.approx(0.005, abs=0.05)  # from the first frame's capture
+        board = segs.value_board("values", [("people", "a"), ("zone_people", "a", "door")])
+        assert board.read() == {}  # nothing written yet: no value, not 0
+        child = ValueBoard.attach(board.handle())
+        child.set(child.index[("people", "a")], 12.5)
+        assert board.read() == {("people", "a"): 12.5}
+        child.close()
+    finally:
+        assert segs.unlink_all() == []

@@ -4,6 +4,7 @@ Example::
 
     crowdstream run configs/demo.yaml
     crowdstream run my.yaml --jsonl - --metrics-port none     # counts as JSON lines on stdout
+    crowdstream run my.yaml --metrics-port 0                  # a second run: any free port
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jsonl", metavar="PATH", default=None,
                    help="write one JSON line per counted frame to PATH ('-' = stdout)")
     p.add_argument("--metrics-port", metavar="PORT", default=None,
-                   help="Prometheus port (overrides metrics.port; 'none' disables it)")
+                   help="port of /metrics, /healthz and /readyz (overrides metrics.port; 0: any "
+                        "free port, printed at start; 'none' disables it)")
     p.add_argument("--quiet", action="store_true", help="no console status line")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.config import AppConfig
 from pipeline.outputs import build_output_sinks
 from pipeline.results import Sink
-from pipeline.shm import FrameRingHandle
+from pipeline.shm import FrameRingHandle, ValueBoardHandle
 from pipeline.sinks.jsonl import JsonlSink
 
 __all__ = ["build_sinks", "jsonl_path"]
@@ -33,12 +33,13 @@ def jsonl_path(cfg: AppConfig) -> str | None:
 
 
 def build_sinks(cfg: AppConfig, *, redis_url: str | None = None, run_id: str | None = None,
-                recorder_rings: dict[str, FrameRingHandle] | None = None) -> list[Sink]:
+                recorder_rings: dict[str, FrameRingHandle] | None = None,
+                values: ValueBoardHandle | None = None) -> list[Sink]:
     """The run's sinks, in the order the post stage must call them (zone counts first, so later
-    sinks see them). ``redis_url`` / ``run_id`` / ``recorder_rings``: see
+    sinks see them). ``redis_url`` / ``run_id`` / ``recorder_rings`` / ``values``: see
     ``build_output_sinks``."""
     sinks = build_output_sinks(cfg, redis_url=redis_url, run_id=run_id,
-                               recorder_rings=recorder_rings)
+                               recorder_rings=recorder_rings, values=values)
     path = jsonl_path(cfg)
     if path is not None:
         sinks.append(JsonlSink(path, run_id=run_id))

@@ -186,7 +186,7 @@ def main(args: StageArgs, engine_id: str, status_q: Any) -> None:
     rings = [FrameRing.attach(h) for h in args.rings]
     pool = BatchPool.attach(args.pool)
     sinks = build_sinks(args.cfg, redis_url=args.redis_url, recorder_rings=args.recorder_rings,
-                        run_id=args.run_id)
+                        run_id=args.run_id, values=args.values)
     opened: list[Sink] = []
     try:
         for s in sinks:
