@@ -278,14 +278,19 @@ class CrowdClient:
         frame at the decoded resolution (``snapshot(camera, full=True)``)."""
         self.redis.set(self.keys.frame_request(camera), str(time.time()), ex=ttl_s)
 
-    def wait_full_frame(self, camera: str, after_ts: float, timeout_s: float = 10.0
-                        ) -> Picture | None:
-        """``request_full_frame`` and wait for a full frame captured after ``after_ts``."""
+    def wait_full_frame(self, camera: str, timeout_s: float = 10.0) -> Picture | None:
+        """``request_full_frame`` and wait for the full frame it brings (a full frame is only
+        stored on request, so any one newer than what was there is the answer)."""
+        def ident(p: Picture | None) -> tuple[Any, ...] | None:
+            return None if p is None else (p.frame_index, p.meta.get("capture_ts"),
+                                           p.meta.get("run_id"))
+
+        before = ident(self.snapshot(camera, full=True))
         self.request_full_frame(camera)
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             pic = self.snapshot(camera, full=True)
-            if pic is not None and float(pic.meta.get("capture_ts", 0)) >= after_ts:
+            if pic is not None and ident(pic) != before:
                 return pic
             time.sleep(0.1)
         return None

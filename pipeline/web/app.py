@@ -204,6 +204,10 @@ def _read_routes(console: Console) -> APIRouter:
 
     @r.get("/health", summary="The console and its Redis")
     def health() -> dict[str, Any]:
+        try:
+            console.source.client()  # connect now if not yet (throttled while it fails)
+        except ServerGone:
+            pass
         st = console.source.status()
         return {"status": "ok" if st["connected"] else "no_redis", "redis": st,
                 "cameras": len(console.hub.cameras), "live_clients": console.hub.subscribers,
@@ -534,7 +538,7 @@ def _write_routes(console: Console) -> APIRouter:
             raise HTTPException(409, "the run publishes no snapshots (redis.snapshot_every_s: "
                                      "0): no frame to save")
         with console.redis() as c:
-            pic = c.wait_full_frame(camera, after_ts=time.time(), timeout_s=10.0)
+            pic = c.wait_full_frame(camera, timeout_s=10.0)
         if pic is None:
             raise HTTPException(504, f"no full frame of {camera!r} within 10 s (is it counting?)")
         name = save_label_image(cfg, camera, pic.data, pic.frame_index)
