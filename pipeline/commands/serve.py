@@ -112,6 +112,11 @@ def _run(source: Any, sock: socket.socket, host: str, token: str | None, loopbac
           f"{url}api/v1/openapi.json; {where}"
           + ("; writes need the token: open the URL with #token=<token> once" if token else "")
           + "; Ctrl-C to stop)", flush=True)
+    try:
+        source.client()
+    except Exception as e:  # noqa: BLE001 - the console waits for the run and says what for
+        print(f"note: no data yet ({e}); the console shows the cameras once a run publishes, "
+              f"e.g. 'crowdstream run {source.config_path or 'SITE.yaml'} --live'", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=2, lifespan="on"))
     server.run(sockets=[sock])

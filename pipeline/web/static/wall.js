@@ -44,6 +44,8 @@ function tile(cam) {
   const all = [...tiles.keys()].sort();
   wall.insertBefore(root, tiles.get(all[all.indexOf(cam) + 1])?.root || null);
   document.getElementById("none").hidden = true;
+  // a few cameras get big tiles, a site's wall many small ones
+  wall.style.setProperty("--tile", tiles.size <= 1 ? "520px" : tiles.size <= 4 ? "440px" : "360px");
   heatStyle();
   return t;
 }
