@@ -178,6 +178,8 @@ def _camera_info(console: Console, name: str, active: dict[str, dict[str, Any]])
     st = console.hub.status.get(name) or {}
     cam = console.camera_config(name)
     alerts = [a for a in active.values() if a.get("camera") == name]
+    if not st and cam is not None and not cam.enabled:
+        st = {"state": "offline", "reason": "disabled (enabled: false)"}
     return {
         "name": name,
         "state": st.get("state", "unknown"),
@@ -219,7 +221,7 @@ def _read_routes(console: Console) -> APIRouter:
     def cameras() -> list[dict[str, Any]]:
         with console.redis() as c:
             active = c.active_alerts()
-        names = console.hub.cameras or sorted(c.cameras())
+            names = console.hub.cameras or sorted(c.cameras())
         return [_camera_info(console, n, active) for n in names]
 
     @r.get("/alerts", summary="Alert events, newest last")

@@ -22,6 +22,8 @@ import threading
 import time
 from typing import Any
 
+import redis
+
 from engines.log import get_logger
 from engines.redact import redact
 from pipeline.client import ServerGone
@@ -113,17 +115,13 @@ class LiveHub:
                 rest = MIN_READ_INTERVAL_S - (time.monotonic() - t0)
                 if rest > 0:
                     self._stop.wait(rest)
-            except ServerGone as e:
+            except (ServerGone, redis.ConnectionError, redis.TimeoutError, OSError) as e:
                 self._set_connected(False, str(e))
                 self.source.lost(e)
                 ids = None  # a restarted server may hold other IDs: start again from its tail
                 self._stop.wait(1.0)
             except Exception as e:  # noqa: BLE001 - a bad entry must not end the live view
                 self.log.error("live read failed", error=f"{type(e).__name__}: {e}")
-                if "Connection" in type(e).__name__ or isinstance(e, OSError):
-                    self.source.lost(e)
-                    self._set_connected(False, str(e))
-                    ids = None
                 self._stop.wait(1.0)
 
     def _refresh_cameras(self, client: Any) -> None:
@@ -135,6 +133,10 @@ class LiveHub:
             cfg = None
         if cfg is not None:
             names |= set(cfg.cameras)
+            for cam, c in cfg.cameras.items():
+                if not c.enabled and cam not in self.status:
+                    self.status[cam] = {"camera": cam, "state": "offline",
+                                        "reason": "disabled (enabled: false)", "ts": None}
         cams = sorted(names)
         if cams != self.cameras:
             new = [c for c in cams if c not in self.latest]
