@@ -244,7 +244,7 @@ def test_labeling_page_saves_a_full_frame_and_head_points(browser: Browser) -> N
         canvas_click(b, "draw", fx, fy)
     assert b.js("return document.getElementById('npoints').textContent") == "3"
     b.d.find_element(By.ID, "save").click()
-    assert b.wait(lambda: "saved" in b.js("return document.getElementById('msg').textContent"))
+    assert b.wait(lambda: "label of" in b.js("return document.getElementById('msg').textContent"))
     doc = json.loads((labels_dir(load_config(b.config), "mall") / "labels.json").read_text())
     entry = doc["images"][-1]
     assert doc["camera"] == "mall" and len(entry["points"]) == 3
