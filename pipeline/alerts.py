@@ -125,6 +125,24 @@ class RuleEngine:
             st.prev_value = v
         return events
 
+    def replace_rules(self, rules: list[AlertRuleConfig], ts: float,
+                      frame_index: int = 0) -> list[dict[str, Any]]:
+        """New rules (live reload): an unchanged rule keeps its state (an active alert stays
+        active); the active alerts of rules removed or changed end (reason ``rule_changed``)."""
+        kept = {r.name: r for r in rules}
+        events = []
+        for rule in self.rules:
+            st = self.states[rule.name]
+            if kept.get(rule.name) != rule and st.state == "active":
+                last = st.last_event_value if st.last_event_value is not None else st.peak
+                events.append(self._event(rule, st, "end", last, last, ts, frame_index,
+                                          "rule_changed"))
+        old = {r.name: r for r in self.rules}
+        self.states = {r.name: (self.states[r.name] if old.get(r.name) == r else _RuleState())
+                       for r in rules}
+        self.rules = list(rules)
+        return events
+
     def end_all(self, ts: float, reason: str, frame_index: int = 0) -> list[dict[str, Any]]:
         """End every active alert (camera offline, shutdown)."""
         events = []
@@ -195,6 +213,18 @@ class AlertSink(Sink):
         if eng is not None and status.state in ("offline", "finished"):
             self._emit(eng.end_all(status.ts, f"camera_{status.state}",
                                    self._last_frame.get(status.camera, 0)))
+
+    def reconfigure(self, camera: str, cam: CameraConfig, run_id: str | None = None) -> None:
+        """New alert rules of one camera (live reload, see ``RuleEngine.replace_rules``)."""
+        eng = self.engines.get(camera)
+        if eng is None:
+            if cam.alerts:
+                self.engines[camera] = RuleEngine(camera, list(cam.alerts), run_id)
+            return
+        self._emit(eng.replace_rules(list(cam.alerts), time.time(),
+                                     self._last_frame.get(camera, 0)))
+        if not cam.alerts:
+            del self.engines[camera]
 
     def active(self, camera: str) -> list[dict[str, Any]]:
         eng = self.engines.get(camera)

@@ -19,7 +19,10 @@ Example::
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,13 +32,42 @@ from pipeline.redis_keys import RedisKeys
 if TYPE_CHECKING:
     from pipeline.config import AppConfig
 
-__all__ = ["TERMINAL_STATES", "CrowdClient", "Heatmap", "ServerGone", "decode_heatmap",
-           "entry_order", "run_redis_url", "url_from_config"]
+__all__ = ["TERMINAL_STATES", "CrowdClient", "Heatmap", "Picture", "ServerGone",
+           "decode_heatmap", "entry_order", "run_redis_url", "url_from_config"]
 
 # camera states after which a camera publishes nothing more in this run
 TERMINAL_STATES = ("offline", "finished")
 
 Entry = tuple[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A stored ``crowdstream.snapshot.v1``: the JPEG bytes and their metadata (typed)."""
+
+    data: bytes
+    meta: dict[str, Any]
+
+    @property
+    def frame_index(self) -> int:
+        return int(self.meta["frame_index"])
+
+
+def _decode_picture(fields: dict[bytes, bytes]) -> Picture | None:
+    if not fields or b"data" not in fields:
+        return None
+    meta: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items() if k != b"data"}
+    for k in ("frame_index", "width", "height", "frame_width", "frame_height", "quality"):
+        if k in meta:
+            meta[k] = int(meta[k])
+    if "capture_ts" in meta:
+        meta["capture_ts"] = float(meta["capture_ts"])
+    return Picture(fields[b"data"], meta)
+
+
+def ts_id(ts: float) -> str:
+    """The stream ID bound of a unix time (entries get IDs from their publish time in ms)."""
+    return str(max(0, int(ts * 1000)))
 
 
 class ServerGone(ConnectionError):
@@ -75,7 +107,7 @@ class CrowdClient:
     """Read crowdstream's published data from Redis / Valkey."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379", namespace: str = "crowdstream",
-                 cluster: bool = False, **redis_kwargs: Any) -> None:
+                 cluster: bool = False, *, client: Any = None, **redis_kwargs: Any) -> None:
         import redis
 
         # cluster: every per-camera key shares one slot ({camera} hash tag), so each call here
@@ -83,7 +115,9 @@ class CrowdClient:
         cls = redis.RedisCluster if cluster else redis.Redis
         self.url = url
         self.cluster = cluster
-        self.redis = cls.from_url(url, **redis_kwargs)
+        # ``client``: an already configured connection (the supervisor passes the one built
+        # like its publisher's, with the run's credentials and TLS settings)
+        self.redis = client if client is not None else cls.from_url(url, **redis_kwargs)
         self.keys = RedisKeys(namespace)
 
     @classmethod
@@ -123,20 +157,9 @@ class CrowdClient:
 
     def latest(self, camera: str) -> dict[str, Any] | None:
         """The latest count envelope plus status fields (``status``, ``status_reason``,
-        ``status_ts``, ``heatmap_key``, ``stream_id``, ``publish_dropped_total``)."""
-        raw = self.redis.hgetall(self.keys.latest(camera))
-        if not raw:
-            return None
-        h = {k.decode(): v.decode() for k, v in raw.items()}
-        out: dict[str, Any] = json.loads(h["envelope"]) if "envelope" in h else {"camera": camera}
-        for k in ("status", "status_reason", "heatmap_key", "stream_id"):
-            if k in h:
-                out[k] = h[k]
-        if "status_ts" in h:
-            out["status_ts"] = float(h["status_ts"])
-        if "publish_dropped_total" in h:
-            out["publish_dropped_total"] = int(h["publish_dropped_total"])
-        return out
+        ``status_ts``, ``heatmap_key``, ``stream_id``, ``engine_id``, ``snapshot_frame_index``,
+        ``publish_dropped_total``)."""
+        return self._latest_from(camera, self.redis.hgetall(self.keys.latest(camera)))
 
     def _decode_entries(self, entries: list[Any]) -> list[Entry]:
         return [(eid.decode(), json.loads(fields[b"data"])) for eid, fields in entries]
@@ -216,3 +239,187 @@ class CrowdClient:
             key = raw.decode()
         fields = self.redis.hgetall(key)
         return decode_heatmap(fields) if fields else None
+
+    # ------------------------------------------------------------------ console reads
+    def latest_many(self, cameras: list[str]) -> dict[str, dict[str, Any] | None]:
+        """``latest`` of several cameras (one round trip on a single server)."""
+        if self.cluster:
+            return {c: self.latest(c) for c in cameras}
+        pipe = self.redis.pipeline(transaction=False)
+        for c in cameras:
+            pipe.hgetall(self.keys.latest(c))
+        out: dict[str, dict[str, Any] | None] = {}
+        for c, raw in zip(cameras, pipe.execute(), strict=True):
+            out[c] = self._latest_from(c, raw)
+        return out
+
+    def _latest_from(self, camera: str, raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+        if not raw:
+            return None
+        h = {k.decode(): v.decode() for k, v in raw.items()}
+        out: dict[str, Any] = json.loads(h["envelope"]) if "envelope" in h else {"camera": camera}
+        for k in ("status", "status_reason", "heatmap_key", "stream_id", "engine_id"):
+            if k in h:
+                out[k] = h[k]
+        for k, f in (("status_ts", float), ("publish_dropped_total", int),
+                     ("snapshot_frame_index", int)):
+            if k in h:
+                out[k] = f(h[k])
+        return out
+
+    def snapshot(self, camera: str, full: bool = False) -> Picture | None:
+        """The camera's latest JPEG snapshot (``full``: the full-resolution frame stored on
+        request, see ``request_full_frame``); None when none is stored (or it expired)."""
+        key = self.keys.frame(camera) if full else self.keys.snapshot(camera)
+        return _decode_picture(self.redis.hgetall(key))
+
+    def request_full_frame(self, camera: str, ttl_s: int = 30) -> None:
+        """Ask the pipeline for one full-resolution frame: its next snapshot also stores the
+        frame at the decoded resolution (``snapshot(camera, full=True)``)."""
+        self.redis.set(self.keys.frame_request(camera), str(time.time()), ex=ttl_s)
+
+    def wait_full_frame(self, camera: str, timeout_s: float = 10.0) -> Picture | None:
+        """``request_full_frame`` and wait for the full frame it brings (a full frame is only
+        stored on request, so any one newer than what was there is the answer)."""
+        def ident(p: Picture | None) -> tuple[Any, ...] | None:
+            return None if p is None else (p.frame_index, p.meta.get("capture_ts"),
+                                           p.meta.get("run_id"))
+
+        before = ident(self.snapshot(camera, full=True))
+        self.request_full_frame(camera)
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            pic = self.snapshot(camera, full=True)
+            if pic is not None and ident(pic) != before:
+                return pic
+            time.sleep(0.1)
+        return None
+
+    def counts_between(self, camera: str, start_ts: float, end_ts: float | None = None,
+                       limit: int | None = None) -> list[Entry]:
+        """Count envelopes published between two unix times (stream IDs are publish times)."""
+        end = "+" if end_ts is None else ts_id(end_ts)
+        return self.counts(camera, ts_id(start_ts), end, limit)
+
+    def first_count_ts(self, camera: str) -> float | None:
+        """Publish time of the oldest count the stream still holds (None: empty)."""
+        first = self.redis.xrange(self.keys.counts(camera), count=1)
+        return entry_order(first[0][0].decode())[0] / 1000.0 if first else None
+
+    def rollups(self, camera: str, start_ts: float, end_ts: float | None = None) -> list[Entry]:
+        """``crowdstream.rollup.v1`` windows published between two unix times, oldest first."""
+        end = "+" if end_ts is None else ts_id(end_ts)
+        return self._decode_entries(self.redis.xrange(self.keys.rollup(camera), ts_id(start_ts),
+                                                      end))
+
+    def recent_alerts(self, n: int = 200, camera: str | None = None) -> list[Entry]:
+        """The newest ``n`` alert events (of one camera, when given), oldest first."""
+        entries = self._decode_entries(self.redis.xrevrange(self.keys.alerts(), count=n))
+        return [e for e in entries[::-1] if camera is None or e[1].get("camera") == camera]
+
+    def active_alerts(self, n: int = 500) -> dict[str, dict[str, Any]]:
+        """Alerts in progress among the newest ``n`` events: alert_id -> its latest event
+        (started or updated, not ended)."""
+        active: dict[str, dict[str, Any]] = {}
+        for _, ev in self.recent_alerts(n):
+            if ev.get("event") == "end":
+                active.pop(ev.get("alert_id", ""), None)
+            else:
+                active[ev.get("alert_id", "")] = ev
+        return active
+
+    # ------------------------------------------------------------------ control (reload)
+    def request_reload(self, camera: str | None = None, origin: str = "console") -> str:
+        """Ask every running pipeline on this Redis to re-read its config file and apply zone
+        and alert changes (``crowdstream.control.v1``); returns the request id."""
+        from pipeline.envelopes import control_request, to_json
+
+        rid = f"{int(time.time() * 1000)}-{os.urandom(4).hex()}"
+        env = control_request("reload", rid, time.time(), camera=camera, origin=origin)
+        self.redis.xadd(self.keys.control(), {"schema": env["schema"], "data": to_json(env)},
+                        maxlen=1000, approximate=True)
+        return rid
+
+    def last_control_id(self) -> str:
+        """ID of the newest control request ("0-0" when none): follow from there."""
+        last = self.redis.xrevrange(self.keys.control(), count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    def control_requests(self, last_id: str, block_ms: int | None = 1000) -> list[Entry]:
+        """Control requests after ``last_id`` (blocking up to ``block_ms``)."""
+        reply = self.redis.xread({self.keys.control(): last_id}, block=block_ms, count=100)
+        out: list[Entry] = []
+        for _, entries in reply or []:
+            out += self._decode_entries(entries)
+        return out
+
+    def reply_control(self, reply: dict[str, Any]) -> None:
+        """Publish a pipeline's reply (``pipeline.envelopes.control_reply``)."""
+        from pipeline.envelopes import to_json
+
+        self.redis.xadd(self.keys.control_replies(), {"schema": reply["schema"],
+                                                      "data": to_json(reply)},
+                        maxlen=1000, approximate=True)
+
+    def control_replies(self, request_id: str, timeout_s: float = 5.0, want: int = 1
+                        ) -> list[dict[str, Any]]:
+        """Replies to ``request_id``, waiting up to ``timeout_s`` for ``want`` of them."""
+        start = ts_id(float(request_id.split("-")[0]) / 1000.0 - 1.0)
+        end = time.monotonic() + timeout_s
+        found: list[dict[str, Any]] = []
+        while True:
+            found = [m for _, m in self._decode_entries(
+                self.redis.xrange(self.keys.control_replies(), start, "+"))
+                if m.get("request_id") == request_id]
+            if len(found) >= want or time.monotonic() >= end:
+                return found
+            time.sleep(0.1)
+
+    def tail_ids(self, streams: list[str]) -> dict[str, str]:
+        """The newest entry ID of each stream ("0-0" when empty): read from there for new
+        entries only."""
+        if self.cluster:
+            revs = [self.redis.xrevrange(k, count=1) for k in streams]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for k in streams:
+                pipe.xrevrange(k, count=1)
+            revs = pipe.execute()
+        return {k: (r[0][0].decode() if r else "0-0") for k, r in zip(streams, revs, strict=True)}
+
+    def follow_cameras(self, cameras: list[str], last_ids: dict[str, str] | None = None,
+                       block_ms: int = 1000) -> tuple[list[Entry], dict[str, str]]:
+        """One read of new count and status entries of several cameras and of the alerts
+        stream: (entries in ID order, the IDs to pass next time). Streams not in ``last_ids``
+        (a camera seen for the first time) are read from their newest entry on. On a cluster
+        each stream is read on its own without blocking (one slot per call). Raises
+        ``ServerGone`` when the server goes away."""
+        import redis
+
+        ids = dict(last_ids or {})
+        streams = [self.keys.alerts()]
+        for c in cameras:
+            streams += [self.keys.counts(c), self.keys.status(c)]
+        try:
+            missing = [k for k in streams if k not in ids]
+            if missing:
+                ids.update(self.tail_ids(missing))
+            if self.cluster:
+                reply = [r for k in streams
+                         for r in (self.redis.xread({k: ids[k]}, count=200) or [])]
+                if not reply:
+                    time.sleep(block_ms / 4000.0)
+            else:
+                reply = self.redis.xread({k: ids[k] for k in streams}, block=block_ms,
+                                         count=200) or []
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            raise self._gone(e) from e
+        out: list[Entry] = []
+        for stream, entries in reply:
+            key = stream.decode() if isinstance(stream, bytes) else stream
+            decoded = self._decode_entries(entries)
+            if decoded:
+                ids[key] = decoded[-1][0]
+            out += decoded
+        out.sort(key=lambda e: entry_order(e[0]))
+        return out, ids

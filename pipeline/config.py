@@ -407,6 +407,21 @@ class RedisConfig(ConfigModel):
                                                          "the first free >= 16379).")
     cluster: bool = Field(False, description="url is a Redis Cluster node: use the cluster "
                                              "client.")
+    # what the operator console (crowdstream serve) shows: it never reads video, only these
+    snapshot_every_s: float = Field(1.0, ge=0, description="Publish a JPEG of the latest counted "
+                                    "frame at most this often per camera (0: never; the console "
+                                    "then shows heatmaps without the picture).")
+    snapshot_max_width: int = Field(640, ge=16, le=7680, description="Snapshots wider than this "
+                                    "are downscaled (pixels); caps their size in Redis.")
+    snapshot_quality: int = Field(75, ge=10, le=100, description="JPEG quality of snapshots "
+                                  "(10..100).")
+    snapshot_ttl_s: int = Field(60, ge=1, description="Snapshot keys expire after this "
+                                                      "(seconds).")
+    rollup_every_s: float = Field(10.0, ge=0, description="Also publish each camera's count "
+                                  "averaged over windows of this many seconds, for charts over "
+                                  "hours (0: never).")
+    rollup_maxlen: int = Field(8640, ge=1, description="Windows kept in the rollup stream (8640 "
+                                                       "x 10 s: a day).")
 
     @model_validator(mode="after")
     def _cluster_needs_url(self) -> RedisConfig:
@@ -442,6 +457,23 @@ class MetricsConfig(ConfigModel):
                                                       "endpoint listens on (0.0.0.0: every "
                                                       "interface, e.g. in a container).")
     status_every_s: float = Field(5.0, gt=0, description="Console status line period (seconds).")
+
+
+class ServeConfig(ConfigModel):
+    """The operator console and HTTP API (``crowdstream serve``); the pipeline ignores it."""
+
+    host: Annotated[str, Field(min_length=1)] = Field(
+        "127.0.0.1", description="Address to listen on; anything but loopback needs token_env.")
+    port: Port = Field(8765, description="HTTP port (0: a free port, printed at start).")
+    token_env: EnvName | None = Field(
+        None, description="Environment variable holding the API token: every write then needs "
+                          "'Authorization: Bearer <token>'; required off loopback.")
+    max_body_kb: int = Field(256, ge=1, le=65536, description="Largest request body accepted "
+                                                              "(KiB).")
+    requests_per_s: float = Field(100.0, gt=0, description="Requests per second per client "
+                                                          "(bursts of 4x allowed), beyond: 429.")
+    max_event_clients: int = Field(32, ge=1, description="Live (server-sent events) connections "
+                                                         "at once.")
 
 
 class RuntimeConfig(ConfigModel):
@@ -486,6 +518,8 @@ class AppConfig(ConfigModel):
                                                                               "the console line.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Process-level "
                                                                               "knobs.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="The operator console "
+                               "and HTTP API (crowdstream serve).")
     webhook: WebhookConfig | None = Field(None, description="POST alert events here.")
     jsonl: str | None = Field(None, description="One JSON line per counted frame: '-' for "
                                                 "stdout, or a file (relative to run_dir).")
@@ -578,6 +612,6 @@ def config_schema() -> dict[str, Any]:
 __all__ = [
     "AlertRuleConfig", "AppConfig", "CalibrationConfig", "CameraConfig", "ConfigError",
     "GroundPointConfig", "MetricsConfig", "ModelConfig", "RecordingConfig", "ReconnectConfig",
-    "RedisConfig", "RuntimeConfig", "SmoothingConfig", "WebhookConfig", "ZoneConfig",
-    "config_from_dict", "config_schema", "load_config",
+    "RedisConfig", "RuntimeConfig", "ServeConfig", "SmoothingConfig", "WebhookConfig",
+    "ZoneConfig", "config_from_dict", "config_schema", "load_config",
 ]

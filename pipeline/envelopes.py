@@ -17,10 +17,20 @@ from typing import Any
 
 from pipeline.events import CameraStatus
 from pipeline.results import FrameResult
-from pipeline.schema import ALERT_SCHEMA, COUNT_SCHEMA, HEATMAP_SCHEMA, NOTIFY_SCHEMA, STATUS_SCHEMA
+from pipeline.schema import (
+    ALERT_SCHEMA,
+    CONTROL_SCHEMA,
+    COUNT_SCHEMA,
+    HEATMAP_SCHEMA,
+    NOTIFY_SCHEMA,
+    ROLLUP_SCHEMA,
+    SNAPSHOT_SCHEMA,
+    STATUS_SCHEMA,
+)
 
-__all__ = ["alert_envelope", "count_envelope", "heatmap_envelope", "heatmap_ref",
-           "notify_envelope", "status_envelope", "to_json"]
+__all__ = ["alert_envelope", "control_reply", "control_request", "count_envelope",
+           "heatmap_envelope", "heatmap_ref", "notify_envelope", "rollup_envelope",
+           "snapshot_envelope", "snapshot_ref", "status_envelope", "to_json"]
 
 
 def _opt(x: float | None) -> float | None:
@@ -120,6 +130,62 @@ def heatmap_envelope(*, camera: str, frame_index: int, capture_ts: float, fmt: s
 def heatmap_ref(key: str, fmt: str, ttl_s: int) -> dict[str, Any]:
     """The ``heatmap`` field of a count envelope whose heatmap was stored under ``key``."""
     return {"key": key, "format": fmt, "ttl_s": int(ttl_s)}
+
+
+def snapshot_envelope(*, camera: str, frame_index: int, capture_ts: float, size: tuple[int, int],
+                      frame_size: tuple[int, int], quality: int, heatmap_key: str | None = None,
+                      run_id: str | None = None) -> dict[str, Any]:
+    """The ``crowdstream.snapshot.v1`` metadata (stored beside the JPEG ``data`` bytes);
+    ``size`` and ``frame_size`` are (height, width) of the JPEG and of the decoded frame."""
+    env: dict[str, Any] = {
+        "schema": SNAPSHOT_SCHEMA, "camera": camera, "frame_index": int(frame_index),
+        "capture_ts": float(capture_ts), "width": int(size[1]), "height": int(size[0]),
+        "frame_width": int(frame_size[1]), "frame_height": int(frame_size[0]),
+        "quality": int(quality)}
+    if heatmap_key:
+        env["heatmap_key"] = heatmap_key
+    if run_id is not None:
+        env["run_id"] = run_id
+    return env
+
+
+def snapshot_ref(key: str, frame_index: int, ttl_s: int) -> dict[str, Any]:
+    """The ``snapshot`` field of a count envelope whose frame's JPEG was stored under ``key``."""
+    return {"key": key, "frame_index": int(frame_index), "ttl_s": int(ttl_s)}
+
+
+def rollup_envelope(*, camera: str, start_ts: float, end_ts: float, frames: int,
+                    count_mean: float, count_max: float, count_min: float,
+                    density_m2_mean: float | None, zones: dict[str, dict[str, Any]],
+                    run_id: str | None = None) -> dict[str, Any]:
+    """The ``crowdstream.rollup.v1`` summary of one camera's counts over a time window."""
+    env: dict[str, Any] = {
+        "schema": ROLLUP_SCHEMA, "camera": camera, "start_ts": float(start_ts),
+        "end_ts": float(end_ts), "frames": int(frames), "count_mean": float(count_mean),
+        "count_max": float(count_max), "count_min": float(count_min),
+        "density_m2_mean": _opt(density_m2_mean),
+        "zones": {str(n): {k: _opt(v) for k, v in z.items()} for n, z in zones.items()}}
+    if run_id is not None:
+        env["run_id"] = run_id
+    return env
+
+
+def control_request(kind: str, request_id: str, ts: float, *, camera: str | None = None,
+                    origin: str = "") -> dict[str, Any]:
+    """A ``crowdstream.control.v1`` request to the running pipelines (``kind``: ``reload``)."""
+    env: dict[str, Any] = {"schema": CONTROL_SCHEMA, "kind": kind, "request_id": request_id,
+                           "ts": float(ts), "camera": camera}
+    if origin:
+        env["origin"] = origin
+    return env
+
+
+def control_reply(request_id: str, ts: float, *, run_id: str, ok: bool, message: str,
+                  applied: list[str] | None = None) -> dict[str, Any]:
+    """A pipeline's ``crowdstream.control.v1`` reply to a request."""
+    return {"schema": CONTROL_SCHEMA, "kind": "reply", "request_id": request_id, "ts": float(ts),
+            "run_id": run_id, "ok": bool(ok), "message": " ".join(str(message).split()),
+            "applied": list(applied or [])}
 
 
 def notify_envelope(camera: str, kind: str, ts: float, **fields: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pipeline.results import Sink
 from pipeline.shm import FrameRingHandle, ValueBoardHandle
 from pipeline.zones import ZoneSink
 
-__all__ = ["build_output_sinks"]
+__all__ = ["apply_camera_settings", "build_output_sinks"]
 
 
 def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
@@ -61,3 +61,30 @@ def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
 
         live = LiveValuesSink(values, active_alerts=alerts.active if alerts is not None else None)
     return [s for s in (zones, alerts, redis_sink, recorder, live) if s is not None]
+
+
+def apply_camera_settings(sinks: list[Sink], cfg: AppConfig, camera: str,
+                          run_id: str | None = None) -> None:
+    """Apply a camera's new ``zones:`` and ``alerts:`` (live reload, ``pipeline.reload``) to the
+    running sinks, in place. A zone or alert sink the run started without is created (and
+    opened) in its place in the order, so a first zone drawn in the console counts at once.
+    ``cfg`` is the new config; the recorder keeps drawing the zones it started with."""
+    cam = cfg.cameras[camera]
+    zones = next((s for s in sinks if isinstance(s, ZoneSink)), None)
+    if zones is not None:
+        zones.reconfigure(camera, cam)
+    elif cam.zones:
+        sinks.insert(0, ZoneSink({camera: cam}))
+    alerts = next((s for s in sinks if isinstance(s, AlertSink)), None)
+    if alerts is not None:
+        alerts.reconfigure(camera, cam, run_id)
+    elif cam.alerts:
+        from pipeline.sinks.redis_sink import RedisSink
+
+        redis_sink = next((s for s in sinks if isinstance(s, RedisSink)), None)
+        webhook = WebhookNotifier(cfg.webhook) if cfg.webhook is not None else None
+        new = AlertSink({camera: cam}, listeners=[redis_sink.publish_alert] if redis_sink else [],
+                        webhook=webhook, run_id=run_id)
+        new.open()
+        at = 1 if sinks and isinstance(sinks[0], ZoneSink) else 0
+        sinks.insert(at, new)

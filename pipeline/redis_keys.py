@@ -46,6 +46,31 @@ class RedisKeys:
         """Hash (with a TTL) holding one ``crowdstream.heatmap.v1``."""
         return self._cam(camera, f"heatmap:{frame_index}")
 
+    def snapshot(self, camera: str) -> str:
+        """Hash (with a TTL) holding the camera's latest ``crowdstream.snapshot.v1`` JPEG."""
+        return self._cam(camera, "snapshot")
+
+    def frame(self, camera: str) -> str:
+        """Hash (with a TTL): a full-resolution ``crowdstream.snapshot.v1``, stored on request."""
+        return self._cam(camera, "frame")
+
+    def frame_request(self, camera: str) -> str:
+        """String key a client sets to ask for one full-resolution frame (read and deleted by
+        the publisher with its next snapshot)."""
+        return self._cam(camera, "frame:request")
+
+    def rollup(self, camera: str) -> str:
+        """Stream of ``crowdstream.rollup.v1``: counts summarised per time window."""
+        return self._cam(camera, "counts:rollup")
+
+    def control(self) -> str:
+        """Stream of ``crowdstream.control.v1`` requests to the running pipelines."""
+        return f"{self.namespace}:control"
+
+    def control_replies(self) -> str:
+        """Stream of ``crowdstream.control.v1`` replies from the running pipelines."""
+        return f"{self.namespace}:control:replies"
+
     def alerts(self) -> str:
         """Stream of ``crowdstream.alert.v1`` for all cameras."""
         return f"{self.namespace}:alerts"

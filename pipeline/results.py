@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 
@@ -75,11 +74,12 @@ class Sink(ABC):
     The post stage calls ``open()`` once, then ``write()`` per frame and ``write_status()`` per
     camera state change, then ``close()`` once. ``write`` must not block on slow I/O for long
     (hand such work to a ``pipeline.worker.BackgroundWorker``). A sink that needs the BGR frame
-    sets ``wants_frames = True``; ``result.frame`` is then a view valid only during ``write``.
-    Everything but ``write`` is a no-op by default.
+    sets ``wants_frames = True`` (on the class, or on the instance before the post stage starts:
+    the Redis sink wants frames only when snapshots are on); ``result.frame`` is then a view
+    valid only during ``write``. Everything but ``write`` is a no-op by default.
     """
 
-    wants_frames: ClassVar[bool] = False
+    wants_frames: bool = False
 
     def open(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Acquire resources (connections, threads, processes)."""

@@ -24,7 +24,9 @@ console's and the metrics' (``pipeline.console``, ``pipeline.metrics``); the sup
 the ``Snapshot`` each poll.
 
 Signals: SIGINT / SIGTERM stop ingest and let queued frames drain (``runtime.drain_timeout_s``);
-a second signal ends the drain at once. With files only, the run ends when every source has ended
+a second signal ends the drain at once. SIGHUP, or a ``reload`` request on the Redis control
+stream (the console's zone editor sends one), re-reads the config file and applies zone and alert
+changes without a restart (``pipeline.reload``); other changes are refused with a log line. With files only, the run ends when every source has ended
 and drained. Shutdown: stages, then the recorder (it finishes its segments), then Redis (last),
 then every segment is unlinked and checked gone.
 
@@ -57,6 +59,7 @@ from pipeline.events import CameraStatus
 from pipeline.metrics import PipelineMetrics, Snapshot, throughput
 from pipeline.process import ChildSpec, RestartPolicy, RestartState, StopFlag, spawn_child
 from pipeline.redis_embedded import connect_hint, embedded_data_dir
+from pipeline.reload import ControlListener, SettingsUpdate, live_changes
 from pipeline.services import RedisService
 from pipeline.shm import BatchPool, FrameRing, RunSegments, ValueBoard, check_shm_space
 from pipeline.sinks.live_values import live_value_keys
@@ -108,6 +111,7 @@ class Supervisor:
     log_level: str | None = None
     console: bool = True
     status_stream: Any = None  # default sys.stderr
+    overrides: dict[str, Any] | None = None  # command-line overrides: a reload re-applies them
     log: Any = field(init=False)
 
     def __post_init__(self) -> None:
@@ -147,6 +151,8 @@ class Supervisor:
         self.readers: list[threading.Thread] = []
         self.status_q: Any = None
         self.info_q: Any = self.ctx.Queue()
+        self.control: ControlListener | None = None  # reload requests from Redis
+        self._hup = False
 
     # ================================================================== run
     def run(self) -> int:
@@ -168,6 +174,7 @@ class Supervisor:
     @contextmanager
     def _signals(self) -> Iterator[None]:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
         try:
             yield
         finally:
@@ -179,6 +186,9 @@ class Supervisor:
             self.log.warning("second signal: stopping now", signal=signum)
             self.drain_timeout_s = 0.0
         self._signal = signum
+
+    def _on_hup(self, signum: int, frame: Any) -> None:
+        self._hup = True  # the watch loop reloads (not here: a handler must not do I/O)
 
     # ================================================================== startup
     def _startup(self) -> None:
@@ -266,6 +276,8 @@ class Supervisor:
             self.log.info("spawned", stage="redis", pid=self.redis.pid)
             self.out.note(f"embedded Redis at {self.redis_url} (data in {self.redis.data_dir}); "
                           f"connect with: {connect_hint(self.redis_url)}")
+        if self.redis_url:
+            self._start_control(self.redis_url)
 
     def _load_engine(self) -> None:
         """The engine decides the window, so inference starts first and the pool is sized to it."""
@@ -381,6 +393,7 @@ class Supervisor:
         while True:
             time.sleep(POLL_S)
             self._relay_events()
+            self._apply_reloads()
             self._check_children()
             snap = self._snapshot()
             if self._signal is not None and drain_from is None:
@@ -551,6 +564,66 @@ class Supervisor:
             if self.status_q is not None:
                 self.status_q.put(st)
 
+    # ================================================================== live reload
+    def _start_control(self, url: str) -> None:
+        from pipeline.client import CrowdClient
+        from pipeline.sinks.redis_publisher import connect
+
+        r = self.cfg.redis
+        client = CrowdClient(url, namespace=r.namespace, cluster=r.cluster,
+                             client=connect(url, r))
+        self.control = ControlListener(client)
+        self.control.start()
+
+    def _apply_reloads(self) -> None:
+        """Answer SIGHUP and the control stream's reload requests (one reload serves all the
+        requests that arrived since the last poll)."""
+        ids: list[str] = []
+        while self.control is not None:
+            try:
+                ids.append(self.control.requests.get_nowait())
+            except queue.Empty:
+                break
+        if not (ids or self._hup):
+            return
+        self._hup = False
+        ok, applied, message = self._reload()
+        if self.control is not None:
+            from pipeline.envelopes import control_reply
+
+            for rid in ids:
+                self.control.reply(control_reply(rid, time.time(), run_id=self.run_id, ok=ok,
+                                                 message=message, applied=applied))
+
+    def _reload(self) -> tuple[bool, list[str], str]:
+        """Re-read the config file; apply zone/alert changes. (ok, cameras applied, message)."""
+        from pipeline.config import load_config
+
+        src = self.cfg.source_file
+        if src is None:
+            return False, [], "this run has no config file to re-read"
+        try:
+            new = load_config(src, self.overrides)
+        except (ConfigError, OSError) as e:
+            self.log.error("config not reloaded", error=str(e))
+            return False, [], f"config not reloaded: {e}"
+        changes = live_changes(self.cfg, new)
+        if changes.refused:
+            msg = (f"{src}: {changes.refused}: needs a restart (only zones and alerts apply "
+                   f"live); nothing applied")
+            self.log.warning("config change needs a restart", file=src, change=changes.refused)
+            return False, [], msg
+        if not changes.cameras:
+            self.log.info("config re-read: no zone or alert change", file=src)
+            return True, [], "no zone or alert change"
+        self.cfg = new  # restarted stages get it too
+        for c in self.cams:
+            c.cfg = new.cameras[c.name]
+        if self.status_q is not None:
+            self.status_q.put(SettingsUpdate({c: new.cameras[c] for c in changes.cameras}))
+        self.log.info("zones and alerts reloaded", cameras=",".join(changes.cameras))
+        return True, changes.cameras, f"applied zones and alerts of {', '.join(changes.cameras)}"
+
     # ================================================================== shutdown
     def _shutdown(self) -> None:
         """Stop the stages, then the recorder, then the services; unlink every segment."""
@@ -564,6 +637,8 @@ class Supervisor:
         self._stop_processes([p for p in self.children.values() if p.stage == "recorder"],
                              RECORDER_STOP_S)
         self._close_queues()
+        if self.control is not None:
+            self.control.stop()
         if self.redis is not None:
             self.redis.stop()  # last: the post stage's sinks have flushed into it
         if self.metrics is not None:

@@ -149,3 +149,11 @@ class ZoneSink(Sink):
         cz = self._cams.get(result.camera)
         if cz is not None:
             cz.apply(result)
+
+    def reconfigure(self, camera: str, cam: CameraConfig) -> None:
+        """New zones (or calibration) of one camera, applied from its next frame (live reload:
+        the masks are rebuilt for the next frame's geometry)."""
+        if cam.zones or cam.calibration is not None:
+            self._cams[camera] = CameraZones(camera, cam)
+        else:
+            self._cams.pop(camera, None)

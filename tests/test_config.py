@@ -349,8 +349,9 @@ def test_schema_matches_the_loader_on_the_bad_configs(tmp_path: Path) -> None:
 
 
 def test_app_config_fields_unchanged() -> None:
+    # serve: the console's section (crowdstream serve), added with it
     assert list(AppConfig.model_fields) == ["cameras", "model", "redis", "metrics", "runtime",
-                                            "webhook", "jsonl", "run_dir", "defaults",
+                                            "serve", "webhook", "jsonl", "run_dir", "defaults",
                                             "source_file"]
 
 

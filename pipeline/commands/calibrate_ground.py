@@ -9,6 +9,9 @@ layout is beyond the text editor (flow style, a bare-URL camera) a re-dumped cop
 goes to ``CONFIG.calibrated.yaml`` instead. ``--output`` writes elsewhere, ``--dry-run`` nowhere.
 ``--preview OUT.png`` draws the calibration on the camera's first frame (or ``--image``).
 
+The fit, check and store are two functions, ``fit_ground`` and ``store_calibration``, which the
+operator console's calibration picker calls too: both paths refuse and store exactly alike.
+
 Example::
 
     crowdstream calibrate ground lobby --config configs/site.yaml --preview lobby.png
@@ -21,8 +24,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from calibrate.ground import GroundCalibration
+    from pipeline.config import CalibrationConfig, ZoneConfig
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -82,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     from calibrate.preview import render_preview, write_png
     from engines.log import get_logger
     from engines.video import SourceError, read_first_frame
-    from pipeline.config import CalibrationConfig, GroundPointConfig, load_config
+    from pipeline.config import CalibrationConfig, load_config
 
     cfg = load_config(args.config)
     name = args.camera
@@ -140,53 +150,28 @@ def main(args: argparse.Namespace) -> int:
     print(f"camera {name}: fitting {len(img)} points on a {size[0]}x{size[1]} image "
           f"(bound {bound:g} m)")
     try:
-        cal = GroundCalibration.from_points(img, gnd, (size[1], size[0]), image_size=size,
-                                            max_error_m=bound)
+        fit = fit_ground(img, gnd, size, bound, store_points=bool(cli_points), zones=cam.zones)
     except CalibrationError as e:
         if e.report is not None:
             print("\n".join(e.report.lines(img, gnd)))
         log.warning("calibration refused", reason=e.reason)
         return _fail(f"refused ({e.reason}): {e.message}", 1)
-    assert cal.report is not None and cal.homography is not None
-    print("\n".join(cal.report.lines(img, gnd)))
-    line = cal.horizon()
-    if line is not None and abs(line[1]) > 1e-15:
-        row = -(line[0] * size[0] / 2 + line[2]) / line[1]
-        where = "above the image" if row < 0 else ("below the image" if row > size[1] else "in view")
-        print(f"  horizon: image row {row:.0f} at mid-width ({where})")
-
-    h = cal.homography / cal.homography[2, 2] if abs(cal.homography[2, 2]) > 1e-12 else cal.homography
-    updates: dict[str, Any] = {"image_size": [int(size[0]), int(size[1])],
-                               "homography": [[float(v) for v in row] for row in h]}
-    if cli_points:
-        updates["points"] = [{"image": [float(a) for a in i], "ground": [float(b) for b in g]}
-                             for i, g in zip(img, gnd, strict=True)]
-    stored = CalibrationConfig(
-        points=[GroundPointConfig(image=(float(i[0]), float(i[1])), ground=(float(g[0]), float(g[1])))
-                for i, g in zip(img, gnd, strict=True)],
-        homography=updates["homography"], image_size=size,
-        max_reprojection_error_m=max(bound, cal.report.max_m * 1.001 + 1e-9))
-
-    for z in cam.zones:
-        try:
-            print(f"  zone {z.name}: {cal.polygon_area_m2(z.polygon):.2f} m²")
-        except CalibrationError as e:
-            print(f"  zone {z.name}: no ground area ({e.message})")
-
+    print("\n".join(fit.lines))
     if not args.dry_run:
-        comment = (f"image -> ground (m), {len(img)} points, rms {cal.report.rms_m:.4f} m "
-                   f"(crowdstream calibrate ground)")
         try:
-            where = _store(Path(args.config), Path(args.output) if args.output else None, name,
-                           updates, {"homography": comment})
+            where = store_calibration(Path(args.config), name, fit,
+                                      Path(args.output) if args.output else None)
         except OSError as e:
             return _fail(f"cannot write the config: {e}")
-        log.info("calibration stored", file=str(where), points=len(img),
-                 rms_m=round(cal.report.rms_m, 4))
+        if where.note:
+            print(f"note: {where.note}")
+        print(f"stored: cameras.{name}.calibration.{{{', '.join(fit.updates)}}} in {where.path}")
+        log.info("calibration stored", file=str(where.path), points=len(img),
+                 rms_m=round(fit.rms_m, 4))
     if args.preview:
         try:
             fr = get_frame()
-            pcal = GroundCalibration.from_config(stored, fr.shape[:2], camera=name)
+            pcal = GroundCalibration.from_config(fit.stored, fr.shape[:2], camera=name)
             out = write_png(args.preview, render_preview(fr, pcal, zones=cam.zones,
                                                          grid_m=args.grid, title=f"camera {name}"))
         except (ValueError, OSError) as e:
@@ -195,31 +180,118 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store(config: Path, output: Path | None, camera: str, updates: dict[str, Any],
-           comments: dict[str, str]) -> Path:
-    """Write the calibration; returns the file written (see the module docstring for which)."""
-    from engines.yamledit import dump_with_calibration, update_calibration_text
+@dataclass
+class GroundFit:
+    """A fitted ground calibration and what storing it writes (``fit_ground``)."""
+
+    cal: GroundCalibration
+    image_size: tuple[int, int]  # (w, h) of the image the points were taken on
+    updates: dict[str, Any]  # the keys written into the camera's calibration: section
+    stored: CalibrationConfig  # the calibration as the run will read it back
+    lines: list[str] = field(default_factory=list)  # the report, as the command prints it
+    horizon_row: float | None = None  # image row of the horizon at mid-width
+
+    @property
+    def rms_m(self) -> float:
+        return float(self.cal.report.rms_m) if self.cal.report is not None else 0.0
+
+
+def fit_ground(img: np.ndarray, gnd: np.ndarray, size: tuple[int, int], bound: float, *,
+               store_points: bool = True, zones: tuple[ZoneConfig, ...] = ()) -> GroundFit:
+    """Fit image pixels ``img`` (N x 2) -> ground metres ``gnd`` on an image of ``size`` (w, h)
+    and check it (``calibrate.ground.GroundCalibration.from_points``); raises
+    ``CalibrationError`` (with the per-point report when the fit got that far). The updates hold
+    the homography and image size, and the points when ``store_points``."""
+    import numpy as np
+
+    from calibrate.ground import CalibrationError, GroundCalibration
+    from pipeline.config import CalibrationConfig, GroundPointConfig
+
+    cal = GroundCalibration.from_points(img, gnd, (size[1], size[0]), image_size=size,
+                                        max_error_m=bound)
+    assert cal.report is not None and cal.homography is not None
+    lines = cal.report.lines(img, gnd)
+    row = None
+    line = cal.horizon()
+    if line is not None and abs(line[1]) > 1e-15:
+        row = -(line[0] * size[0] / 2 + line[2]) / line[1]
+        where = "above the image" if row < 0 else ("below the image" if row > size[1] else "in view")
+        lines.append(f"  horizon: image row {row:.0f} at mid-width ({where})")
+    h = cal.homography / cal.homography[2, 2] if abs(cal.homography[2, 2]) > 1e-12 \
+        else cal.homography
+    updates: dict[str, Any] = {"image_size": [int(size[0]), int(size[1])],
+                               "homography": [[float(v) for v in r] for r in np.asarray(h)]}
+    if store_points:
+        updates["points"] = [{"image": [float(a) for a in i], "ground": [float(b) for b in g]}
+                             for i, g in zip(img, gnd, strict=True)]
+    stored = CalibrationConfig(
+        points=[GroundPointConfig(image=(float(i[0]), float(i[1])),
+                                  ground=(float(g[0]), float(g[1])))
+                for i, g in zip(img, gnd, strict=True)],
+        homography=updates["homography"], image_size=size,
+        max_reprojection_error_m=max(bound, cal.report.max_m * 1.001 + 1e-9))
+    for z in zones:
+        try:
+            lines.append(f"  zone {z.name}: {cal.polygon_area_m2(z.polygon):.2f} m²")
+        except CalibrationError as e:
+            lines.append(f"  zone {z.name}: no ground area ({e.message})")
+    return GroundFit(cal, (int(size[0]), int(size[1])), updates, stored, lines, row)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where ``store_camera_keys`` wrote: ``path``; ``in_place`` False and a ``note`` when the
+    layout made it write a full copy without comments instead."""
+
+    path: Path
+    in_place: bool
+    note: str = ""
+
+
+def store_calibration(config: Path, camera: str, fit: GroundFit,
+                      output: Path | None = None) -> Stored:
+    """Write a fit into the camera's ``calibration:`` section (``store_camera_keys``)."""
+    n = len(fit.stored.points)
+    comment = (f"image -> ground (m), {n} points, rms {fit.rms_m:.4f} m "
+               f"(crowdstream calibrate ground)")
+    return store_camera_keys(config, camera, fit.updates, {"homography": comment},
+                             section="calibration", output=output, suffix=".calibrated.yaml")
+
+
+def store_camera_keys(config: Path, camera: str, updates: dict[str, Any],
+                      comments: dict[str, str] | None = None, *, section: str | None = None,
+                      output: Path | None = None, suffix: str = ".edited.yaml") -> Stored:
+    """Set ``cameras.<camera>[.<section>].<key>`` in ``config`` with the comment-keeping writer
+    (``engines.yamledit``), checked with ``load_config`` (the rules of ``config validate``)
+    before it replaces the file. A layout the writer cannot edit in place gets a full copy
+    without comments at ``CONFIG<suffix>`` (or ``output``). Raises ``ConfigError`` naming the
+    config when the result is not a valid config (nothing written), ``OSError`` when it cannot
+    write."""
+    from engines.yamlconfig import ConfigError
+    from engines.yamledit import dump_with_updates, update_camera_text
     from pipeline.config import load_config
 
     text = config.read_text()
-    new = update_calibration_text(text, camera, updates, comments)
-    target = output or config
+    new = update_camera_text(text, camera, updates, comments, section=section)
+    target, note = output or config, ""
     if new is None:
         target = output or config.with_name(config.name.removesuffix(".yaml")
-                                             .removesuffix(".yml") + ".calibrated.yaml")
-        new = dump_with_calibration(text, camera, updates)
-        print(f"note: {config} has a layout the in-place editor does not handle; wrote a full copy "
-              f"without comments to {target}")
+                                             .removesuffix(".yml") + suffix)
+        new = dump_with_updates(text, camera, updates, section=section)
+        note = (f"{config} has a layout the in-place editor does not handle; wrote a full copy "
+                f"without comments to {target}")
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     tmp.write_text(new)
     try:
         if target.parent.resolve() == config.parent.resolve():
-            load_config(tmp)  # the result must still be a valid config (same relative paths)
+            try:  # the result must still be a valid config (same relative paths)
+                load_config(tmp)
+            except ConfigError as e:
+                raise ConfigError(str(config), e.key, e.detail) from None
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"stored: cameras.{camera}.calibration.{{{', '.join(updates)}}} in {target}")
-    return target
+    return Stored(target, not note, note)
 
 
 def _perspective_only(args: argparse.Namespace, cam: Any, cal_cfg: Any, get_frame: Any) -> int:

@@ -3,6 +3,7 @@
 Example::
 
     crowdstream run configs/demo.yaml
+    crowdstream run configs/demo.yaml --live                  # the clip as a live camera, looped
     crowdstream run my.yaml --jsonl - --metrics-port none     # counts as JSON lines on stdout
     crowdstream run my.yaml --metrics-port 0                  # a second run: any free port
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -24,6 +26,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="port of /metrics, /healthz and /readyz (overrides metrics.port; 0: any "
                         "free port, printed at start; 'none' disables it)")
     p.add_argument("--quiet", action="store_true", help="no console status line")
+    p.add_argument("--live", action="store_true",
+                   help="play file cameras like live ones: looped, at their native pace (sets "
+                        "loop and realtime on them; for demos with 'crowdstream serve')")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,6 +50,9 @@ def main(args: argparse.Namespace) -> int:
                                                       f"got {args.metrics_port!r}")
         overrides["metrics"] = {"port": None if port is None else int(port)}
     cfg = load_config(args.config, overrides or None)
+    if args.live:
+        overrides["cameras"] = live_overrides(cfg)
+        cfg = load_config(args.config, overrides)
     from pipeline.secrets import register_config_secrets
 
     register_config_secrets(cfg)  # before anything is logged
@@ -54,7 +62,14 @@ def main(args: argparse.Namespace) -> int:
     # `kill -USR1 <pid>` prints every thread's stack: what a stuck run is waiting on
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
-        return Supervisor(cfg, log_level=args.log_level, console=not args.quiet).run()
+        return Supervisor(cfg, log_level=args.log_level, console=not args.quiet,
+                          overrides=overrides or None).run()
     except (PipelineError, ShmSpaceError) as e:
         print(f"crowdstream: {e}", file=sys.stderr)
         return 1
+
+
+def live_overrides(cfg: Any) -> dict[str, Any]:
+    """``cameras:`` overrides making every file camera loop at its native pace (``--live``)."""
+    return {name: {"url": cam.url, "loop": True, "realtime": True}
+            for name, cam in cfg.cameras.items() if not cam.is_live}

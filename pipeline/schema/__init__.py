@@ -26,9 +26,13 @@ HEATMAP_SCHEMA = "crowdstream.heatmap.v1"  # one stored heatmap (Redis hash with
 STATUS_SCHEMA = "crowdstream.status.v1"  # a camera changed state (Redis status stream, JSON lines)
 ALERT_SCHEMA = "crowdstream.alert.v1"  # an alert started / changed / ended (Redis, webhook)
 NOTIFY_SCHEMA = "crowdstream.notify.v1"  # small live notification (Redis pub/sub)
+SNAPSHOT_SCHEMA = "crowdstream.snapshot.v1"  # a JPEG of a counted frame (Redis hash with a TTL)
+ROLLUP_SCHEMA = "crowdstream.rollup.v1"  # counts summarised over a window (Redis stream)
+CONTROL_SCHEMA = "crowdstream.control.v1"  # a request to running pipelines, or a reply
 
 SCHEMAS = tuple(name.removeprefix(PREFIX) for name in
-                (COUNT_SCHEMA, HEATMAP_SCHEMA, STATUS_SCHEMA, ALERT_SCHEMA, NOTIFY_SCHEMA))
+                (COUNT_SCHEMA, HEATMAP_SCHEMA, STATUS_SCHEMA, ALERT_SCHEMA, NOTIFY_SCHEMA,
+                 SNAPSHOT_SCHEMA, ROLLUP_SCHEMA, CONTROL_SCHEMA))
 
 
 @cache
@@ -51,5 +55,6 @@ def validate(doc: dict[str, Any]) -> None:
     jsonschema.validate(doc, load_schema(name))
 
 
-__all__ = ["ALERT_SCHEMA", "COUNT_SCHEMA", "HEATMAP_SCHEMA", "NOTIFY_SCHEMA", "SCHEMAS",
-           "STATUS_SCHEMA", "load_schema", "validate"]
+__all__ = ["ALERT_SCHEMA", "CONTROL_SCHEMA", "COUNT_SCHEMA", "HEATMAP_SCHEMA", "NOTIFY_SCHEMA",
+           "ROLLUP_SCHEMA", "SCHEMAS", "SNAPSHOT_SCHEMA", "STATUS_SCHEMA", "load_schema",
+           "validate"]

@@ -30,9 +30,24 @@ import numpy as np
 from engines.log import get_logger
 from engines.video import redact_url
 from pipeline.config import RedisConfig
-from pipeline.envelopes import heatmap_envelope, heatmap_ref, notify_envelope, to_json
+from pipeline.envelopes import (
+    heatmap_envelope,
+    heatmap_ref,
+    notify_envelope,
+    rollup_envelope,
+    snapshot_envelope,
+    snapshot_ref,
+    to_json,
+)
 from pipeline.heatmaps import PNG_BITS, downscale_sum, encode_heatmap
 from pipeline.redis_keys import RedisKeys
+from pipeline.sinks.snapshots import (
+    FULL_FRAME_QUALITY,
+    FULL_FRAME_TTL_S,
+    RollupWindow,
+    SnapshotFrames,
+    encode_jpeg,
+)
 
 log = get_logger("redis")
 
@@ -44,13 +59,16 @@ STATUS_STREAM_MAXLEN = 1000
 @dataclass
 class Message:
     """One buffered message: its envelope (``pipeline.envelopes``) and, for a count due for a
-    heatmap, a snapshot of the density map. The send state is filled on the first attempt and
-    reused on retries so the server can refuse a duplicate."""
+    heatmap, a snapshot of the density map (and, due for a snapshot, the frame's pixels). The
+    send state is filled on the first attempt and reused on retries so the server can refuse a
+    duplicate."""
 
     kind: MessageKind
     camera: str
     envelope: dict[str, Any]
     density: np.ndarray | None = None
+    snapshot: SnapshotFrames | None = None
+    probe: int = -1  # index in commands of the GETDEL of the camera's full-frame request
     stream: str = ""
     entry_id: str = ""
     commands: list[Command] = field(default_factory=list)
@@ -149,6 +167,9 @@ class RedisPublisher:
         self.duplicates = 0
         self.failed = 0
         self.reconnects = 0
+        # cameras a client asked a full-resolution frame of (read by the sink's write)
+        self.full_wanted: set[str] = set()
+        self._rollups: dict[str, RollupWindow] = {}
 
     def open(self) -> None:
         self._client = connect(self.url, self.cfg)
@@ -224,6 +245,45 @@ class RedisPublisher:
                                ("expire", (key, cfg.heatmap_ttl_s), {})]
         return cmds, heatmap_ref(key, cfg.heatmap_format, cfg.heatmap_ttl_s)
 
+    def _snapshot_commands(self, it: Message, heatmap_key: str | None) -> list[Command]:
+        """HSET + EXPIRE of the snapshot JPEG (and of the full frame when one was asked for),
+        then the GETDEL that reads the next full-frame request (``it.probe``)."""
+        env, cfg, snap = it.envelope, self.cfg, it.snapshot
+        assert snap is not None
+        cmds: list[Command] = []
+        pictures = [(self.keys.snapshot(it.camera), snap.small, cfg.snapshot_quality,
+                     cfg.snapshot_ttl_s)]
+        if snap.full is not None:
+            pictures.append((self.keys.frame(it.camera), snap.full, FULL_FRAME_QUALITY,
+                             FULL_FRAME_TTL_S))
+        for key, img, quality, ttl in pictures:
+            meta = snapshot_envelope(camera=it.camera, frame_index=env["frame_index"],
+                                     capture_ts=env["capture_ts"], size=img.shape[:2],
+                                     frame_size=snap.frame_size, quality=quality,
+                                     heatmap_key=heatmap_key, run_id=env.get("run_id"))
+            mapping: dict[str, Any] = {k: str(v) for k, v in meta.items()}
+            mapping["data"] = encode_jpeg(img, quality)
+            # overwritten in place (every snapshot sets the same fields): a reader never finds
+            # the key missing between two snapshots
+            cmds += [("hset", (key,), {"mapping": mapping}), ("expire", (key, ttl), {})]
+        it.snapshot = None  # encoded; free the pixels
+        cmds.append(("getdel", (self.keys.frame_request(it.camera),), {}))
+        return cmds
+
+    def _rollup_commands(self, env: dict[str, Any], now: float) -> list[Command]:
+        """The XADD of the camera's previous rollup window when this frame starts a new one."""
+        if self.cfg.rollup_every_s <= 0:
+            return []
+        win = self._rollups.setdefault(env["camera"], RollupWindow(self.cfg.rollup_every_s))
+        done = win.add(env)
+        if done is None:
+            return []
+        stream = self.keys.rollup(env["camera"])
+        text = to_json(rollup_envelope(camera=env["camera"], run_id=env.get("run_id"), **done))
+        return [("xadd", (stream, {"schema": "crowdstream.rollup.v1", "data": text}),
+                 {"id": self._next_id(stream, now), "maxlen": self.cfg.rollup_maxlen,
+                  "approximate": True})]
+
     def _build(self, it: Message) -> None:
         """Encode a message into its commands (the first is always its XADD)."""
         now = time.time()
@@ -238,6 +298,14 @@ class RedisPublisher:
                 cmds, ref = self._heatmap_commands(it)
                 env["heatmap"] = ref
                 latest["heatmap_key"] = note["heatmap_key"] = ref["key"]
+            if it.snapshot is not None:
+                snap_cmds = self._snapshot_commands(it, env["heatmap"] and env["heatmap"]["key"])
+                it.probe = len(cmds) + len(snap_cmds)  # after the XADD inserted in front
+                cmds += snap_cmds
+                env["snapshot"] = snapshot_ref(k.snapshot(cam), env["frame_index"],
+                                               self.cfg.snapshot_ttl_s)
+                latest["snapshot_frame_index"] = env["frame_index"]
+            cmds += self._rollup_commands(env, now)
             env["publish_ts"] = now
             text = to_json(env)
             latest.update({"frame_index": env["frame_index"], "count": env["count"],
@@ -333,9 +401,20 @@ class RedisPublisher:
             if isinstance(r, BaseException):
                 log.error("latest-state update or notification refused", error=str(r)[:200])
         self._publish_cluster_notes(last_note)
+        self._read_probes(batch, spans, results)
         retry_auto = self._count_replies(batch, spans, results)
         if retry_auto:
             self._send_auto_ids(retry_auto)
+
+    def _read_probes(self, batch: list[Message], spans: list[int], results: list[Any]) -> None:
+        """A set full-frame request key (GETDEL reply) asks the sink for a full frame."""
+        pos = 0
+        for it, n in zip(batch, spans, strict=True):
+            if it.probe >= 0:
+                reply = results[pos + it.probe]
+                if reply and not isinstance(reply, BaseException):
+                    self.full_wanted.add(it.camera)
+            pos += n
 
     def _publish_cluster_notes(self, last_note: dict[str, str]) -> None:
         """Cluster pipelines cannot PUBLISH: send the newest notification per camera directly

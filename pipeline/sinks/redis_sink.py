@@ -13,6 +13,12 @@ Three parts, one job each:
   On reconnect the buffer is flushed in order; a batch whose reply was lost is re-sent first and
   entries the server already had are not stored twice.
 
+For the operator console (``crowdstream serve``), which never reads video: with
+``redis.snapshot_every_s`` > 0 the sink wants frames, and at that rate copies a downscaled frame
+(``pipeline.sinks.snapshots.take_snapshot``) into the message, JPEG-encoded on the publisher's
+thread into ``<ns>:{cam}:snapshot``; a snapshot's frame always gets a heatmap too. Snapshots are
+skipped while Redis is unreachable (they are transient; the outage buffer keeps the counts).
+
 The sink never starts a server: it is given the URL (the run's embedded server is a service the
 supervisor starts).
 
@@ -38,6 +44,7 @@ from pipeline.envelopes import count_envelope, status_envelope
 from pipeline.events import CameraStatus
 from pipeline.results import FrameResult, Sink
 from pipeline.sinks.redis_publisher import Message, RedisPublisher
+from pipeline.sinks.snapshots import take_snapshot
 from pipeline.worker import BackgroundWorker
 
 log = get_logger("redis")
@@ -63,6 +70,9 @@ class RedisSink(Sink):
         self.run_id = run_id
         self._drain_timeout_s = drain_timeout_s
         self._last_heatmap: dict[str, float] = {}
+        self._last_snapshot: dict[str, float] = {}
+        # the post stage hands frames only to sinks that want them: only when snapshots are on
+        self.wants_frames = cfg.snapshot_every_s > 0
         self.publisher = RedisPublisher(url, cfg, dropped=lambda: self.dropped)
         self._worker: BackgroundWorker[Message] = BackgroundWorker(
             "redis-publisher", self._handle, max_items=cfg.buffer_max_messages,
@@ -112,15 +122,22 @@ class RedisSink(Sink):
     def write(self, result: FrameResult) -> None:
         """Buffer one frame's count (and heatmap when due). Never blocks on Redis."""
         cam = result.camera
+        snap = None
+        if result.frame is not None and self.publisher.connected and \
+                _due(self._last_snapshot, cam, result.capture_ts, self.cfg.snapshot_every_s):
+            full = cam in self.publisher.full_wanted
+            if full:
+                self.publisher.full_wanted.discard(cam)
+            snap = take_snapshot(result.frame, self.cfg.snapshot_max_width, full=full)
         heat = None
-        last = self._last_heatmap.get(cam)
-        if last is None or result.capture_ts - last >= self.cfg.heatmap_every_s or \
-                result.capture_ts < last:
+        if _due(self._last_heatmap, cam, result.capture_ts, self.cfg.heatmap_every_s) or \
+                snap is not None:  # a snapshot's frame always has its heatmap (the overlay)
             self._last_heatmap[cam] = result.capture_ts
             heat = np.array(result.density.map, dtype=np.float32, copy=True)
         env = count_envelope(result, run_id=self.run_id)
-        nbytes = ITEM_OVERHEAD_BYTES + (heat.nbytes if heat is not None else 0)
-        self._worker.put(Message("count", cam, env, heat), nbytes)
+        nbytes = ITEM_OVERHEAD_BYTES + (heat.nbytes if heat is not None else 0) + \
+            (snap.nbytes if snap is not None else 0)
+        self._worker.put(Message("count", cam, env, heat, snapshot=snap), nbytes)
 
     def write_status(self, status: CameraStatus) -> None:
         """Buffer a camera state change (starting / online / reconnecting / offline / finished)."""
@@ -159,3 +176,13 @@ class RedisSink(Sink):
     def _log_drop(self, item: Message) -> None:
         log.warning("buffer full, dropping oldest", camera=item.camera,
                     buffered=self.cfg.buffer_max_messages, connected=self.connected)
+
+
+def _due(last: dict[str, float], camera: str, ts: float, every_s: float) -> bool:
+    """True (and ``last`` updated) when ``every_s`` passed since the camera's last one; a clock
+    that went back counts as due."""
+    prev = last.get(camera)
+    if prev is None or ts - prev >= every_s or ts < prev:
+        last[camera] = ts
+        return True
+    return False

@@ -27,6 +27,7 @@ from engines.log import get_logger
 from engines.tiling import TileLayout
 from pipeline.config import AppConfig
 from pipeline.events import CameraStatus
+from pipeline.reload import SettingsUpdate
 from pipeline.results import FrameResult, Sink
 from pipeline.shm import BatchPool, FrameRing
 from pipeline.smoothing import Smoother
@@ -65,13 +66,15 @@ class PostProcessor:
     """Assembles frames from batches and emits results to sinks (usable in-process too)."""
 
     def __init__(self, cfg: AppConfig, cameras: list[str], rings: list[FrameRing],
-                 pool: BatchPool, sinks: list[Sink], engine_id: str) -> None:
+                 pool: BatchPool, sinks: list[Sink], engine_id: str,
+                 run_id: str | None = None) -> None:
         self.cfg = cfg
         self.cameras = cameras
         self.rings = rings
         self.pool = pool
         self.sinks = sinks
         self.engine_id = engine_id
+        self.run_id = run_id
         self.log = get_logger("post")
         self.want_frames = any(s.wants_frames for s in sinks)
         self.pending: list[_Pending | None] = [None] * len(cameras)
@@ -168,6 +171,30 @@ class PostProcessor:
         ring.counters.record_result(time.time() - p.capture_ts, p.frame_index)
         ring.release(p.fslot)
 
+    def control(self, item: CameraStatus | SettingsUpdate) -> None:
+        """A message from the supervisor: a camera state change, or new zones/alerts."""
+        if isinstance(item, SettingsUpdate):
+            self.apply_settings(item)
+        else:
+            self.status(item)
+
+    def apply_settings(self, update: SettingsUpdate) -> None:
+        """New zones and alert rules of some cameras (live reload), from the next frame on."""
+        from engines.yamlconfig import FrozenDict
+        from pipeline.outputs import apply_camera_settings
+
+        self.cfg = self.cfg.model_copy(update={"cameras": FrozenDict(
+            {**self.cfg.cameras, **update.cameras})})
+        for camera in update.cameras:
+            try:
+                apply_camera_settings(self.sinks, self.cfg, camera, self.run_id)
+                self.log.info("zones and alerts applied", camera=camera,
+                              zones=len(self.cfg.cameras[camera].zones),
+                              alerts=len(self.cfg.cameras[camera].alerts))
+            except Exception as e:  # a bad update must not stop counting
+                self.log.error("zones and alerts not applied", camera=camera,
+                               error=f"{type(e).__name__}: {e}")
+
     def status(self, st: CameraStatus) -> None:
         """Hand a camera state change to every sink (one failing sink does not stop the rest)."""
         for sink in self.sinks:
@@ -192,12 +219,13 @@ def main(args: StageArgs, engine_id: str, status_q: Any) -> None:
         for s in sinks:
             s.open()
             opened.append(s)
-        post = PostProcessor(args.cfg, args.cameras, rings, pool, opened, engine_id)
+        post = PostProcessor(args.cfg, args.cameras, rings, pool, opened, engine_id,
+                             run_id=args.run_id)
         log.info("started", sinks=",".join(type(s).__name__ for s in opened) or "none")
         while not args.stop.is_set():
             while True:
                 try:
-                    post.status(status_q.get_nowait())
+                    post.control(status_q.get_nowait())
                 except queue.Empty:
                     break
             slot = pool.take_post(timeout=0.1)
@@ -205,7 +233,7 @@ def main(args: StageArgs, engine_id: str, status_q: Any) -> None:
                 post.process_batch(slot)
         while True:  # state changes that arrived during the drain still reach the sinks
             try:
-                post.status(status_q.get_nowait())
+                post.control(status_q.get_nowait())
             except queue.Empty:
                 break
     finally:
