@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -198,26 +197,13 @@ def main(args: argparse.Namespace) -> int:
 def _store(config: Path, output: Path | None, camera: str, updates: dict[str, Any],
            comments: dict[str, str]) -> Path:
     """Write the calibration; returns the file written (see the module docstring for which)."""
-    from engines.yamledit import dump_with_calibration, update_calibration_text
-    from pipeline.config import load_config
+    from pipeline.config import write_camera_updates
 
-    text = config.read_text()
-    new = update_calibration_text(text, camera, updates, comments)
-    target = output or config
-    if new is None:
-        target = output or config.with_name(config.name.removesuffix(".yaml")
-                                             .removesuffix(".yml") + ".calibrated.yaml")
-        new = dump_with_calibration(text, camera, updates)
+    target, kept = write_camera_updates(config, camera, updates, comments, section="calibration",
+                                        output=output, copy_suffix=".calibrated")
+    if not kept:
         print(f"note: {config} has a layout the in-place editor does not handle; wrote a full copy "
               f"without comments to {target}")
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    tmp.write_text(new)
-    try:
-        if target.parent.resolve() == config.parent.resolve():
-            load_config(tmp)  # the result must still be a valid config (same relative paths)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     print(f"stored: cameras.{camera}.calibration.{{{', '.join(updates)}}} in {target}")
     return target
 

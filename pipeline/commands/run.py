@@ -43,6 +43,9 @@ def main(args: argparse.Namespace) -> int:
                                                       f"got {args.metrics_port!r}")
         overrides["metrics"] = {"port": None if port is None else int(port)}
     cfg = load_config(args.config, overrides or None)
+    from pipeline.stages.inference import refuse_camera_models
+
+    refuse_camera_models(cfg)  # before anything starts (the supervisor checks again)
     from pipeline.secrets import register_config_secrets
 
     register_config_secrets(cfg)  # before anything is logged
