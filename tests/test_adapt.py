@@ -33,11 +33,13 @@ from engines.train.adapt import (
     nested_boxes,
     ranking_loss,
     relative_gap,
+    score,
     split_holdout,
 )
 from engines.train.sitelabels import read_labels
 from engines.train.transforms import to_tensor_layout
 from engines.video import read_frames
+from pipeline.adapt import zone_fn
 from pipeline.cli import main as cli
 from pipeline.config import load_config
 
@@ -286,6 +288,8 @@ def test_camera_model_config_and_run_refuses_it(tmp_path: Path, mall: dict[str, 
     cfg.write_text(text.replace("    realtime: false        # keep it a file\n",
                                 f"    realtime: false\n    model: {{checkpoint: {DEMO}}}\n"))
     assert load_config(cfg).cameras["mall"].model.checkpoint == str(DEMO)
+    assert cli(["config", "validate", str(cfg)]) == 0
+    assert f"own model {DEMO}" in capsys.readouterr().out
     assert cli(["run", str(cfg), "--metrics-port", "none", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -408,3 +412,55 @@ def _coco(names: list[str], pts: list[list[list[float]]]) -> str:
 
 EXPORTERS = {"labelstudio": _labelstudio, "cvat": _cvat, "coco": _coco}
 
+
+
+def test_live_camera_snapshot_and_footage_for_minutes(tmp_path: Path, tiny_base: Path,
+                                                      rtsp_server: Any,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A live RTSP camera: a snapshot is its next frame; footage is recorded for --minutes of
+    wall time (and refused without it)."""
+    url = rtsp_server.url()
+    cfg = tmp_path / "live.yaml"
+    cfg.write_text(f"run_dir: run\nmodel: {{checkpoint: {tiny_base}}}\n"
+                   f"cameras:\n  gate:\n    url: {url}   # a live camera\n")
+    assert cli(["snapshot", "gate", "--config", str(cfg)]) == 0
+    (entry,) = read_labels(tmp_path / "run" / "labels" / "gate" / "labels.json", "gate").entries
+    assert cv2.imread(str(tmp_path / "run" / "labels" / "gate" / entry.image)).shape == \
+        (240, 320, 3)
+    args = ["adapt", "gate", "--config", str(cfg), "--footage", url, "--threads", "1",
+            "--quiet", "--accept-unverified", "--steps", "2", "--pairs", "3"]
+    assert cli(args) == 2
+    assert "is live: give --minutes N" in capsys.readouterr().err
+    assert cli([*args, "--minutes", "0.05"]) == 0
+    ckpt = Path(load_config(cfg).cameras["gate"].model.checkpoint)
+    report = json.loads(ckpt.with_suffix(".json").read_text())
+    assert report["footage"] == url and report["footage_pairs"] == 3
+
+
+def test_roi_and_zones_count_as_the_pipeline_counts(mall: dict[str, Any], tiny_base: Path) -> None:
+    """With an ROI (the left half), a points frame's true count is the heads inside it and the
+    prediction the masked map's sum; zone counts use the masked map too; training runs with
+    both."""
+    model, _ = load_checkpoint(tiny_base)
+    i = PICK[3]
+    rgb = np.ascontiguousarray(mall["frames"][i][:, :, ::-1])
+    pts = np.asarray(mall["points"][i], np.float32)
+
+    def left(shape: tuple[int, int], frame: tuple[int, int], cell: float) -> np.ndarray:
+        m = np.zeros(shape, np.float32)
+        m[:, : shape[1] // 2] = 1.0
+        return m
+
+    dens = predict(model, rgb).map
+    (s,) = score(model, [LabeledFrame("p", rgb, pts)], left).frames
+    assert s.true == float((pts[:, 0] < 320).sum())
+    assert s.pred == pytest.approx(float(dens[:, :20].sum()), rel=1e-5)
+    right = zone_fn([[0.5, 0], [1, 0], [1, 1], [0.5, 1]])
+    whole = zone_fn([[0, 0], [1, 0], [1, 1], [0, 1]])
+    zones = LabeledFrame("z", rgb, zones={"right": (right, 7.0), "all": (whole, 9.0)})
+    (z,) = score(model, [zones], left).frames
+    assert z.true == 16.0 and z.pred == pytest.approx(s.pred, rel=1e-4)  # right: 0 inside ROI
+    assert z.error == pytest.approx(7.0 + abs(s.pred - 9.0), rel=1e-4)
+    result = Adapter(model, AdaptSettings(steps=2, time_limit_s=None, lr=1e-3),
+                     roi=left).run([LabeledFrame("c", rgb, count=5.0), zones])
+    assert {"count_l1", "zones_l1"} <= {k for h in result.history for k in h}

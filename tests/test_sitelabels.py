@@ -13,6 +13,7 @@ import pytest
 
 from engines.train.labelimport import detect_format, import_export
 from engines.train.sitelabels import LabelEntry, LabelsError, labels_path, read_labels, write_labels
+from pipeline.cli import main as cli
 
 W, H = 640, 480
 POINTS = {"snap_a.jpg": [[100.5, 200.25], [320.0, 240.0], [600.75, 50.5]],
@@ -140,7 +141,8 @@ def test_label_studio_number_gives_a_count_and_sizes_are_scaled(folder: Path,
     assert report.scaled == ["snap_a.jpg"]  # the tool saw a copy twice the size
 
 
-def test_cvat_for_images_xml(folder: Path, tmp_path: Path) -> None:
+def test_cvat_for_images_xml(folder: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
     """CVAT for images 1.1: <points> shapes per <image> (several points per shape, several
     shapes), a box on one image (not a head point), an image with no shape (an empty frame)."""
     a = POINTS["snap_a.jpg"]
@@ -186,10 +188,16 @@ def test_cvat_for_images_xml(folder: Path, tmp_path: Path) -> None:
     export = tmp_path / "annotations.xml"
     export.write_text(xml)
     assert detect_format(export) == "cvat"
-    report = import_export(export, folder / "labels.json", "lobby")
+    assert cli(["labels", "import", "lobby", str(export), "--labels",
+                str(folder / "labels.json")]) == 0
+    out = capsys.readouterr().out
+    assert "imported 3 image(s) from a cvat export" in out and "1 with no points" in out
     got = _check_imported(folder)
     assert got["snap_c.jpg"].kind == "points" and len(got["snap_c.jpg"].points) == 0
-    assert report.empty == ["snap_c.jpg"]
+    assert cli(["labels", "import", "gate", str(export), "--labels",
+                str(folder / "labels.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("holds frames of camera 'lobby', not 'gate'") and "\n" not in err
 
 
 def test_coco_keypoints_with_images_elsewhere(folder: Path, tmp_path: Path) -> None:

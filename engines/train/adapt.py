@@ -35,9 +35,12 @@ anchor is off by default (the labels hold the level).
 
 Before training, the BatchNorm statistics are re-estimated on the camera's own frames (AdaBN: the
 cheapest unsupervised domain adaptation there is), and that model is the anchor; BatchNorm layers
-stay in eval mode while training (batches of one or two frames give useless batch statistics) and
-are re-estimated once more at the end for the adapted weights. Learning rate: cosine from ``lr``
-to 0 over the budget (``steps`` or ``time_limit_s``, whichever ends first).
+stay in eval mode while training (batches of one or two frames give useless batch statistics)
+and are not re-estimated afterwards (the weights were trained through those statistics: new
+ones made a fine-tuned model count 4x more in a test). Learning rate: cosine from ``lr``
+to 0 over the budget (``steps`` or ``time_limit_s``, whichever ends first), after a linear
+warm-up over the first ``warmup_steps``: Adam moves every weight by about ``lr`` from its first
+step on, and three full-size first steps moved the demo model's counts on Mall by a quarter.
 
 The guard rail is the caller's: ``split_holdout`` holds back a share of the labeled frames and
 ``score`` measures base and adapted model on them through ``engines.predict`` (the pipeline's
@@ -126,6 +129,7 @@ class AdaptSettings:
     adabn: bool = True
     bn_views: int = 64  # frames used to re-estimate BatchNorm statistics
     grad_clip: float = 10.0
+    warmup_steps: int = 10  # lr rises linearly over these (Adam's first steps are its biggest)
     seed: int = 0
     loss: LossConfig = field(default_factory=lambda: LossConfig(sinkhorn_iters=30))
 
@@ -144,7 +148,7 @@ class AdaptSettings:
     def describe(self, has_labels: bool, has_footage: bool) -> str:
         """One line for the model card's recipe."""
         parts = [f"AdaBN on the camera's frames, then Adam lr {self.lr_for(has_labels):g} "
-                 "(cosine to 0), "
+                 f"({self.warmup_steps} warm-up steps, cosine to 0), "
                  f"weight decay {self.weight_decay:g}, BatchNorm frozen, grad clip "
                  f"{self.grad_clip:g}"]
         if has_labels:
@@ -424,7 +428,8 @@ class Adapter:
             frac = self._progress(step, t0)
             if frac >= 1.0:
                 break
-            lr = lr0 * 0.5 * (1.0 + math.cos(math.pi * frac))
+            warm = min(1.0, (step + 1) / s.warmup_steps) if s.warmup_steps else 1.0
+            lr = lr0 * warm * 0.5 * (1.0 + math.cos(math.pi * frac))
             for g in opt.param_groups:
                 g["lr"] = lr
             total = torch.zeros(())
