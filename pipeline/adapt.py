@@ -307,12 +307,22 @@ def check_sizes(cam: CameraConfig, labeled: Sequence[Any], footage: Sequence[Any
 # -- the command -------------------------------------------------------------------------------
 
 
-def adapt_camera(req: AdaptRequest, say: Callable[[str], None] = print,
-                 on_step: Callable[[int, float, dict[str, float]], None] | None = None
-                 ) -> AdaptOutcome:
-    """Adapt, check and (when better) point the camera at the adapted model."""
-    from engines.checkpoint import file_hash, load_checkpoint
-    from engines.train.adapt import Adapter, AdaptSettings, score, split_holdout
+@dataclass
+class _Inputs:
+    """What is known about the camera, loaded and checked."""
+
+    cfg: AppConfig
+    cam: CameraConfig
+    frames: list[Any]  # LabeledFrame
+    footage: list[Any]  # FootagePair
+    base_path: Path
+    base: Any
+    base_meta: dict[str, Any]
+
+
+def _gather(req: AdaptRequest, say: Callable[[str], None]) -> _Inputs:
+    """Imports, labels, base and footage; every input error comes before any training."""
+    from engines.checkpoint import load_checkpoint
     from engines.train.labelimport import import_export
 
     cfg = load_config(req.config)
@@ -342,68 +352,91 @@ def adapt_camera(req: AdaptRequest, say: Callable[[str], None] = print,
                                 pair_s=req.pair_s, say=say)
         say(f"footage: {len(footage)} frame pairs from {redact_url(req.footage)}")
     check_sizes(cam, frames, footage)
-    train, held = split_holdout(frames, req.holdout, req.seed)
-    if frames and not train and not footage:
+    return _Inputs(cfg, cam, frames, footage, base_path, base, base_meta)
+
+
+def adapt_camera(req: AdaptRequest, say: Callable[[str], None] = print,
+                 on_step: Callable[[int, float, dict[str, float]], None] | None = None
+                 ) -> AdaptOutcome:
+    """Adapt, check on the held-back frames and (when better) point the camera at the model."""
+    from engines.train.adapt import Adapter, AdaptSettings, score, split_holdout
+
+    inp = _gather(req, say)
+    cfg = inp.cfg
+    train, held = split_holdout(inp.frames, req.holdout, req.seed)
+    if inp.frames and not train and not inp.footage:
         raise AdaptError(f"one labeled frame is held back to check the result, which leaves "
-                         f"nothing to train on: label at least 2 frames (have {len(frames)}) or "
-                         "add --footage")
+                         f"nothing to train on: label at least 2 frames (have "
+                         f"{len(inp.frames)}) or add --footage")
     say(f"labeled frames: {len(train)} to train on ({_kinds(train)}), {len(held)} held back "
         "to check the result")
     settings = AdaptSettings(lr=req.lr, steps=req.steps, time_limit_s=req.train_minutes * 60,
                              overlap=cfg.model.overlap, window=cfg.model.window, seed=req.seed)
-    roi = roi_fn(cam)
-    result = Adapter(base, settings, roi, on_step=on_step).run(train, footage)
+    roi = roi_fn(inp.cam)
+    result = Adapter(inp.base, settings, roi, on_step=on_step).run(train, inp.footage)
     say(f"adapted: {result.steps} steps in {result.seconds:.0f} s; last losses "
         + ", ".join(f"{k} {v:.3g}" for k, v in result.mean_parts().items()))
     base_s = adapted_s = None
     if held:
-        window = cfg.model.window
-        base_s = score(base, held, roi, overlap=cfg.model.overlap, window=window)
-        adapted_s = score(result.model, held, roi, overlap=cfg.model.overlap, window=window)
-    verified = held != []
-    better = verified and adapted_s is not None and base_s is not None and \
-        adapted_s.mae < base_s.mae
-    accepted = better or (not verified and req.accept_unverified)
-    out_path = req.out or (Path(cfg.run_dir) / "adapt" / req.camera /
-                           f"{req.camera}-adapted-{time.strftime('%Y%m%d-%H%M%S')}.pt")
-    report = _report(req, cfg, base_path, file_hash(base_path), train, held, footage, result,
-                     settings, base_s, adapted_s, accepted)
-    card = _card(req, base_meta, base_path, str(getattr(base.spec, "name", "") or ""), train,
-                 held, footage, settings, result, base_s, adapted_s)
-    from engines.checkpoint import save_checkpoint
+        kw = {"overlap": cfg.model.overlap, "window": cfg.model.window}
+        base_s = score(inp.base, held, roi, **kw)
+        adapted_s = score(result.model, held, roi, **kw)
+    better = base_s is not None and adapted_s is not None and adapted_s.mae < base_s.mae
+    accepted = better or (not held and req.accept_unverified)
+    outcome = _save(req, inp, train, held, result, settings, base_s, adapted_s, accepted)
+    if held and not better:
+        outcome.message = (f"camera {req.camera} keeps its base model: the adapted model is not "
+                           f"better on the {_figures(outcome)}; nothing written to {req.config} "
+                           f"(the rejected model is at {outcome.checkpoint})")
+    elif not req.update_config or not accepted:
+        outcome.message = (f"adapted model written to {outcome.checkpoint} "
+                           f"({_figures(outcome)}); {req.config} left as it is")
+    else:
+        _point_camera(req, outcome)
+    return outcome
 
+
+def _save(req: AdaptRequest, inp: _Inputs, train: Sequence[Any], held: Sequence[Any],
+          result: Any, settings: Any, base_s: Any, adapted_s: Any, accepted: bool
+          ) -> AdaptOutcome:
+    """The adapted checkpoint with its card and metadata, and the JSON report beside it."""
+    from engines.checkpoint import file_hash, save_checkpoint
+
+    out_path = req.out or (Path(inp.cfg.run_dir) / "adapt" / req.camera /
+                           f"{req.camera}-adapted-{time.strftime('%Y%m%d-%H%M%S')}.pt")
+    report = _report(req, inp.base_path, file_hash(inp.base_path), train, held, inp.footage,
+                     result, settings, base_s, adapted_s, accepted)
+    card = _card(req, inp.base_meta, inp.base_path, str(getattr(inp.base.spec, "name", "") or ""),
+                 train, held, inp.footage, settings, result, base_s, adapted_s)
     save_checkpoint(out_path, result.model, {"adapted": report}, card=card)
     out_path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    outcome = AdaptOutcome(out_path, base_path, accepted, verified,
-                           base_s.mae if base_s else None, adapted_s.mae if adapted_s else None,
-                           len(held), report=report)
-    figures = (f"held-back frames ({len(held)}): adapted MAE {adapted_s.mae:.2f}, base MAE "
-               f"{base_s.mae:.2f}" if base_s and adapted_s else "")
-    if verified and not better:
-        outcome.message = (f"camera {req.camera} keeps its base model: the adapted model is not "
-                           f"better on the {figures}; nothing written to {req.config} (the "
-                           f"rejected model is at {out_path})")
-        return outcome
-    if not verified:
-        figures = "unverified: no labeled frames to check it against the base"
-    if not req.update_config or not accepted:
-        outcome.message = (f"adapted model written to {out_path} ({figures}); {req.config} "
-                           "left as it is")
-        return outcome
-    rel = os.path.relpath(out_path.resolve(), Path(req.config).resolve().parent)
-    note = (f"crowdstream adapt {time.strftime('%Y-%m-%d')}: from {base_path.name}; "
-            + (f"held-back MAE {adapted_s.mae:.2f} vs base {base_s.mae:.2f}"
-               if base_s and adapted_s else "unverified (footage only)"))
+    return AdaptOutcome(out_path, inp.base_path, accepted, bool(held),
+                        base_s.mae if base_s else None, adapted_s.mae if adapted_s else None,
+                        len(held), report=report)
+
+
+def _figures(o: AdaptOutcome) -> str:
+    if not o.verified:
+        return "unverified: no labeled frames to check it against the base"
+    return (f"held-back frames ({o.held_back}): adapted MAE {o.adapted_mae:.2f}, base MAE "
+            f"{o.base_mae:.2f}")
+
+
+def _point_camera(req: AdaptRequest, o: AdaptOutcome) -> None:
+    """``cameras.<camera>.model: {checkpoint: ...}`` in the config, comments kept."""
     from pipeline.config import write_camera_updates
 
+    rel = os.path.relpath(o.checkpoint.resolve(), Path(req.config).resolve().parent)
+    note = (f"crowdstream adapt {time.strftime('%Y-%m-%d')}: from {o.base.name}; "
+            + (f"held-back MAE {o.adapted_mae:.2f} vs base {o.base_mae:.2f}" if o.verified
+               else "unverified (footage only)"))
     target, kept = write_camera_updates(req.config, req.camera, {"model": {"checkpoint": rel}},
                                         {"model": note}, copy_suffix=".adapted")
-    outcome.config_written = target
-    outcome.message = (f"camera {req.camera} now counts with {out_path} ({figures}); "
-                       f"cameras.{req.camera}.model.checkpoint set in {target}"
-                       + ("" if kept else " (a full copy without comments: the original's "
-                                          "layout is beyond the in-place editor)"))
-    return outcome
+    o.config_written = target
+    o.message = (f"camera {req.camera} now counts with {o.checkpoint} ({_figures(o)}); "
+                 f"cameras.{req.camera}.model.checkpoint set in {target}"
+                 + ("" if kept else " (a full copy without comments: the original's layout is "
+                                    "beyond the in-place editor)"))
 
 
 def _kinds(frames: Sequence[Any]) -> str:
@@ -421,7 +454,7 @@ def _fig(s: Any) -> dict[str, Any] | None:
         for f in s.frames]}
 
 
-def _report(req: AdaptRequest, cfg: AppConfig, base: Path, base_sha: str, train: Sequence[Any],
+def _report(req: AdaptRequest, base: Path, base_sha: str, train: Sequence[Any],
             held: Sequence[Any], footage: Sequence[Any], result: Any, settings: Any,
             base_s: Any, adapted_s: Any, accepted: bool) -> dict[str, Any]:
     """Plain data about the run (checkpoint metadata and the JSON beside it)."""

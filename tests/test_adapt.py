@@ -247,7 +247,7 @@ def test_guard_rail_keeps_the_base_when_adaptation_is_worse(
     wrong = [{"points": p} if i in held else {"count": 0} for i, p in enumerate(pts)]
     cfg, _ = make_site(tmp_path, mall, wrong)
     before = cfg.read_text()
-    assert adapt(cfg, "--steps", "6", "--lr", "1e-4") == 1  # base: the camera's model (demo)
+    assert adapt(cfg, "--base", str(DEMO), "--steps", "6", "--lr", "1e-4") == 1
     out = capsys.readouterr().out
     assert "camera mall keeps its base model" in out and "nothing written" in out
     adapted, base = (float(out.split(f"{k} MAE ")[1].split(",")[0].split(";")[0])
@@ -427,7 +427,8 @@ def test_live_camera_snapshot_and_footage_for_minutes(tmp_path: Path, tiny_base:
     (entry,) = read_labels(tmp_path / "run" / "labels" / "gate" / "labels.json", "gate").entries
     assert cv2.imread(str(tmp_path / "run" / "labels" / "gate" / entry.image)).shape == \
         (240, 320, 3)
-    args = ["adapt", "gate", "--config", str(cfg), "--footage", url, "--threads", "1",
+    args = ["adapt", "gate", "--config", str(cfg), "--footage", url, "--base", str(tiny_base),
+            "--threads", "1",
             "--quiet", "--accept-unverified", "--steps", "2", "--pairs", "3"]
     assert cli(args) == 2
     assert "is live: give --minutes N" in capsys.readouterr().err
@@ -464,3 +465,26 @@ def test_roi_and_zones_count_as_the_pipeline_counts(mall: dict[str, Any], tiny_b
     result = Adapter(model, AdaptSettings(steps=2, time_limit_s=None, lr=1e-3),
                      roi=left).run([LabeledFrame("c", rgb, count=5.0), zones])
     assert {"count_l1", "zones_l1"} <= {k for h in result.history for k in h}
+
+
+def test_the_base_is_given_else_the_general_model_else_the_cameras(
+        tmp_path: Path, mall: dict[str, Any], tiny_base: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.adapt as pa
+
+    cfg, _ = make_site(tmp_path, mall)
+    app = load_config(cfg)
+    assert pa.resolve_base(app, "mall", str(tiny_base)) == (tiny_base, f"--base {tiny_base}")
+    with pytest.raises(pa.AdaptError, match="--base nope.pt: no such checkpoint file"):
+        pa.resolve_base(app, "mall", "nope.pt")
+    monkeypatch.setattr(pa, "GENERAL_MODEL", tmp_path / "models" / "general.pt")
+    assert pa.resolve_base(app, "mall", None)[0] == DEMO  # not shipped: the camera's model
+    general = tmp_path / "models" / "general.pt"
+    general.parent.mkdir()
+    general.write_bytes(tiny_base.read_bytes())
+    assert pa.resolve_base(app, "mall", None) == (general, "the general model")
+    monkeypatch.setattr(pa, "GENERAL_MODEL", tmp_path / "gone.pt")
+    engine = cfg.read_text().replace(f"  checkpoint: {DEMO}", "  engine: m.onnx")
+    cfg.write_text(engine)
+    with pytest.raises(pa.AdaptError, match="exported engine .*cannot be fine-tuned"):
+        pa.resolve_base(load_config(cfg), "mall", None)
