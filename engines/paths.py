@@ -12,7 +12,9 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
 
@@ -36,3 +38,18 @@ def engine_cache_dir() -> Path:
 def models_dir() -> Path:
     """Checkpoints pulled by ``crowdstream models pull`` and converted to our format."""
     return crowdstream_home() / "models"
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(camera: str) -> str:
+    """A file-name-safe id for a camera: no separators, no leading dots, no spaces.
+
+    Any id that had to change gets a short hash of the original appended, so two different ids
+    never map to the same name ("../x" -> "x-3f2a..."; "lobby 1" -> "lobby_1-..." ).
+    """
+    s = _SAFE.sub("_", camera).strip("._-")[:64]
+    if s == camera and s:
+        return s
+    return f"{s or 'camera'}-{hashlib.sha1(camera.encode()).hexdigest()[:8]}"

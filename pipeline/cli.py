@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("pipeline.commands.calibrate", "INT8 engine calibration or camera ground-plane calibration"),
     "bench": ("pipeline.commands.bench", "measure engine throughput per backend and precision"),
     "models": ("pipeline.commands.models", "released models: list, info, pull, convert; model cards"),
+    "adapt": ("pipeline.commands.adapt", "fine-tune a model for one camera from labeled frames and footage"),
+    "snapshot": ("pipeline.commands.snapshot", "save frames of a camera for labeling"),
+    "labels": ("pipeline.commands.labels", "import labels from Label Studio, CVAT or COCO exports"),
 }
 
 

@@ -183,6 +183,33 @@ class RecordingConfig(ConfigModel):
                                                   "when all are busy.")
 
 
+class CameraModelConfig(ConfigModel):
+    """This camera's own model, e.g. written by ``crowdstream adapt``: which file (or released
+    name) counts its frames. Everything else (backend, precision, device, batch, window,
+    overlap) comes from the global ``model:`` section."""
+
+    checkpoint: PathStr | None = Field(None, description="Our checkpoint (.pt) for this camera "
+                                                         "(e.g. written by 'crowdstream adapt').")
+    engine: PathStr | None = Field(None, description="A prebuilt engine file (.onnx / .plan) "
+                                                     "for this camera.")
+    name: str | None = Field(None, description="A released model by registry name, for this "
+                                               "camera.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CameraModelConfig:
+        given = [k for k in ("checkpoint", "engine", "name") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise rule_error("set exactly one of checkpoint, engine and name (the rest of the "
+                             f"model comes from the global model: section), got "
+                             f"{', '.join(given) or 'none'}")
+        return self
+
+    @property
+    def source(self) -> str:
+        """The file or registry name this camera's model comes from."""
+        return str(self.checkpoint or self.engine or self.name)
+
+
 class CameraConfig(ConfigModel):
     """One source: RTSP/RTMP/HLS URL, local file or V4L2 device, plus per-camera settings.
 
@@ -227,6 +254,9 @@ class CameraConfig(ConfigModel):
         None, gt=0, le=8, description="Scale this camera's frames by this before counting, "
         "instead of the model's own resize rule: below 1 when people look much bigger than the "
         "model was trained on (a person near the camera), above 1 when they look much smaller.")
+    model: CameraModelConfig | None = Field(
+        None, description="This camera's own model (checkpoint, engine or name; e.g. written by "
+                          "'crowdstream adapt'); null: the global model: section.")
 
     @field_validator("url")
     @classmethod
@@ -236,6 +266,9 @@ class CameraConfig(ConfigModel):
     @model_validator(mode="after")
     def _camera_rules(self, info: ValidationInfo) -> CameraConfig:
         if context_of(info).get("defaults"):  # defaults are checked once merged into a camera
+            if self.model is not None:
+                raise rule_error("a model for every camera is the top-level model: section, not "
+                                 "defaults", "model")
             return self
         _unique_names("zones", [z.name for z in self.zones])
         _unique_names("alerts", [a.name for a in self.alerts])
@@ -588,6 +621,45 @@ def config_from_dict(raw: dict[str, Any], file: str | None = None,
     return load_section(AppConfig, merged, file=file, base_dir=base_dir)
 
 
+def write_camera_updates(config: str | Path, camera: str, updates: dict[str, Any],
+                         comments: dict[str, str] | None = None, *, section: str | None = None,
+                         output: str | Path | None = None,
+                         copy_suffix: str = ".updated") -> tuple[Path, bool]:
+    """Set ``cameras.<camera>[.<section>].<key>`` for each update in a config file; returns
+    (the file written, whether comments and layout were kept).
+
+    The edit is ``engines.yamledit.update_camera_text`` (comments, order and other cameras stay
+    byte for byte), written to ``output`` or in place. A layout that editor cannot change safely
+    gets a plain dump instead (comments lost), written to ``output`` or beside the config as
+    ``<name><copy_suffix>.yaml``, never over the user's file. The result must load as a valid
+    config (checked before it replaces anything), else ``ConfigError``.
+    """
+    from engines.yamledit import dump_with_updates, update_camera_text
+
+    config = Path(config)
+    text = config.read_text()
+    new = update_camera_text(text, camera, updates, comments, section=section)
+    kept = new is not None
+    target = Path(output) if output else config
+    if new is None:
+        if not output:
+            target = config.with_name(config.name.removesuffix(".yaml").removesuffix(".yml")
+                                      + f"{copy_suffix}.yaml")
+        new = dump_with_updates(text, camera, updates, section=section)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    tmp.write_text(new)
+    try:
+        if target.parent.resolve() == config.parent.resolve():
+            try:  # still valid (relative paths resolve the same from there)
+                load_config(tmp)
+            except ConfigError as e:  # named after the user's file, not the temporary one
+                raise ConfigError(str(config), e.key, e.detail) from None
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target, kept
+
+
 def config_schema() -> dict[str, Any]:
     """The JSON Schema of the config file, for editors (``crowdstream config schema``)."""
     schema = json_schema(AppConfig)
@@ -610,8 +682,9 @@ def config_schema() -> dict[str, Any]:
 
 
 __all__ = [
-    "AlertRuleConfig", "AppConfig", "CalibrationConfig", "CameraConfig", "ConfigError",
+    "AlertRuleConfig", "AppConfig", "CalibrationConfig", "CameraConfig", "CameraModelConfig",
+    "ConfigError",
     "GroundPointConfig", "MetricsConfig", "ModelConfig", "RecordingConfig", "ReconnectConfig",
     "RedisConfig", "RuntimeConfig", "ServeConfig", "SmoothingConfig", "WebhookConfig",
-    "ZoneConfig", "config_from_dict", "config_schema", "load_config",
+    "ZoneConfig", "config_from_dict", "config_schema", "load_config", "write_camera_updates",
 ]

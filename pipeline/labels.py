@@ -1,10 +1,11 @@
 """A camera's labels file for site adaptation (``crowdstream adapt`` reads it): frames saved at the
 resolution the pipeline decodes them, each labelled with head points, a count, or counts per zone.
 
-Layout (fixed; the reader in ``adapt`` relies on it)::
+Layout (the one format, read and written by ``engines.train.sitelabels``; this module adds what
+the console needs on top: saving a frame, checking a label against the camera's zones)::
 
-    <run_dir>/labels/<camera>/labels.json       (<camera>: recorder.safe_name, the name itself
-    <run_dir>/labels/<camera>/<image>.jpg        when it is a plain file name)
+    <run_dir>/labels/<camera>/labels.json       (<camera>: engines.paths.safe_name, the name
+    <run_dir>/labels/<camera>/<image>.jpg        itself when it is a plain file name)
 
     {"camera": "<name>", "images": [
         {"image": "<file>.jpg", "points": [[x, y], ...]},        # head points, image pixels
@@ -24,7 +25,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -33,37 +33,37 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engines.train.sitelabels import (
+    LABELS_FILE,
+    LabelsError,
+    entry_from_dict,
+    labels_path,
+    write_labels,
+)
+from engines.train.sitelabels import read_labels as read_site_labels
 from pipeline.config import AppConfig
-from pipeline.sinks.recorder import safe_name
 
-LABELS_FILE = "labels.json"
 MAX_POINTS = 5000  # per image: far above any real frame, bounds a request
 _IMAGE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}\.jpg$")
 _lock = threading.Lock()  # the console serves requests on threads: one writer at a time
 
 
-class LabelError(ValueError):
+class LabelError(LabelsError):
     """A label the file cannot take; the message says which field and why."""
 
 
 def labels_dir(cfg: AppConfig, camera: str) -> Path:
     """``<run_dir>/labels/<camera>`` (a file-safe form of unusual camera names)."""
-    return Path(cfg.run_dir) / "labels" / safe_name(camera)
+    return labels_path(cfg.run_dir, camera).parent
 
 
 def read_labels(cfg: AppConfig, camera: str) -> dict[str, Any]:
     """The camera's labels document (an empty one when there is no file yet)."""
-    path = labels_dir(cfg, camera) / LABELS_FILE
     try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {"camera": camera, "images": []}
-    except (OSError, ValueError) as e:
-        raise LabelError(f"{path}: not readable as labels ({e}); move it away to start a new "
-                         f"one") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-        raise LabelError(f"{path}: expected {{\"camera\": ..., \"images\": [...]}}")
-    return doc
+        return read_site_labels(labels_path(cfg.run_dir, camera), camera,
+                                missing_ok=True).to_dict()
+    except LabelsError as e:
+        raise LabelError(f"{e}; move it away to start a new one") from None
 
 
 def save_label_image(cfg: AppConfig, camera: str, jpeg: bytes, frame_index: int) -> str:
@@ -90,12 +90,9 @@ def set_label(cfg: AppConfig, camera: str, entry: dict[str, Any],
     bounds the points."""
     clean = check_entry(cfg, camera, entry, image_size)
     with _lock:
-        doc = read_labels(cfg, camera)
-        images = [e for e in doc["images"] if e.get("image") != clean["image"]]
-        images.append(clean)
-        doc = {"camera": camera, "images": images}
-        path = labels_dir(cfg, camera) / LABELS_FILE
-        _atomic_write(path, (json.dumps(doc, indent=1) + "\n").encode())
+        path = labels_path(cfg.run_dir, camera)
+        labels = read_site_labels(path, camera, missing_ok=True)
+        write_labels(labels.upsert(entry_from_dict(clean)))
     return clean
 
 

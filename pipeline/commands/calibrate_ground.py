@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,37 +260,16 @@ def store_calibration(config: Path, camera: str, fit: GroundFit,
 def store_camera_keys(config: Path, camera: str, updates: dict[str, Any],
                       comments: dict[str, str] | None = None, *, section: str | None = None,
                       output: Path | None = None, suffix: str = ".edited.yaml") -> Stored:
-    """Set ``cameras.<camera>[.<section>].<key>`` in ``config`` with the comment-keeping writer
-    (``engines.yamledit``), checked with ``load_config`` (the rules of ``config validate``)
-    before it replaces the file. A layout the writer cannot edit in place gets a full copy
-    without comments at ``CONFIG<suffix>`` (or ``output``). Raises ``ConfigError`` naming the
-    config when the result is not a valid config (nothing written), ``OSError`` when it cannot
-    write."""
-    from engines.yamlconfig import ConfigError
-    from engines.yamledit import dump_with_updates, update_camera_text
-    from pipeline.config import load_config
+    """``pipeline.config.write_camera_updates`` (the one config writer: comments kept, checked
+    with the rules of ``config validate`` before it replaces the file), reported as ``Stored``."""
+    from pipeline.config import write_camera_updates
 
-    text = config.read_text()
-    new = update_camera_text(text, camera, updates, comments, section=section)
-    target, note = output or config, ""
-    if new is None:
-        target = output or config.with_name(config.name.removesuffix(".yaml")
-                                             .removesuffix(".yml") + suffix)
-        new = dump_with_updates(text, camera, updates, section=section)
-        note = (f"{config} has a layout the in-place editor does not handle; wrote a full copy "
-                f"without comments to {target}")
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    tmp.write_text(new)
-    try:
-        if target.parent.resolve() == config.parent.resolve():
-            try:  # the result must still be a valid config (same relative paths)
-                load_config(tmp)
-            except ConfigError as e:
-                raise ConfigError(str(config), e.key, e.detail) from None
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return Stored(target, not note, note)
+    target, kept = write_camera_updates(config, camera, updates, comments, section=section,
+                                        output=output,
+                                        copy_suffix=suffix.removesuffix(".yaml"))
+    note = "" if kept else (f"{config} has a layout the in-place editor does not handle; wrote a "
+                            f"full copy without comments to {target}")
+    return Stored(Path(target), kept, note)
 
 
 def _perspective_only(args: argparse.Namespace, cam: Any, cal_cfg: Any, get_frame: Any) -> int:

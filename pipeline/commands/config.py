@@ -31,7 +31,8 @@ def main(args: argparse.Namespace) -> int:
     if args.action == "validate":
         cfg = load_config(args.file)
         for name, cam in cfg.cameras.items():
-            print(f"{name}: {cam.url} (policy {cam.effective_policy})")
+            own = f", own model {cam.model.source}" if cam.model is not None else ""
+            print(f"{name}: {cam.url} (policy {cam.effective_policy}{own})")
         print(f"{args.file}: OK, {len(cfg.cameras)} camera(s)")
         return 0
     text = json.dumps(config_schema(), indent=2) + "\n"

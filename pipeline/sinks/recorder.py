@@ -24,9 +24,7 @@ Example (what the supervisor does)::
 
 from __future__ import annotations
 
-import hashlib
 import pickle
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engines.log import get_logger
+from engines.paths import safe_name
 from pipeline.config import AppConfig, CameraConfig, RecordingConfig, ZoneConfig
 from pipeline.events import EndOfStream
 from pipeline.process import StopFlag
@@ -48,20 +47,7 @@ if TYPE_CHECKING:
 RECORDER_TARGET = "pipeline.sinks.recorder:recorder_main"
 OVERLAY_EXTRA_BYTES = 64 * 1024  # room for the overlay data besides the density map
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 RESTART_BACKOFF_S = 5.0  # a crashed recorder process is restarted at most this often
-
-
-def safe_name(camera: str) -> str:
-    """A file-name-safe id for a camera: no separators, no leading dots, no spaces.
-
-    Any id that had to change gets a short hash of the original appended, so two different ids
-    never map to the same name ("../x" -> "x-3f2a..."; "lobby 1" -> "lobby_1-..." ).
-    """
-    s = _SAFE.sub("_", camera).strip("._-")[:64]
-    if s == camera and s:
-        return s
-    return f"{s or 'camera'}-{hashlib.sha1(camera.encode()).hexdigest()[:8]}"
 
 
 # ---------------------------------------------------------------------------------- overlay

@@ -48,6 +48,7 @@ def choose_model(cfg: AppConfig) -> ModelChoice:
     """
     m: ModelConfig = cfg.model
     file = cfg.source_file
+    refuse_camera_models(cfg)
     if m.name:
         if m.engine or m.checkpoint:
             raise ConfigError(file, "model.name", "set one of model.name, model.checkpoint and "
@@ -77,6 +78,18 @@ def choose_model(cfg: AppConfig) -> ModelChoice:
     raise ConfigError(file, "model", f"no model: set model.checkpoint, model.engine, model.name "
                                      f"or model.random_init (the shipped general model "
                                      f"{general} is missing from this install)")
+
+
+def refuse_camera_models(cfg: AppConfig) -> None:
+    """Until the inference stage holds one engine per model, a camera naming its own model
+    (``cameras.<name>.model``) must not be counted by the global one: refuse the config."""
+    for name, cam in cfg.cameras.items():
+        if cam.enabled and cam.model is not None:
+            raise ConfigError(cfg.source_file, f"cameras.{name}.model",
+                              f"per-camera models: camera {name!r} names its own model "
+                              f"({cam.model.source}), not yet supported by this build; run it "
+                              "with that file as the top-level model: section, or remove "
+                              f"cameras.{name}.model")
 
 
 def pull_named(name: str, file: str | None) -> str:
