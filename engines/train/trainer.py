@@ -93,13 +93,23 @@ def mixed_epoch_order(sizes: Sequence[int], weights: Sequence[float], n_views: i
     return rng.permutation(np.concatenate(parts))
 
 
-def precise_bn(model: nn.Module, images: Sequence[np.ndarray], batch: int = 2) -> None:
-    """Recompute every BatchNorm's running mean/variance on ``images`` (HxWx3 uint8, full size).
+def precise_bn(model: nn.Module, images: Sequence[np.ndarray], batch: int = 2,
+               window: tuple[int, int] | None = None, block: int = 8) -> None:
+    """Recompute every BatchNorm's running mean/variance on ``images`` (HxWx3 uint8, full size),
+    cut into the model's ``window`` tiles when given (exactly what inference feeds it).
 
     Training crops are augmented and smaller than the frames inference sees; exact statistics
     on real frames make the evaluated (and saved) model match deployment. Weights are untouched,
     and train-mode forwards never read the running statistics, so training is unchanged.
     """
+    if window is not None:
+        from engines.tiling import TileLayout
+
+        tiles = [t for im in images
+                 for t in TileLayout.plan(im.shape[0], im.shape[1], window, block).cut(im)]
+        images = [np.ascontiguousarray((t.transpose(1, 2, 0) * 255.0).round().astype(np.uint8))
+                  for t in tiles]
+        batch = max(batch, 8)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or not images:
         return
@@ -412,7 +422,8 @@ class Trainer:
             row["val_mae"] = row["val_rmse"] = ""
             e = cfg.eval
             if e.precise_bn:
-                precise_bn(model, [p.rgb(cfg) for p in train[:: max(1, len(train) // e.precise_bn)]])
+                precise_bn(model, [p.rgb(cfg) for p in train[:: max(1, len(train) // e.precise_bn)]],
+                           window=tuple(model.spec.window), block=int(model.block_size))
             deployed = model  # what is evaluated and saved
             if e.calibrate:
                 sub = train[:: max(1, len(train) // e.calibrate)]
