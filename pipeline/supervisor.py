@@ -5,10 +5,12 @@ its ``FrameRing`` -> tile -> inference (the only one importing torch) -> post (s
 sinks) -> recorder (when a camera records); and one service, the embedded Redis (when no
 ``redis.url`` is set). Startup runs in named steps, each logged:
 
-1. plan cameras -- the model choice and each camera's frame size and queue policy;
+1. plan cameras -- the model choice, this worker's cameras (all, or its shard's with
+   ``shard``: ``pipeline.shard``) and each camera's frame size and queue policy;
 2. check /dev/shm -- the computed need (clear error naming it), then the frame rings, every
    segment under the run prefix (``RunSegments``);
-3. start services -- the embedded Redis and the Prometheus endpoint;
+3. start services -- the embedded Redis and the Prometheus endpoint; with ``runtime.resume``, each
+   camera's last frame index already in Redis (ingest continues after it);
 4. load engine -- the inference process reports the model's window, the batch pool is sized to it;
 5. start stages -- recorder rings and process, tile, post, and one ingest per camera.
 
@@ -20,6 +22,9 @@ and restarts it; a dead Redis is restarted on the same port and data. Camera sta
 relayed from ingest to post (for sinks' ``write_status``). The status line and metrics are the
 console's and the metrics' (``pipeline.console``, ``pipeline.metrics``); the supervisor only takes
 the ``Snapshot`` each poll.
+
+A shard that owns no camera (more workers than cameras) starts only the services and idles until
+a signal, so a StatefulSet's spare pods stay healthy instead of restarting.
 
 Signals: SIGINT / SIGTERM stop ingest and let queued frames drain (``runtime.drain_timeout_s``);
 a second signal ends the drain at once. With files only, the run ends when every source has ended
@@ -55,6 +60,7 @@ from pipeline.metrics import PipelineMetrics, Snapshot
 from pipeline.process import ChildSpec, RestartPolicy, RestartState, StopFlag, spawn_child
 from pipeline.redis_embedded import connect_hint, embedded_data_dir
 from pipeline.services import RedisService
+from pipeline.shard import ShardSpec
 from pipeline.shm import BatchPool, FrameRing, RunSegments, check_shm_space
 from pipeline.sinks.recorder import RECORDER_TARGET, RecorderArgs, recorder_rings
 from pipeline.stages import inference as inference_stage
@@ -62,6 +68,7 @@ from pipeline.stages.common import StageArgs
 
 POLL_S = 0.2
 ENGINE_LOAD_TIMEOUT_S = 900.0  # exporting a large checkpoint to ONNX on a CPU takes minutes
+RESUME_TIMEOUT_S = 20.0  # resume must read Redis before counting; longer: fail, be restarted
 RECORDER_STOP_S = 30.0  # the recorder encodes what is queued and closes its segments
 CHAIN = ("tile", "inference", "post")
 
@@ -94,6 +101,7 @@ class _Camera:
     ring: FrameRing | None = None
     state: str = "starting"
     reason: str = ""
+    published_index: int = -1  # last frame index in Redis at start (runtime.resume)
 
 
 @dataclass
@@ -104,6 +112,7 @@ class Supervisor:
     log_level: str | None = None
     console: bool = True
     status_stream: Any = None  # default sys.stderr
+    shard: ShardSpec | None = None  # run only this shard's cameras (None: all)
     log: Any = field(init=False)
 
     def __post_init__(self) -> None:
@@ -181,6 +190,7 @@ class Supervisor:
             ("plan cameras", self._plan_cameras), ("check /dev/shm", self._check_shm),
             ("start services", self._start_services), ("load engine", self._load_engine),
             ("start stages", self._start_stages)]
+        steps = steps[:1] + [st for st in steps[1:] if self.cams or st[0] == "start services"]
         for i, (name, step) in enumerate(steps, 1):
             if self._signal is not None:
                 raise PipelineError(f"interrupted before '{name}'")
@@ -194,6 +204,13 @@ class Supervisor:
         if not enabled:
             raise ConfigError(cfg.source_file, "cameras", "every camera is disabled "
                                                           "(enabled: false)")
+        if self.shard is not None:
+            mine = [(n, c) for n, c in enabled if self.shard.owns(n)]
+            self.log.info("shard", shard=str(self.shard), cameras=len(mine), of=len(enabled))
+            if not mine:
+                self.out.note(f"shard {self.shard} owns none of the {len(enabled)} enabled "
+                              f"camera(s): idle until stopped")
+            enabled = mine
         for name, cam in enabled:
             probed = probe_video(cam)
             if probed is not None:
@@ -245,6 +262,39 @@ class Supervisor:
                                   f"cannot serve metrics on {cfg.metrics.host}:"
                                   f"{cfg.metrics.port}: {e}") from None
         self.out.metrics = self.metrics
+        if cfg.runtime.resume and cfg.redis.enabled and self.cams:
+            self._read_published_indices()
+
+    def _read_published_indices(self) -> None:
+        """``runtime.resume``: each camera's last frame index already in Redis, so a restarted
+        (or re-sharded) worker continues every camera's numbering instead of starting at 0.
+        Redis must answer within ``RESUME_TIMEOUT_S``: counting from 0 would break the
+        numbering, so the worker fails and is restarted instead."""
+        from pipeline.client import CrowdClient
+        from pipeline.sinks.redis_publisher import connection_kwargs
+
+        assert self.redis_url is not None
+        rc = self.cfg.redis
+        deadline = time.monotonic() + RESUME_TIMEOUT_S
+        while True:
+            try:
+                client = CrowdClient(self.redis_url, rc.namespace, cluster=rc.cluster,
+                                     **connection_kwargs(self.redis_url, rc))
+                try:
+                    for c in self.cams:
+                        c.published_index = client.last_frame_index(c.name)
+                finally:
+                    client.close()
+                break
+            except Exception as e:  # noqa: BLE001 - any failure to read: retry, then refuse
+                if time.monotonic() >= deadline or self._signal is not None:
+                    raise PipelineError(f"runtime.resume: cannot read the last published frame "
+                                        f"indices from {redact_url(self.redis_url)}: "
+                                        f"{type(e).__name__}: {e}") from None
+                time.sleep(1.0)
+        for c in self.cams:
+            if c.published_index >= 0:
+                self.log.info("resume", camera=c.name, after_frame=c.published_index)
 
     def _load_engine(self) -> None:
         """The engine decides the window, so inference starts first and the pool is sized to it."""
@@ -334,7 +384,8 @@ class Supervisor:
             self.readers.append(reader)
             return (ChildSpec(f"ingest-{cam.name}", "pipeline.ingest:run_ingest",
                               self.stop_ingest, lvl),
-                    (cam.name, cam.cfg, cam.ring.handle(), events, self.stop_ingest))
+                    (cam.name, cam.cfg, cam.ring.handle(), events, self.stop_ingest,
+                     cam.published_index))
         if child.stage == "recorder":
             args = RecorderArgs(self.cfg, {c: r.handle() for c, r in self.rec_rings.items()},
                                 self.stop_recorder)
@@ -376,7 +427,7 @@ class Supervisor:
                     self.log.warning("drain timed out", pending=str({
                         k: v.ring["tiled"] - v.ring["emitted"] for k, v in snap.cameras.items()}))
                     break
-            elif snap.all_ended() and snap.drained():
+            elif self.cams and snap.all_ended() and snap.drained():
                 self.exit_reason = "all sources ended"
                 break
         return self._finish()

@@ -4,6 +4,9 @@ Example::
 
     crowdstream run configs/demo.yaml
     crowdstream run my.yaml --jsonl - --metrics-port none     # counts as JSON lines on stdout
+    crowdstream run site.yaml --shard 1/3                     # worker 1 of 3: its cameras only
+    crowdstream run site.yaml --shard auto/3                  # index from $CROWDSTREAM_SHARD or
+                                                              # the StatefulSet hostname (name-1)
 """
 
 from __future__ import annotations
@@ -22,15 +25,32 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", metavar="PORT", default=None,
                    help="Prometheus port (overrides metrics.port; 'none' disables it)")
     p.add_argument("--quiet", action="store_true", help="no console status line")
+    p.add_argument("--shard", metavar="I/N", default=None,
+                   help="run only the cameras rendezvous hashing gives to shard I of N (0-based; "
+                        "'auto/N': I from $CROWDSTREAM_SHARD or a StatefulSet hostname ending "
+                        "in -I); implies --resume")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each camera after the last frame index already published to "
+                        "Redis (runtime.resume)")
 
 
 def main(args: argparse.Namespace) -> int:
     from engines.yamlconfig import ConfigError
     from pipeline.config import load_config
+    from pipeline.shard import ShardError, parse_shard
     from pipeline.shm import ShmSpaceError
     from pipeline.supervisor import PipelineError, Supervisor
 
     overrides: dict = {}
+    shard = None
+    if args.shard is not None:
+        try:
+            shard = parse_shard(args.shard)
+        except ShardError as e:
+            raise ConfigError(None, "--shard", str(e)) from None
+    if shard is not None or args.resume:
+        # a sharded worker always resumes: its cameras may come from a worker that ran them
+        overrides["runtime"] = {"resume": True}
     if args.random_init:
         overrides["model"] = {"random_init": args.random_init, "checkpoint": None,
                               "engine": None, "name": None}
@@ -52,7 +72,8 @@ def main(args: argparse.Namespace) -> int:
     # `kill -USR1 <pid>` prints every thread's stack: what a stuck run is waiting on
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
-        return Supervisor(cfg, log_level=args.log_level, console=not args.quiet).run()
+        return Supervisor(cfg, log_level=args.log_level, console=not args.quiet,
+                          shard=shard).run()
     except (PipelineError, ShmSpaceError) as e:
         print(f"crowdstream: {e}", file=sys.stderr)
         return 1
