@@ -190,10 +190,11 @@ class Supervisor:
             ("plan cameras", self._plan_cameras), ("check /dev/shm", self._check_shm),
             ("start services", self._start_services), ("load engine", self._load_engine),
             ("start stages", self._start_stages)]
-        steps = steps[:1] + [st for st in steps[1:] if self.cams or st[0] == "start services"]
         for i, (name, step) in enumerate(steps, 1):
             if self._signal is not None:
                 raise PipelineError(f"interrupted before '{name}'")
+            if i > 1 and not self.cams and name != "start services":
+                continue  # an idle shard: services only
             self.log.info("startup", step=f"{i}/{len(steps)} {name}", run_id=self.run_id)
             step()
 
