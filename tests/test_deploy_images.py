@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.specifiers import SpecifierSet
 
 from pipeline.config import MetricsConfig, config_from_dict, load_config
 
@@ -159,6 +160,11 @@ def test_builds_install_torch_from_the_right_index_and_the_pinned_torchvision(
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     pin = next(d for d in deps if d.startswith("torchvision=="))
     assert f"torchvision=={args['TORCHVISION_VERSION']}" == pin, "Dockerfile and pyproject differ"
+    # torch is pinned beside it (torchvision 0.29.1 also admits a newer torch it was not built
+    # for), within the project's own range
+    torch_spec = next(d for d in deps if re.match(r"torch\b[^v]", d))[len("torch"):]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["TORCH_VERSION"])
+    assert SpecifierSet(torch_spec).contains(args["TORCH_VERSION"])
     runs = build.all("RUN")
     torch_step = next(i for i, r in enumerate(runs) if "TORCH_INDEX_URL" in r)
     project_step = next(i for i, r in enumerate(runs) if re.search(r"pip install \.(\s|$)", r))

@@ -3,6 +3,10 @@ failover (SIGKILL, the replica takes over), and the reader (``CrowdClient``) acr
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +22,7 @@ from pipeline.local_cluster import LocalCluster
 from pipeline.redis_keys import RedisKeys
 from pipeline.sinks.redis_sink import RedisSink
 
+REPO = Path(__file__).resolve().parent.parent
 CAMERAS = [f"door-{i}" for i in range(6)]
 
 
@@ -138,3 +143,16 @@ def test_client_and_follow_across_the_cluster(cluster: LocalCluster) -> None:
     assert client.heatmap(cam).meta["frame_index"] == 9
     assert client.cameras() == [cam] and client.last_frame_index("nobody") == -1
     client.close()
+    # the watch command, given any live node's URL, finds the cluster and replays it all
+    live = next(u for i, u in enumerate(cluster.urls) if cluster.alive(i))
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli", "watch", cam, "--url",
+                        live, "--namespace", "rd", "--json", "--from-start"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stderr
+    msgs = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [m["frame_index"] for m in msgs if m["schema"] == "crowdstream.count.v1"] == \
+        list(range(10))
+    assert [m["alert_id"] for m in msgs if m["schema"] == "crowdstream.alert.v1"] == ["a"]
+    assert any(m["schema"] == "crowdstream.status.v1" and m["state"] == "finished" for m in msgs)
+    assert "is finished" in p.stderr  # the watch ended by itself on the camera's end
