@@ -131,6 +131,10 @@ def test_runtime_stage_runs_as_non_root_with_a_health_check_and_the_demo(
     env = " ".join(runtime.all("ENV"))
     port = MetricsConfig().port
     assert f"CROWDSTREAM_HEALTH_URL=http://127.0.0.1:{port}/healthz" in env
+    # every cache in the writable volume: the root filesystem may be read-only (Kubernetes)
+    assert "CROWDSTREAM_HOME=/var/lib/crowdstream" in env
+    assert "XDG_CACHE_HOME=/var/lib/crowdstream/" in env
+    assert 'VOLUME ["/var/lib/crowdstream"]' in [f"VOLUME {v}" for v in runtime.all("VOLUME")]
     assert runtime.all("EXPOSE") == [str(port)]
     assert exec_form(runtime.all("ENTRYPOINT")[-1]) == ["tini", "--", "crowdstream"]
     cmd = exec_form(runtime.all("CMD")[-1])
