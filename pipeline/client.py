@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from pipeline.config import AppConfig
 
 __all__ = ["TERMINAL_STATES", "CrowdClient", "Heatmap", "Picture", "ServerGone",
-           "decode_heatmap", "entry_order", "run_redis_url", "url_from_config"]
+           "decode_heatmap", "entry_order", "is_cluster", "run_redis_url", "url_from_config"]
 
 # camera states after which a camera publishes nothing more in this run
 TERMINAL_STATES = ("offline", "finished")
@@ -103,18 +103,46 @@ def entry_order(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def is_cluster(url: str, **redis_kwargs: Any) -> bool:
+    """True when the server at ``url`` is a Redis Cluster node (``INFO cluster``); False when it
+    is not or cannot be reached (the first real call then reports that)."""
+    import redis
+
+    try:
+        with redis.Redis.from_url(url, **redis_kwargs) as r:
+            return bool(int(r.info("cluster").get("cluster_enabled", 0)))
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors after which a cluster may answer again (a failover, a moved slot)."""
+    import redis
+    from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
+
+    return (redis.ConnectionError, redis.TimeoutError, OSError, ClusterDownError,
+            SlotNotCoveredError, TryAgainError)
+
+
 class CrowdClient:
-    """Read crowdstream's published data from Redis / Valkey."""
+    """Read crowdstream's published data from Redis / Valkey, or from a Redis Cluster.
+
+    ``cluster=None`` (the default) asks the server whether it is a cluster node. On a cluster
+    every per-camera key shares one slot (the ``{camera}`` hash tag), so each call touches one
+    node, and a follow keeps going through a failover (``failover_s``).
+    """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379", namespace: str = "crowdstream",
-                 cluster: bool = False, *, client: Any = None, **redis_kwargs: Any) -> None:
+                 cluster: bool | None = None, failover_s: float = 30.0, *,
+                 client: Any = None, **redis_kwargs: Any) -> None:
         import redis
 
-        # cluster: every per-camera key shares one slot ({camera} hash tag), so each call here
-        # touches one node; follow(with_status=True) too (with_alerts does not: other slot)
+        if cluster is None:
+            cluster = is_cluster(url, **redis_kwargs)
         cls = redis.RedisCluster if cluster else redis.Redis
         self.url = url
         self.cluster = cluster
+        self.failover_s = failover_s
         # ``client``: an already configured connection (the supervisor passes the one built
         # like its publisher's, with the run's credentials and TLS settings)
         self.redis = client if client is not None else cls.from_url(url, **redis_kwargs)
@@ -176,6 +204,12 @@ class CrowdClient:
     def counts_rev(self, camera: str, n: int) -> list[Entry]:
         return self._decode_entries(self.redis.xrevrange(self.keys.counts(camera), count=n))
 
+    def last_frame_index(self, camera: str) -> int:
+        """The newest frame index in the camera's counts stream; -1 when it has none. What a
+        worker taking the camera over continues after (``runtime.resume``)."""
+        last = self.counts_rev(camera, 1)
+        return int(last[0][1]["frame_index"]) if last else -1
+
     def status(self, camera: str, count: int | None = None) -> list[Entry]:
         """Status changes (``crowdstream.status.v1``), oldest first."""
         return self._decode_entries(self.redis.xrange(self.keys.status(camera), count=count))
@@ -197,31 +231,71 @@ class CrowdClient:
         list means ``block_ms`` passed with nothing new (a chance to refresh a display).
 
         ``last_id="$"``: only new entries; ``"0"``: from the oldest entry kept. Raises
-        ``ServerGone`` when the server goes away.
+        ``ServerGone`` when the server goes away (on a cluster: when it has not answered for
+        ``failover_s``). On a cluster the alerts stream lives on another slot: it is read
+        without blocking after each read of the camera's streams.
         """
-        import redis
-
-        if with_alerts and self.cluster:
-            raise ValueError("follow(with_alerts=True) reads two hash slots: not on a cluster")
         ids = {self.keys.counts(camera): last_id}
         if with_status:
             ids[self.keys.status(camera)] = last_id
-        if with_alerts:
-            ids[self.keys.alerts()] = last_id
+        alerts = {self.keys.alerts(): last_id} if with_alerts else {}
+        if alerts and not self.cluster:
+            ids.update(alerts)
+            alerts = {}
+        if last_id == "$":  # "$" is per read: pin it now so nothing between two reads is lost
+            for group in (ids, alerts):
+                for key in group:
+                    group[key] = self._last_id(key)
         while True:
-            try:
-                reply = self.redis.xread(ids, block=block_ms, count=500)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-                raise self._gone(e) from e
+            reply = self._xread(ids, block_ms)
+            if alerts:
+                reply += self._xread(alerts, None)
             batch: list[Entry] = []
-            for stream, entries in reply or []:
+            for stream, entries in reply:
                 key = stream.decode() if isinstance(stream, bytes) else stream
                 decoded = self._decode_entries(entries)
                 if decoded:
-                    ids[key] = decoded[-1][0]
+                    (alerts if key in alerts else ids)[key] = decoded[-1][0]
                 batch += [(eid, m) for eid, m in decoded if m.get("camera") == camera]
             batch.sort(key=lambda e: entry_order(e[0]))
             yield batch
+
+    def _last_id(self, stream: str) -> str:
+        last = self._retrying(lambda: self.redis.xrevrange(stream, count=1))
+        return last[0][0].decode() if last else "0-0"
+
+    def _xread(self, ids: dict[str, str], block_ms: int | None) -> list[Any]:
+        return list(self._retrying(lambda: self.redis.xread(ids, block=block_ms, count=500))
+                    or [])
+
+    def _retrying(self, call: Any) -> Any:
+        """``call()``; on a cluster, transient errors (a failover) are retried for up to
+        ``failover_s``; any other lost server is ``ServerGone``."""
+        import time
+
+        deadline = None
+        errors = _transient_errors()
+        while True:
+            try:
+                return call()
+            except errors as e:
+                now = time.monotonic()
+                deadline = deadline or now + (self.failover_s if self.cluster else 0.0)
+                if now >= deadline:
+                    raise self._gone(e) from e
+                time.sleep(0.25)
+                self._heal()
+
+    def _heal(self) -> None:
+        """Cluster: read the slot map again and move the default node (redis-py asks it for the
+        keys of XREAD) off a node that may be dead; a failover only shows up that way."""
+        if not self.cluster:
+            return
+        try:
+            self.redis.nodes_manager.initialize()
+            self.redis.replace_default_node()
+        except Exception:  # noqa: BLE001 - no node answers yet: the next attempt says so
+            pass
 
     def follow(self, camera: str, last_id: str = "$", block_ms: int = 1000,
                with_status: bool = False, with_alerts: bool = False) -> Iterator[Entry]:

@@ -455,6 +455,13 @@ class RedisConfig(ConfigModel):
                                   "hours (0: never).")
     rollup_maxlen: int = Field(8640, ge=1, description="Windows kept in the rollup stream (8640 "
                                                        "x 10 s: a day).")
+    wait_replicas: int = Field(0, ge=0, description="A message counts as published only once "
+                                                    "this many replicas of its primary have it "
+                                                    "(WAIT): it survives a failover. 0: the "
+                                                    "primary's reply is enough.")
+    wait_timeout_s: float = Field(1.0, gt=0, description="How long one WAIT for replicas may "
+                                                         "take (seconds); fewer replicas in "
+                                                         "time: the batch is sent again.")
 
     @model_validator(mode="after")
     def _cluster_needs_url(self) -> RedisConfig:
@@ -529,6 +536,12 @@ class RuntimeConfig(ConfigModel):
                                                            "frames to be counted.")
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads for "
                                                               "inference; null: torch's default.")
+    resume: bool = Field(False, description="Continue each camera after the last frame index "
+                                            "already published to Redis (a restarted or "
+                                            "re-sharded worker): live and looping sources "
+                                            "continue the numbering, files skip the frames "
+                                            "already counted. 'crowdstream run --shard' and "
+                                            "'--resume' turn it on.")
 
     @model_validator(mode="after")
     def _cap_above_first(self) -> RuntimeConfig:

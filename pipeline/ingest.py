@@ -240,18 +240,28 @@ class Ingest:
                     f"(FFmpeg: {stats.last_error})")
         return ""
 
-    def resume_after(self, last_index: int) -> None:
-        """Carry on after a restart: the ring remembers the last frame index written.
+    def resume_after(self, last_index: int, published_index: int = -1) -> None:
+        """Carry on after a restart: the ring remembers the last frame index written
+        (``last_index``, a restart within the run), Redis the last one published before this
+        worker started (``published_index``, ``runtime.resume``: a restarted or re-sharded
+        worker).
 
         A live source simply continues the numbering; a file is decoded again from the start and
         the frames already delivered are skipped, so a lossless run still counts each frame once.
+        A looping file taken over from Redis continues the numbering from its start instead of
+        decoding every loop already counted.
         """
+        if published_index >= 0:
+            if self.live or self.cfg.loop:
+                self.frame_index = published_index + 1
+            else:
+                self.skip_through = published_index
         if last_index < 0:
             return
         if self.live:
             self.frame_index = last_index + 1
         else:
-            self.skip_through = last_index
+            self.skip_through = max(self.skip_through, last_index)
 
     def _deliver(self, frame: Any, fdur: float, capture_ts: float) -> None:
         """Sample, pace, convert and queue one decoded frame."""
@@ -304,13 +314,15 @@ def _describe(e: BaseException, read_timeout_s: float) -> str:
 
 
 def run_ingest(camera: str, cfg: CameraConfig, ring: FrameRing | FrameRingHandle,
-               events: multiprocessing.queues.Queue[Any], stop: StopFlag) -> None:
+               events: multiprocessing.queues.Queue[Any], stop: StopFlag,
+               published_index: int = -1) -> None:
     """Process target: ingest one camera into ``ring`` until it ends or ``stop`` is set.
 
     ``ring`` is the camera's :class:`FrameRing`, or its ``handle()`` when this runs in a spawned
     process (the child attaches and detaches). Emits a :class:`CameraStatus` on ``events`` for
     every state change, and ends the ring with ``ring.put_end(reason)`` when no more frames
-    will come.
+    will come. ``published_index`` (>= 0 with ``runtime.resume``) is the camera's last frame
+    index already in Redis when the worker started: numbering continues after it.
 
     ``stop`` is checked between frames, during backoff waits and while a lossless put waits for
     a slot; a read that hangs inside FFmpeg returns at the latest after
@@ -327,7 +339,7 @@ def run_ingest(camera: str, cfg: CameraConfig, ring: FrameRing | FrameRingHandle
     # process creation) and attaches; an in-process caller may pass the ring itself
     attached = FrameRing.attach(ring) if isinstance(ring, FrameRingHandle) else None
     ing = Ingest(camera, cfg, attached or ring, events.put, stop)
-    ing.resume_after(ing.ring.last_frame_index)
+    ing.resume_after(ing.ring.last_frame_index, published_index)
     try:
         ing.run()
     except Exception as e:

@@ -7,10 +7,12 @@ sinks) -> recorder (when a camera records); and one service, the embedded Redis 
 taken port is a config error before any process starts) and its address printed; then startup
 runs in named steps, each logged:
 
-1. plan cameras -- the model choice and each camera's frame size and queue policy;
+1. plan cameras -- the model choice, this worker's cameras (all, or its shard's with
+   ``shard``: ``pipeline.shard``) and each camera's frame size and queue policy;
 2. check /dev/shm -- the computed need (clear error naming it), then the frame rings, every
    segment under the run prefix (``RunSegments``);
-3. start services -- the embedded Redis;
+3. start services -- the embedded Redis; with ``runtime.resume``, each camera's last frame
+   index already in Redis (ingest continues after it);
 4. load engine -- the inference process reports the model's window, the batch pool is sized to it;
 5. start stages -- recorder rings and process, tile, post, and one ingest per camera.
 
@@ -22,6 +24,9 @@ and restarts it; a dead Redis is restarted on the same port and data. Camera sta
 relayed from ingest to post (for sinks' ``write_status``). The status line and metrics are the
 console's and the metrics' (``pipeline.console``, ``pipeline.metrics``); the supervisor only takes
 the ``Snapshot`` each poll.
+
+A shard that owns no camera (more workers than cameras) starts only the services and idles until
+a signal, so a StatefulSet's spare pods stay healthy instead of restarting.
 
 Signals: SIGINT / SIGTERM stop ingest and let queued frames drain (``runtime.drain_timeout_s``);
 a second signal ends the drain at once. SIGHUP, or a ``reload`` request on the Redis control
@@ -61,6 +66,7 @@ from pipeline.process import ChildSpec, RestartPolicy, RestartState, StopFlag, s
 from pipeline.redis_embedded import connect_hint, embedded_data_dir
 from pipeline.reload import ControlListener, SettingsUpdate, live_changes
 from pipeline.services import RedisService
+from pipeline.shard import ShardSpec
 from pipeline.shm import BatchPool, FrameRing, RunSegments, ValueBoard, check_shm_space
 from pipeline.sinks.live_values import live_value_keys
 from pipeline.sinks.recorder import RECORDER_TARGET, RecorderArgs, recorder_rings
@@ -69,6 +75,7 @@ from pipeline.stages.common import StageArgs
 
 POLL_S = 0.2
 ENGINE_LOAD_TIMEOUT_S = 900.0  # exporting a large checkpoint to ONNX on a CPU takes minutes
+RESUME_TIMEOUT_S = 20.0  # resume must read Redis before counting; longer: fail, be restarted
 RECORDER_STOP_S = 30.0  # the recorder encodes what is queued and closes its segments
 CHAIN = ("tile", "inference", "post")
 
@@ -101,6 +108,7 @@ class _Camera:
     ring: FrameRing | None = None
     state: str = "starting"
     reason: str = ""
+    published_index: int = -1  # last frame index in Redis at start (runtime.resume)
 
 
 @dataclass
@@ -112,6 +120,7 @@ class Supervisor:
     console: bool = True
     status_stream: Any = None  # default sys.stderr
     overrides: dict[str, Any] | None = None  # command-line overrides: a reload re-applies them
+    shard: ShardSpec | None = None  # run only this shard's cameras (None: all)
     log: Any = field(init=False)
 
     def __post_init__(self) -> None:
@@ -200,6 +209,8 @@ class Supervisor:
         for i, (name, step) in enumerate(steps, 1):
             if self._signal is not None:
                 raise PipelineError(f"interrupted before '{name}'")
+            if i > 1 and not self.cams and name != "start services":
+                continue  # an idle shard: services only
             self.log.info("startup", step=f"{i}/{len(steps)} {name}", run_id=self.run_id)
             if self.metrics is not None:
                 self.metrics.step(f"{i}/{len(steps)} {name}")
@@ -236,6 +247,13 @@ class Supervisor:
         if not enabled:
             raise ConfigError(cfg.source_file, "cameras", "every camera is disabled "
                                                           "(enabled: false)")
+        if self.shard is not None:
+            mine = [(n, c) for n, c in enabled if self.shard.owns(n)]
+            self.log.info("shard", shard=str(self.shard), cameras=len(mine), of=len(enabled))
+            if not mine:
+                self.out.note(f"shard {self.shard} owns none of the {len(enabled)} enabled "
+                              f"camera(s): idle until stopped")
+            enabled = mine
         for name, cam in enabled:
             probed = probe_video(cam)
             if probed is not None:
@@ -278,6 +296,39 @@ class Supervisor:
                           f"connect with: {connect_hint(self.redis_url)}")
         if self.redis_url:
             self._start_control(self.redis_url)
+        if cfg.runtime.resume and cfg.redis.enabled and self.cams:
+            self._read_published_indices()
+
+    def _read_published_indices(self) -> None:
+        """``runtime.resume``: each camera's last frame index already in Redis, so a restarted
+        (or re-sharded) worker continues every camera's numbering instead of starting at 0.
+        Redis must answer within ``RESUME_TIMEOUT_S``: counting from 0 would break the
+        numbering, so the worker fails and is restarted instead."""
+        from pipeline.client import CrowdClient
+        from pipeline.sinks.redis_publisher import connection_kwargs
+
+        assert self.redis_url is not None
+        rc = self.cfg.redis
+        deadline = time.monotonic() + RESUME_TIMEOUT_S
+        while True:
+            try:
+                client = CrowdClient(self.redis_url, rc.namespace, cluster=rc.cluster,
+                                     **connection_kwargs(self.redis_url, rc))
+                try:
+                    for c in self.cams:
+                        c.published_index = client.last_frame_index(c.name)
+                finally:
+                    client.close()
+                break
+            except Exception as e:  # noqa: BLE001 - any failure to read: retry, then refuse
+                if time.monotonic() >= deadline or self._signal is not None:
+                    raise PipelineError(f"runtime.resume: cannot read the last published frame "
+                                        f"indices from {redact_url(self.redis_url)}: "
+                                        f"{type(e).__name__}: {e}") from None
+                time.sleep(1.0)
+        for c in self.cams:
+            if c.published_index >= 0:
+                self.log.info("resume", camera=c.name, after_frame=c.published_index)
 
     def _load_engine(self) -> None:
         """The engine decides the window, so inference starts first and the pool is sized to it."""
@@ -369,7 +420,8 @@ class Supervisor:
             self.readers.append(reader)
             return (ChildSpec(f"ingest-{cam.name}", "pipeline.ingest:run_ingest",
                               self.stop_ingest, lvl),
-                    (cam.name, cam.cfg, cam.ring.handle(), events, self.stop_ingest))
+                    (cam.name, cam.cfg, cam.ring.handle(), events, self.stop_ingest,
+                     cam.published_index))
         if child.stage == "recorder":
             args = RecorderArgs(self.cfg, {c: r.handle() for c, r in self.rec_rings.items()},
                                 self.stop_recorder)
@@ -412,7 +464,7 @@ class Supervisor:
                     self.log.warning("drain timed out", pending=str({
                         k: v.ring["tiled"] - v.ring["emitted"] for k, v in snap.cameras.items()}))
                     break
-            elif snap.all_ended() and snap.drained():
+            elif self.cams and snap.all_ended() and snap.drained():
                 self.exit_reason = "all sources ended"
                 break
         return self._finish()

@@ -6,6 +6,9 @@ Example::
     crowdstream run configs/demo.yaml --live                  # the clip as a live camera, looped
     crowdstream run my.yaml --jsonl - --metrics-port none     # counts as JSON lines on stdout
     crowdstream run my.yaml --metrics-port 0                  # a second run: any free port
+    crowdstream run site.yaml --shard 1/3                     # worker 1 of 3: its cameras only
+    crowdstream run site.yaml --shard auto/3                  # index from $CROWDSTREAM_SHARD or
+                                                              # the StatefulSet hostname (name-1)
 """
 
 from __future__ import annotations
@@ -29,15 +32,32 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live", action="store_true",
                    help="play file cameras like live ones: looped, at their native pace (sets "
                         "loop and realtime on them; for demos with 'crowdstream serve')")
+    p.add_argument("--shard", metavar="I/N", default=None,
+                   help="run only the cameras rendezvous hashing gives to shard I of N (0-based; "
+                        "'auto/N': I from $CROWDSTREAM_SHARD or a StatefulSet hostname ending "
+                        "in -I); implies --resume")
+    p.add_argument("--resume", action="store_true",
+                   help="continue each camera after the last frame index already published to "
+                        "Redis (runtime.resume)")
 
 
 def main(args: argparse.Namespace) -> int:
     from engines.yamlconfig import ConfigError
     from pipeline.config import load_config
+    from pipeline.shard import ShardError, parse_shard
     from pipeline.shm import ShmSpaceError
     from pipeline.supervisor import PipelineError, Supervisor
 
     overrides: dict = {}
+    shard = None
+    if args.shard is not None:
+        try:
+            shard = parse_shard(args.shard)
+        except ShardError as e:
+            raise ConfigError(None, "--shard", str(e)) from None
+    if shard is not None or args.resume:
+        # a sharded worker always resumes: its cameras may come from a worker that ran them
+        overrides["runtime"] = {"resume": True}
     if args.random_init:
         overrides["model"] = {"random_init": args.random_init, "checkpoint": None,
                               "engine": None, "name": None}
@@ -66,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return Supervisor(cfg, log_level=args.log_level, console=not args.quiet,
-                          overrides=overrides or None).run()
+                          overrides=overrides or None, shard=shard).run()
     except (PipelineError, ShmSpaceError) as e:
         print(f"crowdstream: {e}", file=sys.stderr)
         return 1

@@ -1,7 +1,8 @@
 """``crowdstream watch CAMERA``: follow a camera's counts, status and alerts live from Redis.
 
 Reads the published streams (``crowdstream.count.v1`` etc.) through ``pipeline.client.CrowdClient``,
-so it works against any run that publishes to the same Redis, from any machine. Imports only the
+so it works against any run that publishes to the same Redis, from any machine; a ``--url`` of a
+Redis Cluster node is recognised as such and followed through a failover. Imports only the
 Redis client and numpy: no torch. Ends by itself, with one line saying why, when the camera is
 ``offline`` or ``finished`` (exit 0) or when the server goes away (exit 1).
 
@@ -125,17 +126,21 @@ def _follow(client: CrowdClient, args: argparse.Namespace, out: _Printer) -> str
 
     backlog_end = entry_order(client.last_status_id(args.camera))
     start = "0" if args.from_start else "$"
-    # the alerts stream lives in another hash slot: not readable in the same call on a cluster
     for batch in client.follow_batches(args.camera, start, block_ms=500, with_status=True,
-                                       with_alerts=not client.cluster):
+                                       with_alerts=True):
+        ended = None
         for eid, m in batch:
             out.message(m)
             if out.done:
                 return None
             if m["schema"] == STATUS_SCHEMA and m["state"] in TERMINAL_STATES and \
                     entry_order(eid) >= backlog_end:
-                return f"camera {args.camera!r} is {m['state']} ({m['reason']})"
+                # the rest of this read still prints: entries of two streams written in the
+                # same millisecond may sort the end before the last counts
+                ended = f"camera {args.camera!r} is {m['state']} ({m['reason']})"
         out.tick()
+        if ended:
+            return ended
     return None
 
 

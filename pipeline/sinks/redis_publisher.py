@@ -8,6 +8,14 @@ returned by ``send`` as unresolved; the caller re-sends it first (``BackgroundWo
 and entries the server had already applied are then refused as "equal or smaller ID" and counted
 as delivered (``duplicates``), not stored twice.
 
+On Redis Cluster every batch is split per primary (the keys' slots) and each part goes down one
+connection to its node; a broken node, a ``MOVED`` reply or a slot no one serves leaves the batch
+unresolved and the topology is read again before the re-send. With ``redis.wait_replicas: N`` each
+part ends with ``WAIT N`` on the same connection, so a message counts as published only once N
+replicas of its primary hold it and a failover (the replica takes over) loses nothing that was
+counted; fewer replicas in ``wait_timeout_s`` and the part is sent again (already stored entries
+are refused as duplicates, as above).
+
 Example::
 
     pub = RedisPublisher("redis://127.0.0.1:6379", cfg.redis, dropped=lambda: 0)
@@ -87,12 +95,10 @@ class Unresolved(Exception):
         self.cause = cause
 
 
-def connect(url: str, cfg: RedisConfig) -> Any:
-    """A ``redis.Redis`` client for ``url`` with credentials from the configured env vars.
-
-    The client itself never retries: the publisher owns reconnection and backoff.
-    """
-    import redis
+def connection_kwargs(url: str, cfg: RedisConfig) -> dict[str, Any]:
+    """Client options for ``url``: timeouts, no client-side retries, credentials from the
+    configured env vars and TLS files (``rediss://``). Readers of the run (``resume``) use the
+    same options as the publisher."""
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
@@ -114,17 +120,41 @@ def connect(url: str, cfg: RedisConfig) -> Any:
                 kwargs[k] = getattr(cfg, k)
     if cfg.cluster:
         kwargs.pop("health_check_interval")
-        return redis.RedisCluster.from_url(url, **kwargs)
-    return redis.Redis.from_url(url, **kwargs)
+    return kwargs
+
+
+def connect(url: str, cfg: RedisConfig) -> Any:
+    """A ``redis.Redis`` (or ``redis.RedisCluster`` with ``cluster: true``) client for ``url``.
+
+    The client itself never retries: the publisher owns reconnection and backoff.
+    """
+    import redis
+
+    cls = redis.RedisCluster if cfg.cluster else redis.Redis
+    return cls.from_url(url, **connection_kwargs(url, cfg))
 
 
 def is_conn_error(e: BaseException) -> bool:
-    """True for errors that mean "the server is not reachable now" (retry later)."""
+    """True for errors that mean "the server is not reachable now" (retry later). On a cluster
+    that includes a slot that moved (``MOVED``/``ASK``: a failover or resharding) or that no
+    node serves yet: read the topology again and re-send."""
     import redis
-    from redis.exceptions import ClusterDownError, MasterDownError, TryAgainError
+    from redis.exceptions import (
+        AskError,
+        ClusterDownError,
+        MasterDownError,
+        MovedError,
+        SlotNotCoveredError,
+        TryAgainError,
+    )
 
     return isinstance(e, (redis.ConnectionError, redis.TimeoutError, OSError, ClusterDownError,
-                          MasterDownError, TryAgainError))
+                          MasterDownError, TryAgainError, MovedError, AskError,
+                          SlotNotCoveredError))
+
+
+class ReplicasBehind(Exception):
+    """``WAIT`` returned fewer replicas than ``redis.wait_replicas`` within the timeout."""
 
 
 def _execute(pipe: Any, items: list[Message]) -> list[Any]:
@@ -170,6 +200,8 @@ class RedisPublisher:
         # cameras a client asked a full-resolution frame of (read by the sink's write)
         self.full_wanted: set[str] = set()
         self._rollups: dict[str, RollupWindow] = {}
+        self.replicas_ok = True  # the last WAIT (if any) saw redis.wait_replicas replicas
+        self._stale_topology = False  # cluster: read the slot map again before the next send
 
     def open(self) -> None:
         self._client = connect(self.url, self.cfg)
@@ -204,7 +236,7 @@ class RedisPublisher:
         if self.connected:
             return True
         try:
-            self._client.ping()
+            self._ping()
         except Exception as e:  # noqa: BLE001 - unreachable: wait and try again
             self.set_state(False, e, pending)
             sleep(self._backoff)
@@ -213,6 +245,17 @@ class RedisPublisher:
         self.set_state(True, pending=pending)
         self._backoff = 0.1
         return True
+
+    def _ping(self) -> None:
+        """One node answering is not enough on a cluster: every primary must (a dead one keeps
+        its slots until a replica takes over), with the slot map read again after a failure."""
+        if not self.cfg.cluster:
+            self._client.ping()
+            return
+        if self._stale_topology:
+            self._client.nodes_manager.initialize()
+            self._stale_topology = False
+        self._client.ping(target_nodes=self._client.PRIMARIES)
 
     # ------------------------------------------------------------------ encoding
     def _next_id(self, stream: str, ts: float) -> str:
@@ -343,19 +386,35 @@ class RedisPublisher:
 
     # ------------------------------------------------------------------ sending
     def send(self, batch: list[Message]) -> list[Message]:
-        """Send a batch in one pipelined round trip; returns the messages whose outcome is
-        unknown (the connection broke: re-send them first). Refusals are counted, not raised."""
+        """Send a batch in one pipelined round trip (per primary on a cluster); returns the
+        messages whose outcome is unknown (the connection broke, or too few replicas have them:
+        re-send them first). Refusals are counted, not raised."""
         try:
             self._send(batch)
         except Unresolved as u:
             for it in u.items:
                 it.attempted = True
-            self.set_state(False, u.cause, len(u.items))
+            if isinstance(u.cause, ReplicasBehind):
+                self._replicas_state(False, u.cause)  # connected, just not safe yet
+            else:
+                self._stale_topology = self.cfg.cluster
+                self.set_state(False, u.cause, len(u.items))
             return u.items
         except Exception as e:  # noqa: BLE001 - a bug, not an outage: do not retry forever
             self.failed += len(batch)
             log.error("publish failed", error=f"{type(e).__name__}: {e}", messages=len(batch))
         return []
+
+    def _replicas_state(self, ok: bool, cause: BaseException | None = None) -> None:
+        """Log once when replicas fall behind (messages wait, buffered) and once when they are
+        back; the WAIT timeout paces the re-sends."""
+        if ok != self.replicas_ok:
+            if ok:
+                log.info("replicas caught up", wait_replicas=self.cfg.wait_replicas)
+            else:
+                log.warning("replicas behind: holding messages until they have them",
+                            error=str(cause), wait_replicas=self.cfg.wait_replicas)
+        self.replicas_ok = ok
 
     def _encoded(self, batch: list[Message]) -> list[Message]:
         ok: list[Message] = []
@@ -375,32 +434,26 @@ class RedisPublisher:
         batch = self._encoded(batch)
         if not batch:
             return
-        pipe = self._client.pipeline(transaction=False)
+        cmds: list[Command] = []
         spans = []
         for it in batch:
             spans.append(len(it.commands))
             for i, (name, args, kwargs) in enumerate(it.commands):
                 if i == 0 and it.auto_id:
                     kwargs = {**kwargs, "id": "*"}
-                getattr(pipe, name)(*args, **kwargs)
+                cmds.append((name, args, kwargs))
         merged: dict[str, dict[str, str]] = {}
         for it in batch:  # in order, so the newest value of each field wins
             merged.setdefault(it.camera, {}).update(it.latest)
         for cam, mapping in merged.items():
             if mapping:
-                pipe.hset(self.keys.latest(cam), mapping=mapping)
-        last_note: dict[str, str] = {}
-        for it in batch:
-            if it.note:
-                if self.cfg.cluster:
-                    last_note[it.camera] = it.note
-                else:
-                    pipe.publish(self.keys.live(it.camera), it.note)
-        results = _execute(pipe, batch)
+                cmds.append(("hset", (self.keys.latest(cam),), {"mapping": mapping}))
+        cmds += [("publish", (self.keys.live(it.camera), it.note), {}) for it in batch if it.note]
+        results = self._run(cmds, batch)
+        self._replicas_state(True)
         for r in results[sum(spans):]:
             if isinstance(r, BaseException):
                 log.error("latest-state update or notification refused", error=str(r)[:200])
-        self._publish_cluster_notes(last_note)
         self._read_probes(batch, spans, results)
         retry_auto = self._count_replies(batch, spans, results)
         if retry_auto:
@@ -416,16 +469,53 @@ class RedisPublisher:
                     self.full_wanted.add(it.camera)
             pos += n
 
-    def _publish_cluster_notes(self, last_note: dict[str, str]) -> None:
-        """Cluster pipelines cannot PUBLISH: send the newest notification per camera directly
-        (live UIs only need the newest; the streams keep every message)."""
-        for cam, note in last_note.items():
-            try:
-                self._client.publish(self.keys.live(cam), note)
-            except Exception as e:
-                if is_conn_error(e):
-                    break  # the next batch finds the outage; the data itself was delivered
-                raise
+    def _run(self, cmds: list[Command], items: list[Message]) -> list[Any]:
+        """Execute ``cmds`` pipelined and return their replies in order (errors as values);
+        ``Unresolved`` when the outcome of any is unknown."""
+        if self.cfg.cluster:
+            return self._run_cluster(cmds, items)
+        return self._run_on(self._client, self.url, cmds, items)
+
+    def _run_on(self, client: Any, where: str, cmds: list[Command],
+                items: list[Message]) -> list[Any]:
+        """One pipeline on one connection, ending with ``WAIT`` when replicas must confirm (WAIT
+        covers the writes made on its own connection, hence the same pipeline)."""
+        pipe = client.pipeline(transaction=False)
+        for name, args, kwargs in cmds:
+            getattr(pipe, name)(*args, **kwargs)
+        n = self.cfg.wait_replicas
+        if n:
+            pipe.execute_command("WAIT", n, int(self.cfg.wait_timeout_s * 1000))
+        results = _execute(pipe, items)
+        if n:
+            acked = results.pop()
+            if isinstance(acked, BaseException) or int(acked) < n:
+                raise Unresolved(items, ReplicasBehind(
+                    f"{redact_url(where)}: {acked} of {n} replica(s) acknowledged within "
+                    f"{self.cfg.wait_timeout_s:g} s"))
+        return results
+
+    def _run_cluster(self, cmds: list[Command], items: list[Message]) -> list[Any]:
+        """Split ``cmds`` by the primary serving each key's slot; one pipeline per primary."""
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        try:
+            for pos, (_, args, _) in enumerate(cmds):
+                node = self._client.get_node_from_key(args[0])
+                groups.setdefault(node.name, (node, []))[1].append(pos)
+        except Exception as e:
+            if is_conn_error(e):  # a slot no node serves (mid-failover)
+                raise Unresolved(items, e) from e
+            raise
+        results: list[Any] = [None] * len(cmds)
+        for name, (node, positions) in groups.items():
+            client = self._client.get_redis_connection(node)
+            replies = self._run_on(client, f"redis://{name}", [cmds[p] for p in positions],
+                                   items)
+            for p, r in zip(positions, replies, strict=True):
+                if isinstance(r, BaseException) and is_conn_error(r):  # MOVED, ASK, TRYAGAIN
+                    raise Unresolved(items, r)
+                results[p] = r
+        return results
 
     def _count_replies(self, batch: list[Message], spans: list[int],
                        results: list[Any]) -> list[Message]:
@@ -454,11 +544,11 @@ class RedisPublisher:
     def _send_auto_ids(self, items: list[Message]) -> None:
         for it in items:
             it.auto_id = True  # at-least-once from here: Redis assigns the ID
-        pipe = self._client.pipeline(transaction=False)
+        cmds: list[Command] = []
         for it in items:
-            _, args, kwargs = it.commands[0]
-            pipe.xadd(*args, **{**kwargs, "id": "*"})
-        replies = _execute(pipe, items)
+            name, args, kwargs = it.commands[0]
+            cmds.append((name, args, {**kwargs, "id": "*"}))
+        replies = self._run(cmds, items)
         for it, r in zip(items, replies, strict=True):
             if isinstance(r, BaseException):
                 self.failed += 1
