@@ -165,6 +165,12 @@ class ClipEBC(CountingModel):
         self.image_decoder = nn.Sequential(*layers)
         # 1x1 projection into the CLIP space; none when the widths already agree (as official)
         self.projection = nn.Conv2d(cin, embed_dim, 1) if cin != embed_dim else nn.Identity()
+        self.density_head: nn.Conv2d | None = None
+        if spec.head == "density":  # counts regressed per block: no bins, no text features used
+            self.density_head = nn.Conv2d(embed_dim, 1, 1)
+            nn.init.normal_(self.density_head.weight, std=0.01)
+            # softplus(-4) = 0.018 people per block at the start: an empty frame starts near 0
+            nn.init.constant_(self.density_head.bias, -4.0)
         for m in [*self.image_decoder.modules(), self.projection]:  # the official init
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -261,7 +267,8 @@ class ClipEBC(CountingModel):
         return v.layer4(v.layer3(v.layer2(v.layer1(x))))
 
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits (B, K, H/b, W/b), density (B, 1, H/b, W/b)) for RGB input in [0, 1]."""
+        """(logits (B, K, H/b, W/b), density (B, 1, H/b, W/b)) for RGB input in [0, 1]; with the
+        density head the logits have no bins (K = 0)."""
         h, w = x.shape[-2:]
         b = self.block_size
         if h % self.encoder_stride or w % self.encoder_stride or h % b or w % b:
@@ -277,6 +284,9 @@ class ClipEBC(CountingModel):
         if feats.shape[-2:] != (h // b, w // b):
             feats = F.interpolate(feats, size=(h // b, w // b), mode="bilinear", align_corners=False)
         feats = self.projection(self.image_decoder(feats))
+        if self.density_head is not None:
+            density = F.softplus(self.density_head(feats))
+            return density.new_zeros((density.shape[0], 0, *density.shape[2:])), density
         feats = F.normalize(feats, dim=1)
         logits = self.logit_scale.exp() * torch.einsum("bdhw,kd->bkhw", feats, self.text_features)
         probs = logits.softmax(dim=1)

@@ -74,7 +74,10 @@ class ModelSpec:
     (count represented by each bin), ``prompt_type`` (``"word"``/``"number"``), ``prompts`` (one
     per bin, generated from the bins), ``num_vpt``/``deep_vpt``/``vpt_drop`` (visual prompt tuning
     on ViT backbones), ``decoder`` (``"auto"``: Bottleneck for ResNets, BasicBlock for ViTs),
-    ``decoder_channels`` (``None`` = the encoder's width, as in the official model).
+    ``decoder_channels`` (``None`` = the encoder's width, as in the official model), ``head``
+    (``"bins"``: the CLIP-EBC count-bin head against the prompts' text features, the official
+    model; ``"density"``: a 1x1 convolution regressing each block's count directly, the DM-Count
+    way, for towers trained from random init, whose text features mean nothing).
 
     CLIP-Count fields: ``text_prompt`` (class name, e.g. ``"people"``), ``density_scale`` (60),
     ``heads`` (interaction-module heads; the released checkpoint uses 4), ``vpt_depth`` and
@@ -107,6 +110,7 @@ class ModelSpec:
     vpt_drop: float = 0.0
     decoder: Literal["auto", "bottleneck", "basic"] = "auto"
     decoder_channels: tuple[int, ...] | None = None
+    head: Literal["bins", "density"] = "bins"
     # CLIP-Count head
     text_prompt: str = "people"
     density_scale: float = 60.0

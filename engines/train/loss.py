@@ -118,8 +118,11 @@ class DACELoss:
         """``logits`` (B,K,h,w), ``density`` (B,1,h,w), ``classes`` (B,h,w) long, ``counts``
         (B,h,w) float true block counts, ``points`` B tensors (n_i, 2). Returns (loss, parts)."""
         c = self.cfg
-        ce = F.cross_entropy(logits.float(), classes, reduction="none")
-        ce = ce.flatten(1).sum(1).mean() if c.ce_reduction == "sum" else ce.mean()
+        if logits.shape[1] == 0:  # a density head: no bins to classify, the count parts only
+            ce = density.new_zeros(())
+        else:
+            ce = F.cross_entropy(logits.float(), classes, reduction="none")
+            ce = ce.flatten(1).sum(1).mean() if c.ce_reduction == "sum" else ce.mean()
         dens = density.float()[:, 0]
         pred_count = dens.flatten(1).sum(1)
         gt_count = counts.flatten(1).sum(1)
