@@ -58,3 +58,16 @@ def rtsp_server(tmp_path: Path) -> Iterator[Any]:  # yields rtsp_server.RtspServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Any]:  # yields pipeline.local_cluster.LocalCluster
+    """A real 3-primary Valkey cluster with one replica each on 127.0.0.1 (stopped after)."""
+    from pipeline.local_cluster import LocalCluster
+
+    cl = LocalCluster(tmp_path / "cluster", primaries=3, replicas=1, node_timeout_ms=1000)
+    cl.start(timeout=60)
+    try:
+        yield cl
+    finally:
+        cl.stop()

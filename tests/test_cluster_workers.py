@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,15 +132,6 @@ def jsonl_counts(run_dir: Path) -> dict[str, list[tuple[str, int]]]:
                 out.setdefault(doc["run_id"], []).append((doc["camera"], doc["frame_index"]))
     return out
 
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    cl = LocalCluster(tmp_path / "cluster", primaries=3, replicas=1, node_timeout_ms=1000)
-    cl.start(timeout=60)
-    try:
-        yield cl
-    finally:
-        cl.stop()
 
 
 def test_sharded_workers_on_a_cluster_survive_a_worker_kill_and_a_primary_failover(

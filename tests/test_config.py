@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from proc_helpers import session_members
 from pydantic import ValidationError
 
 from engines.train.config import TrainConfig
@@ -223,20 +224,7 @@ def test_run_refuses_the_same_before_starting_anything(tmp_path: Path, doc: dict
     assert [n for n in os.listdir("/dev/shm") if n.startswith(f"cs_{proc.pid}_")] == []
     # every process `run` would start inherits its session: none is left
     time.sleep(0.2)
-    assert _session_members(proc.pid) == []
-
-
-def _session_members(sid: int) -> list[int]:
-    members = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[3]) == sid:  # field 6: session id
-                members.append(int(d))
-    return members
+    assert session_members(proc.pid) == []
 
 
 def test_validate_accepts_a_good_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

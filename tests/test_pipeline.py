@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from proc_helpers import process_tree
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,24 +74,6 @@ def cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
 
 def leftover_segments(pid: int) -> list[str]:
     return [n for n in os.listdir("/dev/shm") if n.startswith(f"cs_{pid}_")]
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and every live process below it (from /proc)."""
-    parent: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            parent[int(d)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo += [c for c, p in parent.items() if p == pid]
-    return tree
 
 
 def shm_mapped(root: int) -> set[str]:

