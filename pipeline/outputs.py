@@ -1,6 +1,7 @@
-"""Everything downstream of a count, as sinks for the post stage: zones -> alerts -> Redis ->
-recording (in that order: zone counts feed the alerts, alert events go out through Redis and the
-webhook, and the recorder draws zones and active alerts).
+"""Everything downstream of a count, as sinks for the post stage: zones -> alerts -> [JSON lines]
+-> Redis -> recording (in that order: zone counts feed the alerts, alert events go out through
+Redis and the webhook, the JSON line of a frame is written before its message is queued for
+Redis, and the recorder draws zones and active alerts).
 
 Example::
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from pipeline.alerts import AlertSink, WebhookNotifier
 from pipeline.config import AppConfig
-from pipeline.results import Sink
+from pipeline.results import OutputTally, Sink
 from pipeline.shm import FrameRingHandle
 from pipeline.zones import ZoneSink
 
@@ -23,14 +24,19 @@ __all__ = ["build_output_sinks"]
 
 def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
                        run_id: str | None = None,
-                       recorder_rings: dict[str, FrameRingHandle] | None = None) -> list[Sink]:
-    """The output sinks this config asks for, in call order (zones, alerts, Redis, recording).
+                       recorder_rings: dict[str, FrameRingHandle] | None = None,
+                       tally: OutputTally | None = None,
+                       jsonl: Sink | None = None) -> list[Sink]:
+    """The output sinks this config asks for, in call order (zones, alerts, ``jsonl`` when
+    given, Redis, recording).
     ``redis_url``: where the Redis sink publishes (default ``redis.url``); ``recorder_rings``:
     camera -> the recorder process's ring (from the supervisor).
 
     Redis publishes to ``redis_url`` (the supervisor passes its embedded server's), else to
     ``redis.url``; neither is an error naming ``redis.url`` (no sink starts a server).
-    ``run_id`` (when given) goes into every count, status and alert envelope. The config was
+    ``run_id`` (when given) goes into every count, status and alert envelope. ``tally`` (the post
+    stage's ``OutputTally``) accounts for every message queued / delivered and every frame not
+    recorded. The config was
     checked whole when loaded (alert zones exist, m^2 has a calibration).
     """
     cams = cfg.cameras
@@ -40,7 +46,8 @@ def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
         from pipeline.sinks.redis_sink import RedisSink
 
         redis_sink = RedisSink(cfg.redis, redis_url or cfg.redis.url,
-                               drain_timeout_s=cfg.runtime.drain_timeout_s, run_id=run_id)
+                               drain_timeout_s=cfg.runtime.drain_timeout_s, run_id=run_id,
+                               tally=tally)
     alerts = None
     if any(c.alerts for c in cams.values()):
         webhook = WebhookNotifier(cfg.webhook) if cfg.webhook is not None else None
@@ -51,5 +58,6 @@ def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
         from pipeline.sinks.recorder import RecordingSink
 
         recorder = RecordingSink(cams, rings=recorder_rings,
-                                 active_alerts=alerts.active if alerts is not None else None)
-    return [s for s in (zones, alerts, redis_sink, recorder) if s is not None]
+                                 active_alerts=alerts.active if alerts is not None else None,
+                                 tally=tally)
+    return [s for s in (zones, alerts, jsonl, redis_sink, recorder) if s is not None]

@@ -109,6 +109,8 @@ _FRAME_META = np.dtype([
 _COUNTERS = np.dtype([
     ("seq", "<i8"), ("tiled", "<i8"), ("emitted", "<i8"), ("lost", "<i8"), ("eos_seen", "<i8"),
     ("last_index", "<i8"), ("lat_n", "<i8"),
+    # the post process's outputs: messages queued for / delivered to Redis, frames not recorded
+    ("out_queued", "<i8"), ("out_delivered", "<i8"), ("unrecorded", "<i8"),
 ])
 
 _TILE_DESC = np.dtype([
@@ -242,9 +244,13 @@ class FrameCounters:
     Kept apart from the ring's transport (slots, FIFOs, drops) but in the ring's segment, so it
     survives a stage restart: the sequence number the tile stage gives each frame, how many frames
     were tiled, emitted (counted) and lost, the last counted frame index, recent capture->result
-    latencies and whether the tile stage has seen the end of the stream. Each field has one
-    writer (tile: seq, tiled, eos_seen; post: emitted, last_index, latencies; lost: post, or the
-    supervisor while the readers are stopped), so no lock is needed.
+    latencies and whether the tile stage has seen the end of the stream; and what became of the
+    counted frames' outputs: messages queued for Redis and delivered to it (``queued -
+    delivered`` were never published: evicted from the outage buffer, unsent at close, lost with a
+    killed post process, refused) and frames the recorder skipped. Each field has one writer
+    (tile: seq, tiled, eos_seen; post: emitted, last_index, latencies, out_queued, unrecorded;
+    post's publisher thread: out_delivered; lost: post, or the supervisor while the readers are
+    stopped), so no lock is needed; a restarted process adds to what its predecessor left.
 
     Example::
 
@@ -290,13 +296,24 @@ class FrameCounters:
         """Frames that will never be counted (incomplete tiles, readers killed holding them)."""
         self._add("lost", n)
 
+    def record_output(self, queued: int = 0, delivered: int = 0, unrecorded: int = 0) -> None:
+        """Post process: messages queued for / delivered to Redis, frames the recorder skipped
+        (each argument from one thread only: see the class docstring)."""
+        if queued:
+            self._add("out_queued", queued)
+        if delivered:
+            self._add("out_delivered", delivered)
+        if unrecorded:
+            self._add("unrecorded", unrecorded)
+
     def latency_samples(self) -> np.ndarray:
         n = min(int(self._rec[0]["lat_n"]), LATENCY_SAMPLES)
         return self._lat[:n].copy()
 
     def stats(self) -> dict[str, int]:
         r = self._rec[0]
-        return {k: int(r[k]) for k in ("tiled", "emitted", "lost", "eos_seen", "last_index")}
+        return {k: int(r[k]) for k in ("tiled", "emitted", "lost", "eos_seen", "last_index",
+                                        "out_queued", "out_delivered", "unrecorded")}
 
     def close(self) -> None:
         self._rec = self._lat = None  # type: ignore[assignment]

@@ -39,7 +39,7 @@ from engines.log import get_logger
 from pipeline.config import AppConfig, CameraConfig, RecordingConfig, ZoneConfig
 from pipeline.events import EndOfStream
 from pipeline.process import StopFlag
-from pipeline.results import FrameResult, Sink
+from pipeline.results import FrameResult, OutputTally, Sink
 from pipeline.shm import FrameMeta, FrameRing, FrameRingHandle
 
 if TYPE_CHECKING:
@@ -350,8 +350,10 @@ class RecordingSink(Sink):
 
     def __init__(self, cameras: dict[str, CameraConfig],
                  rings: dict[str, FrameRingHandle] | None = None,
-                 active_alerts: Callable[[str], list[dict[str, Any]]] | None = None) -> None:
+                 active_alerts: Callable[[str], list[dict[str, Any]]] | None = None,
+                 tally: OutputTally | None = None) -> None:
         self.cams = {n: c for n, c in cameras.items() if c.recording.enabled}
+        self._tally = tally
         self._handles = dict(rings or {})
         self._active = active_alerts
         self._rings: dict[str, FrameRing] = {}
@@ -402,11 +404,11 @@ class RecordingSink(Sink):
         try:
             got = ring.reserve(h, w, timeout=0)
         except ValueError as e:  # larger than the camera's planned size
-            self.skipped += 1
+            self._skip(cam)
             self._warn_once(cam, "frame does not fit the recorder ring; skipped", error=str(e))
             return
         if got is None:
-            self.skipped += 1
+            self._skip(cam)
             return
         slot, view = got
         try:
@@ -419,6 +421,11 @@ class RecordingSink(Sink):
                     blob)
         self._last_t[cam] = t
         self.sent += 1
+
+    def _skip(self, cam: str) -> None:
+        self.skipped += 1
+        if self._tally is not None:
+            self._tally.unrecorded(cam)
 
     def close(self) -> None:
         """Detach; the recorder process finishes the segments when the supervisor stops it."""
