@@ -179,6 +179,29 @@ def test_stop_flag_set_does_not_hang_on_a_killed_waiter() -> None:
     assert live.exitcode == 0
 
 
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def test_a_failing_child_reports_one_line(capfd: pytest.CaptureFixture[str]) -> None:
+    """Every child starts through ``child_main``: an exception in it is ONE line at ERROR (stage,
+    camera, type, first line of the message), no traceback, exit status 1."""
+    import multiprocessing as mp
+
+    from pipeline.process import ChildSpec, StopFlag, spawn_child
+
+    ctx = mp.get_context("spawn")
+    spec = ChildSpec("ingest-lobby 1", "test_supervisor:_fail", StopFlag(ctx), camera="lobby 1")
+    p = spawn_child(ctx, spec, "frame 12 is not decodable\n(details on a second line)")
+    p.join(60)
+    err = capfd.readouterr().err
+    assert p.exitcode == 1
+    assert "Traceback" not in err, err
+    (line,) = [ln for ln in err.splitlines() if "ERROR" in ln]
+    assert line.endswith('failed camera="lobby 1" stage=ingest '
+                         'error="ValueError: frame 12 is not decodable"'), line
+
+
 def _decoded_frames(path: Path) -> int:
     import av
 
@@ -266,6 +289,113 @@ def test_nothing_outlives_a_sigkilled_supervisor(tmp_path: Path) -> None:
             run.proc.kill()
 
 
+@pytest.mark.timeout(300)
+def test_killed_post_with_the_recorder_on_loses_only_what_it_held(tmp_path: Path) -> None:
+    """SIGKILL the post process of a run that records and publishes to the embedded Redis: the
+    chain restarts, the recorder (the supervisor's child, not post's) records on, the JSON-lines
+    file holds every frame that reached Redis (a line is written before its message is queued),
+    frames missing from the file are at most those counted as lost, what the killed process still
+    had to publish is counted as unpublished, the exit status says data was lost; afterwards no
+    process of the run is left and /dev/shm is empty."""
+    from pipeline.redis_embedded import EmbeddedRedis
+
+    make_clip(tmp_path / "a.mp4", 50)
+    cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "loop": True,
+                                        "realtime": True, "queue_policy": "lossless",
+                                        "recording": {"enabled": True, "segment_s": 1.0}}},
+                       redis={"enabled": True, "heatmap_every_s": 1.0},
+                       runtime={"restart_backoff_s": 0.2})
+    run_dir = tmp_path / "run"
+    out = run_dir / "counts.jsonl"
+    run = RunningCli(cfg)
+    try:
+        _wait_results(out, 20)
+        recorder = run.pid_of("recorder")
+        tree = set(process_tree(run.proc.pid))
+        tree |= {int(re.search(r'"pid": (\d+)', (run_dir / "redis" / "server.json")
+                               .read_text()).group(1))}
+        os.kill(run.pid_of("post"), signal.SIGKILL)
+        run.wait_for(r"stage crashed stage=post")
+        run.wait_for(r"stage chain restarted")
+        run.wait_for(r"spawned stage=post pid=\d+[\s\S]*spawned stage=post pid=\d+")
+        _wait_results(out, len(read_jsonl(out)[0]) + 10)  # counting resumed
+        assert run.pid_of("recorder") == recorder and not _gone(recorder)  # never orphaned
+        tree |= set(process_tree(run.proc.pid))
+        run.proc.send_signal(signal.SIGTERM)
+        rc = run.finish(60)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    text = run.text()
+    m = re.search(r"stopped by signal, drained; a: (\d+) counted, 0 dropped, (\d+) lost, "
+                  r"(\d+) unpublished, (\d+) not recorded", text)
+    assert m, text[-3000:]
+    counted, lost, unpublished = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    assert rc == (3 if lost or unpublished else 0), text[-3000:]
+    lines = [c["frame_index"] for c in read_jsonl(out)[0]]
+    assert lines == sorted(set(lines)), "JSON lines out of order or twice"
+    assert len(lines) >= counted
+    missing = set(range(lines[-1] + 1)) - set(lines)
+    assert len(missing) <= lost, (sorted(missing), lost)
+    with EmbeddedRedis(run_dir / "redis") as srv:  # the run's data, read after the run
+        from pipeline.client import CrowdClient
+
+        client = CrowdClient(srv.url)
+        in_redis = [m["frame_index"] for _, m in client.counts("a")]
+        client.close()
+    assert in_redis == sorted(set(in_redis))
+    assert set(in_redis) <= set(lines), sorted(set(in_redis) - set(lines))
+    assert len(set(lines) - set(in_redis)) <= unpublished
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(_gone(p) for p in tree):
+        time.sleep(0.2)
+    assert all(_gone(p) for p in tree), {p for p in tree if not _gone(p)}
+    assert not leftover_segments(run.proc.pid)
+    assert sorted((run_dir / "recordings").rglob("*.mp4"))
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("bad_camera", [False, True], ids=["healthy", "a-camera-offline"])
+def test_a_stop_exit_status_and_alerts_end_with_shutdown(tmp_path: Path, bad_camera: bool) -> None:
+    """SIGTERM a running run: a healthy one exits 0; one where a camera went offline for bad
+    input before the stop exits 1 (the stop does not hide it). Either way the alert that was
+    active ends with reason ``shutdown``, never ``camera_offline``: the stop is told from a
+    failure (``offline: stopped``)."""
+    from pipeline.client import CrowdClient
+    from pipeline.redis_embedded import EmbeddedRedis
+
+    make_clip(tmp_path / "a.mp4", 50)
+    cams: dict = {"a": {"url": str(tmp_path / "a.mp4"), "loop": True, "realtime": True,
+                        "alerts": [{"name": "any", "threshold": 0.0, "cooldown_s": 0}]}}
+    if bad_camera:
+        (tmp_path / "bad.mp4").write_bytes(b"not a video at all\n" * 100)
+        cams["bad"] = {"url": str(tmp_path / "bad.mp4")}
+    cfg = write_config(tmp_path, cams, redis={"enabled": True, "heatmap_every_s": 5.0},
+                       runtime={"max_frame_width": 320, "max_frame_height": 240})
+    run = RunningCli(cfg)
+    try:
+        _wait_results(tmp_path / "run" / "counts.jsonl", 5)
+        run.wait_for(r"alert start")
+        if bad_camera:
+            run.wait_for(r"state camera=bad state=offline reason=\"not a video")
+        run.proc.send_signal(signal.SIGTERM)
+        rc = run.finish(60)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    text = run.text()
+    assert rc == (1 if bad_camera else 0), text[-3000:]
+    assert ("offline: bad" in text) == bad_camera
+    with EmbeddedRedis(tmp_path / "run" / "redis") as srv:
+        client = CrowdClient(srv.url)
+        events = [m for _, m in client.alerts()]
+        status = [m for _, m in client.status("a")]
+        client.close()
+    assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "end", events
+    assert events[-1]["reason"] == "shutdown", events[-1]
+    assert (status[-1]["state"], status[-1]["reason"]) == ("offline", "stopped")
+
+
 class RedisCommand:
     """``crowdstream redis --run-dir DIR`` in a subprocess (serves an ended run's data)."""
 
@@ -310,7 +440,7 @@ def test_embedded_redis_killed_twice_loses_nothing_and_is_readable_after_the_run
             before = len(read_jsonl(run_dir / "counts.jsonl")[0])
             os.kill(run.pid_of("redis", after=kill), signal.SIGKILL)
             run.wait_for(r"stage crashed stage=redis" + r"[\s\S]*stage crashed stage=redis" * kill)
-            run.wait_for(r"(spawned stage=redis pid=\d+[\s\S]*){%d}" % (kill + 2))
+            run.wait_for(r"(spawned stage=redis pid=\d+[\s\S]*)" + f"{{{kill + 2}}}")
             assert find_running(data) == url  # same address and password: publishers go on
             _wait_results(run_dir / "counts.jsonl", before + 20)  # counting never stopped
         rc = run.finish(120)
