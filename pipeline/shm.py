@@ -35,6 +35,7 @@ run prefix (``run_prefix()``) and unlinks them all at the end; nothing of a run 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import multiprocessing as mp
 import os
@@ -100,8 +101,34 @@ def check_shm_space(need_bytes: int, what: str = "this run") -> None:
             f"runtime.max_frame_width/height, or enlarge /dev/shm (docker run --shm-size=...)")
 
 
+NAME_BYTES = 96  # a camera name's room in a frame record (UTF-8)
+
+
+def cut_utf8(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` whose UTF-8 encoding fits ``max_bytes`` (never half a
+    character)."""
+    return text.encode()[:max_bytes].decode(errors="ignore")
+
+
+def fit_name(name: str, max_bytes: int = NAME_BYTES) -> str:
+    """``name`` as a fixed-size record holds it: unchanged when its UTF-8 fits ``max_bytes``,
+    else cut at a character boundary with ``~`` and 8 hex digits of its SHA-1 appended (two
+    long names never collide; a consumer maps it back with the ring's ``camera``).
+
+    Example::
+
+        fit_name("lobby") == "lobby"
+        len(fit_name("大厅" * 40).encode()) <= 96     # '大厅大厅...~3f2a9c01'
+    """
+    data = name.encode()
+    if len(data) <= max_bytes:
+        return name
+    tag = "~" + hashlib.sha1(data).hexdigest()[:8]
+    return cut_utf8(name, max_bytes - len(tag)) + tag
+
+
 _FRAME_META = np.dtype([
-    ("camera", "S96"), ("frame_index", "<i8"), ("pts", "<f8"), ("capture_ts", "<f8"),
+    ("camera", f"S{NAME_BYTES}"), ("frame_index", "<i8"), ("pts", "<f8"), ("capture_ts", "<f8"),
     ("height", "<i4"), ("width", "<i4"), ("aux_len", "<i8"),
 ])
 
@@ -332,6 +359,7 @@ class FrameRingHandle:
     lock: Any
     sems: tuple[Any, ...]
     aux_bytes: int = 0
+    camera: str = ""  # the camera whose frames it carries: records hold fit_name(camera)
 
 
 class FrameRing:
@@ -345,6 +373,7 @@ class FrameRing:
         self.slot_bytes = handle.max_height * handle.max_width * 3
         self._stride = _align(self.slot_bytes) + _align(handle.aux_bytes)
         self.counters = FrameCounters(q.extra)
+        self._fitted = fit_name(handle.camera)
 
     @staticmethod
     def nbytes(slots: int, max_height: int, max_width: int, aux_bytes: int = 0) -> int:
@@ -354,9 +383,10 @@ class FrameRing:
 
     @classmethod
     def create(cls, name: str, slots: int, max_height: int, max_width: int,
-               policy: Policy, aux_bytes: int = 0) -> FrameRing:
+               policy: Policy, aux_bytes: int = 0, camera: str = "") -> FrameRing:
         """Create (and own) a ring; raises ``ShmSpaceError`` when /dev/shm cannot hold it.
-        ``aux_bytes``: room for a byte blob beside each frame (``commit(..., aux=...)``)."""
+        ``aux_bytes``: room for a byte blob beside each frame (``commit(..., aux=...)``);
+        ``camera``: the camera it carries (``get`` gives its full name back, however long)."""
         if slots < 2:
             raise ValueError(f"a frame ring needs at least 2 slots, got {slots}")
         if policy not in ("lossless", "latest"):
@@ -368,7 +398,7 @@ class FrameRing:
         shm = _create_segment(name, size, f"frame ring {name!r} ({slots} slots of "
                                           f"{max_width}x{max_height})")
         handle = FrameRingHandle(name, slots, max_height, max_width, policy, ctx.Lock(),
-                                 (ctx.Semaphore(0), ctx.Semaphore(0)), aux_bytes)
+                                 (ctx.Semaphore(0), ctx.Semaphore(0)), aux_bytes, camera)
         q = _Queues(shm, True, slots, 2, _FRAME_META, FrameCounters.NBYTES, handle.lock,
                     handle.sems)
         q.hdr[:] = 0
@@ -493,7 +523,7 @@ class FrameRing:
             self._aux_view(slot, len(aux))[:] = np.frombuffer(aux, np.uint8)
         m = q.meta[slot]
         m["aux_len"] = len(aux)
-        m["camera"] = meta.camera.encode()[:96]
+        m["camera"] = fit_name(meta.camera).encode()
         m["frame_index"] = meta.frame_index
         m["pts"] = math.nan if meta.pts is None else meta.pts
         m["capture_ts"] = meta.capture_ts
@@ -525,7 +555,7 @@ class FrameRing:
     def put_end(self, reason: str = "finished") -> None:
         """Mark the end of the stream; readers see ``EndOfStream`` after every queued frame."""
         q = self._q
-        data = reason.encode()[:_REASON_BYTES - 1]
+        data = cut_utf8(reason, _REASON_BYTES - 1).encode()
         with q.lock:
             if q.hdr[H_END]:
                 return
@@ -553,9 +583,15 @@ class FrameRing:
             m = q.meta[slot].copy()
         h, w = int(m["height"]), int(m["width"])
         pts = float(m["pts"])
-        meta = FrameMeta(m["camera"].decode(), int(m["frame_index"]),
+        meta = FrameMeta(self._camera_of(m["camera"]), int(m["frame_index"]),
                          None if math.isnan(pts) else pts, float(m["capture_ts"]), h, w)
         return slot, meta, self._view(slot, h, w)
+
+    def _camera_of(self, record: bytes) -> str:
+        """The real camera name of a frame record (``fit_name`` cut a long one)."""
+        name = record.decode(errors="replace")
+        cam = self._h.camera
+        return cam if cam and name == self._fitted else name
 
     def frame(self, slot: int) -> np.ndarray:
         """Zero-copy view of a slot's frame (for a later stage that was handed the slot number)."""
@@ -899,8 +935,9 @@ class RunSegments:
         return name
 
     def frame_ring(self, role: str, slots: int, max_height: int, max_width: int,
-                   policy: Policy, aux_bytes: int = 0) -> FrameRing:
-        ring = FrameRing.create(self._name(role), slots, max_height, max_width, policy, aux_bytes)
+                   policy: Policy, aux_bytes: int = 0, camera: str = "") -> FrameRing:
+        ring = FrameRing.create(self._name(role), slots, max_height, max_width, policy, aux_bytes,
+                                camera)
         self._owned.append(ring)
         return ring
 

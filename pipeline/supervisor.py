@@ -261,7 +261,7 @@ class Supervisor:
         check_shm_space(need, f"{len(self.cams)} camera ring(s) of {rt.frame_slots} slots")
         for i, c in enumerate(self.cams):
             c.ring = self.segments.frame_ring(f"r{i}", rt.frame_slots, c.height, c.width,
-                                              c.cfg.effective_policy)
+                                              c.cfg.effective_policy, camera=c.name)
             self.log.info("ring", camera=c.name, ring=f"{rt.frame_slots}x{c.width}x{c.height}")
 
     def _start_services(self) -> None:

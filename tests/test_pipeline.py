@@ -298,6 +298,60 @@ def test_messages_never_published_are_in_the_summary_and_exit_3(tmp_path: Path) 
     assert len(read_jsonl(tmp_path / "run" / "counts.jsonl")[0]) == 30  # the file has them all
 
 
+def test_a_long_cjk_and_emoji_camera_name_is_counted_published_and_recorded(
+        tmp_path: Path) -> None:
+    """A 150-byte camera name in CJK and emoji (a frame record holds 96 bytes: the old cut fell
+    inside the emoji and the tile stage crashed on every frame): every frame is counted,
+    published to Redis and written to JSON lines under the REAL name, and recorded under a safe
+    file name."""
+    from pipeline.client import CrowdClient
+    from pipeline.redis_embedded import EmbeddedRedis
+    from pipeline.shm import NAME_BYTES
+
+    name = "ab" + "大厅入口🎥" * 9 + "東x"
+    assert len(name.encode()) == 150 and not _is_char_boundary(name, NAME_BYTES)
+    n = 20
+    make_clip(tmp_path / "a.mp4", n)
+    cfg = write_config(tmp_path, {name: {"url": str(tmp_path / "a.mp4"),
+                                         "recording": {"enabled": True}}},
+                       redis={"enabled": True, "heatmap_every_s": 0.5})
+    r = cli("run", str(cfg), "--quiet", timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert " ERROR " not in r.stderr, r.stderr[-3000:]
+    m = re.search(re.escape(f"{name}: {n} counted, 0 dropped, 0 lost, 0 unpublished, ")
+                  + r"(\d+) not recorded", r.stderr)
+    assert m, r.stderr[-3000:]
+    counts, status = read_jsonl(tmp_path / "run" / "counts.jsonl")
+    assert [c["frame_index"] for c in counts] == list(range(n))
+    assert {c["camera"] for c in counts + status} == {name}
+    with EmbeddedRedis(tmp_path / "run" / "redis") as srv:
+        client = CrowdClient(srv.url)
+        assert client.cameras() == [name]
+        assert [m["frame_index"] for _, m in client.counts(name)] == list(range(n))
+        assert client.latest(name)["status"] == "finished"
+        client.close()
+    (folder,) = (tmp_path / "run" / "recordings").iterdir()
+    assert folder.name.startswith("ab大厅入口") and len(folder.name.encode()) <= 64 + 9
+    assert "/" not in folder.name and "🎥" not in folder.name
+    files = sorted(folder.glob("*.mp4"))
+    assert files and all(len(f.name.encode()) < 255 for f in files)
+    import av
+
+    recorded = 0
+    for f in files:
+        with av.open(str(f)) as c:
+            recorded += sum(1 for _ in c.decode(video=0))
+    assert recorded + int(m.group(1)) == n  # every frame recorded or counted as not recorded
+
+
+def _is_char_boundary(text: str, at: int) -> bool:
+    try:
+        text.encode()[:at].decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def test_full_dev_shm_is_a_clear_error_at_start(tmp_path: Path) -> None:
     free = os.statvfs("/dev/shm")
     free_mb = free.f_bavail * free.f_frsize / 2**20

@@ -40,7 +40,7 @@ from pipeline.config import AppConfig, CameraConfig, RecordingConfig, ZoneConfig
 from pipeline.events import EndOfStream
 from pipeline.process import StopFlag
 from pipeline.results import FrameResult, OutputTally, Sink
-from pipeline.shm import FrameMeta, FrameRing, FrameRingHandle
+from pipeline.shm import FrameMeta, FrameRing, FrameRingHandle, cut_utf8
 
 if TYPE_CHECKING:
     from pipeline.shm import RunSegments
@@ -48,17 +48,21 @@ if TYPE_CHECKING:
 RECORDER_TARGET = "pipeline.sinks.recorder:recorder_main"
 OVERLAY_EXTRA_BYTES = 64 * 1024  # room for the overlay data besides the density map
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SAFE = re.compile(r"[^\w.-]+")  # letters and digits of any script stay
+SAFE_NAME_BYTES = 64  # UTF-8 bytes of a camera's part of a file name (limit: 255 per name)
 RESTART_BACKOFF_S = 5.0  # a crashed recorder process is restarted at most this often
 
 
 def safe_name(camera: str) -> str:
-    """A file-name-safe id for a camera: no separators, no leading dots, no spaces.
+    """A file-name-safe id for a camera: no separators, no leading dots, no spaces, no control
+    characters or symbols; letters and digits of any script kept, at most 64 UTF-8 bytes (cut at
+    a character boundary).
 
     Any id that had to change gets a short hash of the original appended, so two different ids
-    never map to the same name ("../x" -> "x-3f2a..."; "lobby 1" -> "lobby_1-..." ).
+    never map to the same name ("../x" -> "x-3f2a..."; "lobby 1" -> "lobby_1-..."; "大厅🎥" ->
+    "大厅-...").
     """
-    s = _SAFE.sub("_", camera).strip("._-")[:64]
+    s = cut_utf8(_SAFE.sub("_", camera).strip("._-"), SAFE_NAME_BYTES).strip("._-")
     if s == camera and s:
         return s
     return f"{s or 'camera'}-{hashlib.sha1(camera.encode()).hexdigest()[:8]}"
@@ -249,7 +253,7 @@ def recorder_rings(segments: RunSegments, cfg: AppConfig, sizes: dict[str, tuple
     for i, (cam, (h, w)) in enumerate(sizes.items()):
         rc = cfg.cameras[cam].recording
         rings[cam] = segments.frame_ring(f"rec{i}", max(2, rc.queue_slots), h, w, "lossless",
-                                         overlay_aux_bytes(h, w, block))
+                                         overlay_aux_bytes(h, w, block), camera=cam)
     return rings
 
 
