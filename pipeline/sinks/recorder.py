@@ -1,17 +1,23 @@
-"""Overlay recording: H.264 MP4 segments with the heatmap, count, zones and active alerts drawn.
+"""Recording: H.264 MP4 segments of each recorded camera, with the overlay drawn (the default) or
+clean (``recording.overlay: false``).
 
 The sink (``RecordingSink``, in the post process) only copies each frame into a free slot of its
 camera's recorder ring (a ``FrameRing`` the supervisor made under the run prefix) together with
-the overlay data (count, zone counts, the small density map, active alerts) as the slot's aux
-blob. When every slot is busy (the encoder is behind) the frame is skipped and counted: recording
-never slows counting.
+the overlay data (count, zone counts, the small density map, active alerts with their current
+values) as the slot's aux blob. When every slot is busy (the encoder is behind) the frame is
+skipped and counted (``OutputTally.unrecorded``): recording never slows counting.
 
 The recorder process (``recorder_main``, a child the supervisor spawns, watches and restarts like
-any stage) draws the overlay and encodes with libx264 (yuv420p, ``+faststart`` so browsers start
-playing before the whole file is loaded) into segments of ``segment_s`` seconds named
-``<dir>/<camera>/<camera>-<UTC start>-<frame>.mp4`` (written as ``.part``, renamed when complete),
-and applies retention by age and by total size after each segment. On its stop flag it records
-what is still queued, closes the open segments and exits.
+any stage) draws the overlay with ``pipeline.overlay.render_overlay`` (the one overlay picture: a
+header strip above the scene, the heatmap on a FIXED colour scale with its legend -- people per
+map cell, ``recording.heatmap_max_per_cell`` red; people per m^2 for a calibrated camera,
+``recording.heatmap_max_m2`` red -- zones with their counts, and one strip per alert rule below
+the scene, so nothing in the scene is hidden and the picture's size is constant) and encodes with
+libx264 (yuv420p, ``+faststart`` so browsers start playing before the whole file is loaded) into
+segments of ``segment_s`` seconds named ``<dir>/<camera>/<camera>-<UTC start>-<frame>.mp4``
+(written as ``.part``, renamed when complete), and applies retention by age and by total size
+after each segment. On its stop flag it records what is still queued, closes the open segments
+and exits.
 
 Example (what the supervisor does)::
 
@@ -36,8 +42,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engines.log import get_logger
-from pipeline.config import AppConfig, CameraConfig, RecordingConfig, ZoneConfig
+from pipeline.config import AppConfig, CameraConfig, RecordingConfig
 from pipeline.events import EndOfStream
+from pipeline.overlay import AlertView, OverlayView, ZoneView, render_overlay
 from pipeline.process import StopFlag
 from pipeline.results import FrameResult, OutputTally, Sink
 from pipeline.shm import FrameMeta, FrameRing, FrameRingHandle, cut_utf8
@@ -73,54 +80,26 @@ def _even(n: int) -> int:
     return max(2, n - (n % 2))
 
 
-def draw_overlay(frame: np.ndarray, density: np.ndarray | None, count: float, camera: str,
-                 ts: float, zones: list[ZoneConfig], zone_counts: dict[str, float],
-                 zone_m2: dict[str, float], alerts: list[dict[str, Any]], opacity: float,
-                 heat_scale: float, draw_m2: bool = False) -> np.ndarray:
-    """Draw the heatmap (colour map, weighted by density), zones, count and alerts in place.
-
-    ``heat_scale`` is the density drawn at full colour (a slowly decaying running maximum, so the
-    colours do not flicker frame to frame).
-    """
-    import cv2
-
-    h, w = frame.shape[:2]
-    if density is not None and density.size and heat_scale > 0:
-        grey = np.clip(density / heat_scale * 255.0, 0, 255).astype(np.uint8)
-        grey = cv2.resize(grey, (w, h), interpolation=cv2.INTER_LINEAR)
-        colour = cv2.applyColorMap(grey, cv2.COLORMAP_TURBO)
-        # alpha grows with density so empty floor keeps its real colours
-        alpha = (np.sqrt(grey.astype(np.float32) / 255.0) * opacity)[..., None]
-        frame[:] = (frame * (1.0 - alpha) + colour * alpha).astype(np.uint8)
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.4, w / 1600)
-    thick = max(1, round(scale * 2))
-    line = int(28 * scale / 0.6)
-    header = line + 8
-    for z in zones:
-        pts = (np.asarray(z.polygon, np.float64) * [w, h]).round().astype(np.int32)
-        cv2.polylines(frame, [pts.reshape(-1, 1, 2)], True, (255, 255, 255), thick, cv2.LINE_AA)
-        label = f"{z.name}: {zone_counts.get(z.name, 0.0):.1f}"
-        if draw_m2 and z.name in zone_m2:
-            label += f" ({zone_m2[z.name]:.2f}/m2)"
-        # above the zone, or just inside it when that would hide it under the header bar
-        x = max(int(pts[:, 0].min()) + 4, 4)
-        y = int(pts[:, 1].min()) - 6
-        if y < 2 * header:
-            y = int(pts[:, 1].min()) + header + 4
-        cv2.putText(frame, label, (x, y), font, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
-        cv2.putText(frame, label, (x, y), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
-    head = f"{camera}  count {count:.1f}  {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(ts))}Z"
-    cv2.rectangle(frame, (0, 0), (w, header), (0, 0, 0), -1)
-    cv2.putText(frame, head, (8, line), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
-    for i, a in enumerate(alerts):
-        where = f" zone {a['zone']}" if a.get("zone") else ""
-        val = a.get("value")
-        text = f"ALERT {a['severity']}: {a['rule']}{where} {a['metric']} " + \
-            (f"{val:.2f}" if isinstance(val, (int, float)) else "")
-        y = h - 10 - i * (line + 6)
-        cv2.rectangle(frame, (0, y - line), (w, y + 6), (0, 0, 200), -1)
-        cv2.putText(frame, text, (8, y), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
-    return frame
+def overlay_view(camera: str, cam: CameraConfig, meta: dict[str, Any],
+                 density_m2_cells: np.ndarray | None = None) -> OverlayView:
+    """What ``pipeline.overlay.render_overlay`` draws for one recorded frame: the overlay data
+    that travelled beside it (``RecordingSink``) and the camera's recording settings (colour
+    scale, opacity, zone m^2 labels). ``density_m2_cells``: people per m^2 per cell of a
+    calibrated camera (the colours then follow ``heatmap_max_m2``)."""
+    rc = cam.recording
+    m2 = meta.get("zone_density_m2", {})
+    zones = [ZoneView(z.name, z.polygon, float(meta["zone_counts"].get(z.name, 0.0)),
+                      m2.get(z.name) if rc.draw_density_m2 else None) for z in cam.zones]
+    rules = {r.name: r for r in cam.alerts}
+    alerts = [AlertView(a["rule"], a["severity"], a["metric"], float(a.get("value") or 0.0),
+                        rules[a["rule"]].threshold if a["rule"] in rules else float("nan"),
+                        a.get("zone")) for a in meta["alerts"]]
+    return OverlayView(camera=camera, ts=meta["capture_ts"], count=meta["count"],
+                       density=meta["density"], density_m2=meta.get("density_m2"),
+                       density_m2_cells=density_m2_cells, zones=zones, alerts=alerts,
+                       cell_pixels=float(meta.get("cell_pixels", 8.0)),
+                       opacity=rc.heatmap_opacity, max_m2=rc.heatmap_max_m2,
+                       max_per_cell=rc.heatmap_max_per_cell)
 
 
 # ---------------------------------------------------------------------------------- encoder
@@ -267,24 +246,52 @@ class RecorderArgs:
 
 
 class _Recorder:
-    """The recorder process's state: a segment writer and a heat scale per camera."""
+    """The recorder process's state: a segment writer and a ground calibration per camera."""
 
     def __init__(self, cfg: AppConfig) -> None:
         self.cfg = cfg
         self.log = get_logger("recorder")
         self.writers: dict[str, SegmentWriter] = {}
-        self.heat_scale: dict[str, float] = {}
+        self.ground: dict[tuple[str, tuple[int, int]], Any] = {}  # GroundCalibration or None
+
+    def _density_m2(self, cam: str, frame_size: tuple[int, int],
+                    meta: dict[str, Any]) -> np.ndarray | None:
+        """People per m^2 per cell for a calibrated camera (None otherwise, or when unusable)."""
+        cal = self.cfg.cameras[cam].calibration
+        if cal is None or meta["density"] is None:
+            return None
+        key = (cam, frame_size)
+        if key not in self.ground:
+            try:
+                from calibrate.ground import GroundCalibration
+
+                self.ground[key] = GroundCalibration.from_config(cal, frame_size=frame_size,
+                                                                 camera=cam)
+            except Exception as e:  # noqa: BLE001 - record in people per cell, say why once
+                self.ground[key] = None
+                self.log.error("ground calibration unusable: heatmap in people per cell",
+                               camera=cam, error=f"{type(e).__name__}: {e}")
+        ground = self.ground[key]
+        if ground is None:
+            return None
+        return ground.density_m2(meta["density"], float(meta.get("cell_pixels", 8.0)))
+
+    def picture(self, cam: str, frame: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+        """The frame as recorded: downscaled to ``max_width``, with the overlay unless the
+        camera records clean (``recording.overlay: false``)."""
+        cam_cfg = self.cfg.cameras[cam]
+        rc: RecordingConfig = cam_cfg.recording
+        size = (frame.shape[0], frame.shape[1])
+        frame = _downscale(frame, rc.max_width)
+        if not rc.overlay:
+            return frame
+        view = overlay_view(cam, cam_cfg, meta, self._density_m2(cam, size, meta))
+        # a strip per alert rule, always there: the picture's size never changes mid-segment
+        return render_overlay(frame, view, alert_rows=len(cam_cfg.alerts))
 
     def record(self, cam: str, frame: np.ndarray, meta: dict[str, Any]) -> None:
         rc: RecordingConfig = self.cfg.cameras[cam].recording
-        zones: list[ZoneConfig] = list(self.cfg.cameras[cam].zones)
-        frame = _downscale(frame, rc.max_width)
-        dens = meta["density"]
-        peak = float(dens.max()) if dens is not None and dens.size else 0.0
-        self.heat_scale[cam] = max(self.heat_scale.get(cam, 0.0) * 0.995, peak, 1e-6)
-        draw_overlay(frame, dens, meta["count"], cam, meta["capture_ts"], zones,
-                     meta["zone_counts"], meta["zone_density_m2"], meta["alerts"],
-                     rc.heatmap_opacity, self.heat_scale[cam], rc.draw_density_m2)
+        frame = self.picture(cam, frame, meta)
         wr = self.writers.get(cam)
         if wr is None:
             wr = self.writers[cam] = SegmentWriter(cam, rc, recording_dir(self.cfg, cam))
@@ -379,11 +386,14 @@ class RecordingSink(Sink):
             self.log.warning(event, camera=cam, **fields)
 
     def _overlay(self, cam: str, result: FrameResult, t: float, room: int) -> bytes:
+        drawn = self.cams[cam].recording.overlay  # a clean recording needs no overlay data
         meta = {"t": float(t), "capture_ts": result.capture_ts, "frame_index": result.frame_index,
-                "count": result.count, "density": np.asarray(result.density.map, np.float32),
+                "count": result.count, "density_m2": result.density_m2,
+                "cell_pixels": float(result.cell_pixels),
+                "density": np.asarray(result.density.map, np.float32) if drawn else None,
                 "zone_counts": dict(result.zone_counts),
                 "zone_density_m2": dict(result.zone_density_m2),
-                "alerts": self._active(cam) if self._active else []}
+                "alerts": self._active(cam) if self._active and drawn else []}
         blob = pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL)
         if len(blob) > room:  # a density map larger than planned: record without the heatmap
             self._warn_once(cam, "density map too large for the recorder ring; no heatmap",
