@@ -386,6 +386,9 @@ def main() -> int:
     restarted_ok = {"valkey-server", "sh"} if killed else set()  # the Redis and its watchdog
     changed = {p["name"] for s in after for p in s["procs"]
                if p["pid"] not in pids_first or p["pid"] not in pids_last}
+    if killed and not any(p["name"] == "valkey-server" for p in after[-1]["procs"]):
+        print("the embedded Redis was not running at the end: not restarted")
+        ok = False
     if changed - restarted_ok:
         print(f"process set changed after warm-up (restarts?): {sorted(pids_first)} -> "
               f"{sorted(pids_last)}")
