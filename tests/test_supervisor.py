@@ -109,12 +109,14 @@ def test_killed_inference_is_restarted_and_no_frame_is_lost(tmp_path: Path) -> N
 
 
 def test_sigkilled_child_then_sigterm_leaves_no_segment(tmp_path: Path) -> None:
-    """A live-like looping source: SIGKILL the tile process (the chain restarts and counting
-    resumes), SIGKILL the ingest process (restarted, counting resumes), then SIGTERM the run: it
-    drains, exits 0 in bounded time, and /dev/shm is clean."""
+    """A live-like looping source publishing to the embedded Redis: SIGKILL the tile process (the
+    chain restarts and counting resumes), SIGKILL the ingest process (restarted, counting
+    resumes), then SIGTERM the run: it drains, exits in bounded time, no process of the run (the
+    valkey-server included) is left and /dev/shm is clean."""
     make_clip(tmp_path / "a.mp4", 50)
     cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "loop": True,
                                         "realtime": True}},
+                       redis={"enabled": True, "heatmap_every_s": 5.0},
                        runtime={"restart_backoff_s": 0.2})
     out = tmp_path / "run" / "counts.jsonl"
     run = RunningCli(cfg)
@@ -122,6 +124,9 @@ def test_sigkilled_child_then_sigterm_leaves_no_segment(tmp_path: Path) -> None:
         run.wait_for(r"spawned stage=ingest:a")
         _wait_results(out, 5)
         assert leftover_segments(run.proc.pid), "segments should exist while running"
+        tree = set(process_tree(run.proc.pid))
+        assert {Path(f"/proc/{p}/comm").read_text().strip() for p in tree if not _gone(p)} >= \
+            {"valkey-server", "cs-tile", "cs-post"}
         os.kill(run.pid_of("tile"), signal.SIGKILL)
         run.wait_for(r"stage chain restarted")
         run.wait_for(r"spawned stage=post pid=\d+[\s\S]*spawned stage=post pid=\d+")
@@ -135,6 +140,7 @@ def test_sigkilled_child_then_sigterm_leaves_no_segment(tmp_path: Path) -> None:
         run.wait_for(r"restarting stage=ingest:a")
         before = len(read_jsonl(out)[0])
         _wait_results(out, before + 5)
+        tree |= set(process_tree(run.proc.pid))
         t0 = time.monotonic()
         run.proc.send_signal(signal.SIGTERM)
         rc = run.finish(30)
@@ -150,6 +156,10 @@ def test_sigkilled_child_then_sigterm_leaves_no_segment(tmp_path: Path) -> None:
     assert ("DATA LOST: a" in run.text()) == bool(lost)
     assert took < 20, f"shutdown took {took:.1f} s"
     assert not leftover_segments(run.proc.pid)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(_gone(p) for p in tree):
+        time.sleep(0.2)
+    assert all(_gone(p) for p in tree), {p for p in tree if not _gone(p)}
 
 
 def _wait_forever(flag) -> None:
