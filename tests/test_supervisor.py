@@ -433,7 +433,7 @@ def test_embedded_redis_killed_twice_loses_nothing_and_is_readable_after_the_run
     from pipeline.client import CrowdClient
     from pipeline.redis_embedded import find_running
 
-    n = 250
+    n = 400  # 16 s at 25 fps: both kills land well before the file ends, even on a busy box
     make_clip(tmp_path / "a.mp4", n)
     cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "realtime": True,
                                         "queue_policy": "lossless"}},
@@ -448,6 +448,7 @@ def test_embedded_redis_killed_twice_loses_nothing_and_is_readable_after_the_run
         assert url, run.text()[-3000:]
         for kill in range(2):
             before = len(read_jsonl(run_dir / "counts.jsonl")[0])
+            assert before < n - 50, "the file nearly ended before the kill: make it longer"
             os.kill(run.pid_of("redis", after=kill), signal.SIGKILL)
             run.wait_for(r"stage crashed stage=redis" + r"[\s\S]*stage crashed stage=redis" * kill)
             run.wait_for(r"(spawned stage=redis pid=\d+[\s\S]*)" + f"{{{kill + 2}}}")
@@ -459,7 +460,7 @@ def test_embedded_redis_killed_twice_loses_nothing_and_is_readable_after_the_run
             run.proc.kill()
     out = run.text()
     assert rc == 0, out[-3000:]
-    assert re.search(r"all sources ended; a: 250 counted, 0 dropped, 0 lost, 0 unpublished", out)
+    assert re.search(rf"all sources ended; a: {n} counted, 0 dropped, 0 lost, 0 unpublished", out)
     assert "restarts 2" in out
     assert find_running(data) is None  # stopped last, with the run
     password = (data / "password").read_text().strip()
