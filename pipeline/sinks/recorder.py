@@ -36,6 +36,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,8 +104,25 @@ def overlay_view(camera: str, cam: CameraConfig, meta: dict[str, Any],
 
 
 # ---------------------------------------------------------------------------------- encoder
+@dataclass
+class _Segment:
+    """One MP4 file being written (``.part`` until complete)."""
+
+    part: Path
+    container: Any
+    stream: Any
+    start_pts: int  # encoder pts (ms) of its first frame: its own timestamps start at 0
+
+
 class SegmentWriter:
-    """H.264 MP4 segments for one camera, with retention applied after each segment."""
+    """H.264 MP4 segments for one camera, with retention applied after each segment.
+
+    ONE encoder per camera lives across segments (a new one only when the frame size changes):
+    the first frame of a segment is forced to be an IDR frame, and the packets are muxed into the
+    segment their frame belongs to, each segment's timestamps starting at 0. Opening a fresh
+    libx264 per segment made the recorder's memory saw-tooth by its ramp (about 10 MB per encoder
+    at 640x480) and fragment the heap.
+    """
 
     def __init__(self, camera: str, cfg: RecordingConfig, base_dir: Path) -> None:
         self.camera = camera
@@ -114,68 +132,117 @@ class SegmentWriter:
         self.log = get_logger("recorder", camera=camera)
         for stale in self.dir.glob("*.mp4.part"):  # left by a crash: unplayable, no index
             stale.unlink(missing_ok=True)
-        self._container: Any = None
-        self._stream: Any = None
-        self._part: Path | None = None
-        self._t0 = 0.0
-        self._last_pts = -1
+        self._enc: Any = None
         self._size: tuple[int, int] | None = None
+        self._seg: _Segment | None = None
+        self._cuts: list[tuple[int, Path]] = []  # (encoder pts, file) of segments to start
+        self._t0 = 0.0  # media time of the current segment's first frame
+        self._t_last: float | None = None
+        self._last_pts = -1
         self.segments: list[Path] = []
         self.frames = 0
 
-    def _open(self, t: float, capture_ts: float, frame_index: int, size: tuple[int, int]) -> None:
+    def _encoder(self, size: tuple[int, int]) -> Any:
         import av
 
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(capture_ts))
-        name = f"{safe_name(self.camera)}-{stamp}-{frame_index:08d}.mp4"
-        self._part = self.dir / (name + ".part")
-        self._container = av.open(str(self._part), "w", format="mp4",
-                                  options={"movflags": "+faststart"})
-        rate = round(self.cfg.fps) if self.cfg.fps else 30
-        st = self._container.add_stream("libx264", rate=rate,
-                                        options={"crf": str(self.cfg.crf),
-                                                 "preset": self.cfg.preset})
-        st.height, st.width = size
-        st.pix_fmt = "yuv420p"
-        from fractions import Fraction
+        enc = av.CodecContext.create("libx264", "w")
+        enc.height, enc.width = size
+        enc.pix_fmt = "yuv420p"
+        enc.time_base = Fraction(1, 1000)  # ms timestamps: variable frame rate
+        enc.framerate = Fraction(round(self.cfg.fps) if self.cfg.fps else 30, 1)
+        # forced-idr: a frame asked to be a keyframe is an IDR, so a segment starts decodable
+        enc.options = {"crf": str(self.cfg.crf), "preset": self.cfg.preset, "forced-idr": "1"}
+        return enc
 
-        st.codec_context.time_base = Fraction(1, 1000)  # ms timestamps: variable frame rate
-        self._stream = st
-        self._t0, self._last_pts, self._size = t, -1, size
+    def _part(self, capture_ts: float, frame_index: int) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(capture_ts))
+        return self.dir / f"{safe_name(self.camera)}-{stamp}-{frame_index:08d}.mp4.part"
 
     def write(self, bgr: np.ndarray, t: float, capture_ts: float, frame_index: int) -> None:
         """Encode one frame at media time ``t`` seconds (source PTS or capture time)."""
         import av
+        from av.video.frame import PictureType
 
         size = (bgr.shape[0], bgr.shape[1])
-        if self._container is not None and (size != self._size or t < self._t0 or
-                                            t - self._t0 >= self.cfg.segment_s):
-            self.close_segment()
-        if self._container is None:
-            self._open(t, capture_ts, frame_index, size)
-        pts = max(int(round((t - self._t0) * 1000)), self._last_pts + 1)
-        self._last_pts = pts
+        if self._enc is not None and size != self._size:
+            self.close_segment()  # another size: finish with this encoder, start a new one
+        if self._enc is None:
+            self._enc, self._size, self._t_last = self._encoder(size), size, None
+        # encoder time only moves forward: a source that jumps back (a looped file) goes on
+        step = 0 if self._t_last is None else int(round((t - self._t_last) * 1000))
+        pts = max(self._last_pts + max(step, 1), 0) if self._last_pts >= 0 else 0
         frame = av.VideoFrame.from_ndarray(bgr, format="bgr24")
         frame.pts = pts
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+        if self._t_last is None or t < self._t0 or t - self._t0 >= self.cfg.segment_s:
+            frame.pict_type = PictureType.I
+            self._cuts.append((pts, self._part(capture_ts, frame_index)))
+            self._t0 = t
+        self._t_last, self._last_pts = t, pts
+        for packet in self._enc.encode(frame):
+            self._mux(packet)
         self.frames += 1
 
-    def close_segment(self) -> None:
-        if self._container is None:
+    def _mux(self, packet: Any) -> None:
+        """Into the segment its frame belongs to: the keyframe that starts the next segment
+        completes the current one (packets come in decode order; none before it is later)."""
+        if self._cuts and packet.is_keyframe and packet.pts >= self._cuts[0][0]:
+            pts, part = self._cuts.pop(0)
+            self._finish()
+            self._seg = self._open(part, pts)
+        if self._seg is None:
+            return  # cannot happen: the first frame is always a cut
+        packet.pts -= self._seg.start_pts
+        packet.dts -= self._seg.start_pts
+        packet.stream = self._seg.stream
+        self._seg.container.mux(packet)
+
+    def _open(self, part: Path, start_pts: int) -> _Segment:
+        import av
+
+        container = av.open(str(part), "w", format="mp4", options={"movflags": "+faststart"})
+        assert self._size is not None
+        stream = container.add_mux_stream("h264", rate=round(self.cfg.fps or 30),
+                                          width=self._size[1], height=self._size[0])
+        stream.time_base = Fraction(1, 1000)
+        return _Segment(part, container, stream, start_pts)
+
+    def _finish(self) -> None:
+        """Close the current segment's file and make it final (``.part`` dropped)."""
+        seg, self._seg = self._seg, None
+        if seg is None:
             return
-        try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
-            self._container.close()
-        finally:
-            self._container = None
-        assert self._part is not None
-        final = self._part.with_suffix("")  # drop ".part"
-        self._part.rename(final)
+        seg.container.close()
+        final = seg.part.with_suffix("")  # drop ".part"
+        seg.part.rename(final)
         self.segments.append(final)
         self.log.info("segment", file=final.name, size_kb=final.stat().st_size // 1024)
         self.apply_retention()
+
+    def close_segment(self) -> None:
+        """Flush the encoder into the open segment(s) and finish them (at stop, or before a new
+        frame size); the next frame starts a new encoder and segment."""
+        enc, self._enc = self._enc, None
+        try:
+            if enc is not None:
+                for packet in enc.encode(None):
+                    self._mux(packet)
+            self._finish()
+        finally:
+            self._cuts.clear()
+            self._last_pts = -1
+
+    def abandon(self) -> None:
+        """Drop the encoder and the open segment after an encoding error (its ``.part`` file is
+        deleted); the next frame starts afresh."""
+        seg, self._seg, self._enc = self._seg, None, None
+        self._cuts.clear()
+        self._last_pts = -1
+        if seg is not None:
+            try:
+                seg.container.close()
+            except Exception:  # noqa: BLE001 - already broken
+                pass
+            seg.part.unlink(missing_ok=True)
 
     def apply_retention(self) -> None:
         """Delete segments older than ``retain_hours``, then the oldest beyond ``retain_gb``
@@ -300,7 +367,7 @@ class _Recorder:
         except Exception as e:  # noqa: BLE001 - a bad segment must not end the recorder
             self.log.error("encode failed, starting a new segment", camera=cam,
                            error=f"{type(e).__name__}: {e}")
-            wr._container = None
+            wr.abandon()
 
     def close(self) -> None:
         for wr in self.writers.values():
