@@ -279,6 +279,64 @@ def report_run(tmp: Path, returncode: int, killed: list[tuple[float, int]],
     return ok
 
 
+def rss_report(samples: list[dict[str, Any]], warmup: float, redis_killed: bool) -> bool:
+    """Print each process's RSS after the warm-up; True when every one is flat within 5% (a
+    process restarted after the warm-up, the killed Redis, from 30 s after its start)."""
+    after = [s for s in samples if s["t"] >= warmup]
+    print(f"\n{len(samples)} samples, {len(after)} after the {warmup:.0f} s warm-up")
+    ok = len(after) >= 2
+    by_pid: dict[int, list[dict[str, Any]]] = {}
+    for s in after:
+        for p in s["procs"]:
+            by_pid.setdefault(p["pid"], []).append(p)
+    pids_first = {p["pid"] for p in after[0]["procs"]} if after else set()
+    pids_last = {p["pid"] for p in after[-1]["procs"]} if after else set()
+    restarted_ok = {"valkey-server", "sh"} if redis_killed else set()  # Redis and its watchdog
+    changed = {p["name"] for s in after for p in s["procs"]
+               if p["pid"] not in pids_first or p["pid"] not in pids_last}
+    if redis_killed and not any(p["name"] == "valkey-server" for p in after[-1]["procs"]):
+        print("the embedded Redis was not running at the end: not restarted")
+        ok = False
+    if changed - restarted_ok:
+        print(f"process set changed after warm-up (restarts?): {sorted(pids_first)} -> "
+              f"{sorted(pids_last)}")
+        ok = False
+    print(f"{'pid':>8} {'process':16} {'RSS MiB first':>14} {'last':>8} {'min':>8} {'max':>8} "
+          f"{'spread':>7}  (anon MiB first/last)")
+    for pid, ps in sorted(by_pid.items()):
+        if pid not in pids_last:
+            print(f"{pid:>8} {ps[0]['name']:16} (ended: killed, {len(ps)} samples)")
+            continue
+        if pid not in pids_first:  # restarted after the warm-up: judged from 30 s after start
+            t0 = min(s["t"] for s in after if any(p["pid"] == pid for p in s["procs"]))
+            ps = [p for s in after if s["t"] >= t0 + 30 for p in s["procs"] if p["pid"] == pid]
+            if len(ps) < 2:
+                continue
+        rss = [p["rss_kb"] / 1024 for p in ps]
+        spread = flat(rss)
+        ok &= spread <= TOLERANCE
+        print(f"{pid:>8} {ps[0]['name']:16} {rss[0]:14.1f} {rss[-1]:8.1f} {min(rss):8.1f} "
+              f"{max(rss):8.1f} {100 * spread:6.2f}%  ({ps[0]['anon_kb'] / 1024:.1f}/"
+              f"{ps[-1]['anon_kb'] / 1024:.1f})")
+    return ok
+
+
+def reanalyse(path: str, warmup: float) -> int:
+    """The RSS and /dev/shm part of the report again, from a ``--json`` file of an earlier run,
+    with another warm-up."""
+    doc = json.loads(Path(path).read_text())
+    samples = doc["samples"]
+    killed = doc.get("redis_killed", any(p["name"] == "valkey-server" for s in samples
+                                         for p in s["procs"]))
+    ok = rss_report(samples, warmup, bool(killed))
+    shm = [s["shm_bytes"] / 2**20 for s in samples if s["t"] >= warmup]
+    ok &= flat(shm) <= TOLERANCE
+    print(f"/dev/shm of the run: spread {100 * flat(shm):.2f}% (the run's own checks after it "
+          f"ended are in its original report)")
+    print("FLAT (within 5%)" if ok else "NOT FLAT", f"- RSS and /dev/shm of {path}")
+    return 0 if ok else 1
+
+
 # -- main --------------------------------------------------------------------------------------
 
 def flat(values: list[float]) -> float:
@@ -306,7 +364,12 @@ def main() -> int:
                     help="pipeline --redis: SIGKILL the embedded valkey-server at these seconds")
     ap.add_argument("--record", action="store_true",
                     help="pipeline: record every camera (overlay)")
+    ap.add_argument("--reanalyse", metavar="JSON", default=None,
+                    help="only print the RSS / shm report of an earlier run's --json file "
+                         "(with this --warmup)")
     a = ap.parse_args()
+    if a.reanalyse:
+        return reanalyse(a.reanalyse, a.warmup if a.warmup is not None else 180.0)
     kills = sorted(float(x) for x in a.kill_redis_at.split(",") if x.strip())
     if kills and not (a.redis and a.mode == "pipeline"):
         ap.error("--kill-redis-at needs --redis (pipeline mode)")
@@ -374,42 +437,8 @@ def main() -> int:
     alive = sorted(p for p in seen if _running(p))
 
     # -- report --
+    ok = rc == 0 and rss_report(samples, warmup, bool(killed))
     after = [s for s in samples if s["t"] >= warmup]
-    print(f"\n{len(samples)} samples, {len(after)} after the {warmup:.0f} s warm-up")
-    ok = rc == 0 and len(after) >= 2
-    by_pid: dict[int, list[dict[str, Any]]] = {}
-    for s in after:
-        for p in s["procs"]:
-            by_pid.setdefault(p["pid"], []).append(p)
-    pids_first = {p["pid"] for p in after[0]["procs"]} if after else set()
-    pids_last = {p["pid"] for p in after[-1]["procs"]} if after else set()
-    restarted_ok = {"valkey-server", "sh"} if killed else set()  # the Redis and its watchdog
-    changed = {p["name"] for s in after for p in s["procs"]
-               if p["pid"] not in pids_first or p["pid"] not in pids_last}
-    if killed and not any(p["name"] == "valkey-server" for p in after[-1]["procs"]):
-        print("the embedded Redis was not running at the end: not restarted")
-        ok = False
-    if changed - restarted_ok:
-        print(f"process set changed after warm-up (restarts?): {sorted(pids_first)} -> "
-              f"{sorted(pids_last)}")
-        ok = False
-    print(f"{'pid':>8} {'process':16} {'RSS MiB first':>14} {'last':>8} {'min':>8} {'max':>8} "
-          f"{'spread':>7}  (anon MiB first/last)")
-    for pid, ps in sorted(by_pid.items()):
-        if pid not in pids_last:
-            print(f"{pid:>8} {ps[0]['name']:16} (ended: killed, {len(ps)} samples)")
-            continue
-        if pid not in pids_first:  # restarted after the warm-up: judged from 30 s after start
-            t0 = min(s["t"] for s in after if any(p["pid"] == pid for p in s["procs"]))
-            ps = [p for s in after if s["t"] >= t0 + 30 for p in s["procs"] if p["pid"] == pid]
-            if len(ps) < 2:
-                continue
-        rss = [p["rss_kb"] / 1024 for p in ps]
-        spread = flat(rss)
-        ok &= spread <= TOLERANCE
-        print(f"{pid:>8} {ps[0]['name']:16} {rss[0]:14.1f} {rss[-1]:8.1f} {min(rss):8.1f} "
-              f"{max(rss):8.1f} {100 * spread:6.2f}%  ({ps[0]['anon_kb'] / 1024:.1f}/"
-              f"{ps[-1]['anon_kb'] / 1024:.1f})")
     shm = [s["shm_bytes"] / 2**20 for s in after]
     if shm:
         ok &= flat(shm) <= TOLERANCE
@@ -439,7 +468,8 @@ def main() -> int:
         ok = False
     print("FLAT (within 5%)" if ok else "NOT FLAT / FAILED", f"- details in {tmp}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"samples": samples, "ok": ok}, indent=1))
+        Path(a.json).write_text(json.dumps({"samples": samples, "ok": ok,
+                                            "redis_killed": bool(killed)}, indent=1))
     return 0 if ok else 1
 
 
