@@ -422,6 +422,34 @@ class RedisCommand:
         return self.proc.returncode, self.first + out + err
 
 
+def test_redis_command_stopped_while_starting_leaves_no_server(tmp_path: Path) -> None:
+    """SIGTERM ``crowdstream redis --run-dir`` the moment its server has started, before it
+    printed how to connect: it still stops the server (its handlers are in place before the
+    server starts) and exits 0; nothing is left serving the run's data."""
+    from pipeline.redis_embedded import EmbeddedRedis, find_running
+
+    data = tmp_path / "run" / "redis"
+    with EmbeddedRedis(data) as srv:  # a run's data
+        import redis as redis_py
+
+        redis_py.Redis.from_url(srv.url).set("k", "v")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "redis", "--run-dir",
+                             str(tmp_path / "run")], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # the server's "started" log line
+    assert "started" in line, line
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, line + err
+    assert find_running(data) is None
+    pid = int(re.search(r"pid=(\d+)", line).group(1))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not _gone(pid):
+        time.sleep(0.1)
+    assert _gone(pid), "the server outlived the command"
+
+
 @pytest.mark.timeout(300)
 def test_embedded_redis_killed_twice_loses_nothing_and_is_readable_after_the_run(
         tmp_path: Path) -> None:

@@ -37,14 +37,7 @@ def has_data(data_dir: Path) -> bool:
 
 def main(args: argparse.Namespace) -> int:
     from engines.redact import redact_url
-    from pipeline.process import Lifeline
-    from pipeline.redis_embedded import (
-        EmbeddedRedis,
-        connect_hint,
-        find_running,
-        password_path,
-        previous_port,
-    )
+    from pipeline.redis_embedded import connect_hint, find_running, password_path
 
     if args.run_dir:
         run_dir = Path(args.run_dir)
@@ -62,18 +55,36 @@ def main(args: argparse.Namespace) -> int:
         print(f"crowdstream redis: already serving {data} at {redact_url(running)}; connect "
               f"with: {connect_hint(running, password_path(data))}", file=sys.stderr)
         return 0
-    server = EmbeddedRedis(data, port=args.port or previous_port(data))
-    try:
-        url = server.start()
-    except OSError as e:
-        if args.port:
-            print(f"crowdstream redis: --port {args.port}: {e}", file=sys.stderr)
-            return 1
-        server = EmbeddedRedis(data)  # the run's port is taken now: any free one
-        url = server.start()
-    lifeline = Lifeline(server.pid or 0, "cs-redis-watch")
+    # handlers first: a SIGTERM while the server starts must still stop it (not orphan it)
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _serve(run_dir, data, args.port, stop)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _serve(run_dir: Path, data: Path, port: int | None, stop: threading.Event) -> int:
+    """Start the server on ``data``, print how to connect, serve until ``stop``."""
+    from engines.redact import redact_url
+    from pipeline.process import Lifeline
+    from pipeline.redis_embedded import EmbeddedRedis, connect_hint, password_path, previous_port
+
+    server = EmbeddedRedis(data, port=port or previous_port(data))
+    try:
+        try:
+            url = server.start()
+        except OSError as e:
+            if port:
+                print(f"crowdstream redis: --port {port}: {e}", file=sys.stderr)
+                return 1
+            server = EmbeddedRedis(data)  # the run's port is taken now: any free one
+            url = server.start()
+    except RuntimeError as e:  # the server's own reason, from its log
+        print(f"crowdstream redis: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    lifeline = Lifeline(server.pid or 0, "cs-redis-watch")
     try:
         print(f"crowdstream redis: serving the data of {run_dir} at {redact_url(url)} (password "
               f"in {password_path(data)}); Ctrl-C to stop\n"
@@ -87,7 +98,5 @@ def main(args: argparse.Namespace) -> int:
                 return 1
         return 0
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         lifeline.release()
         server.stop()
