@@ -73,6 +73,18 @@ def _write(path: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def _load_error(exc: BaseException) -> str:
+    """torch.load's reason in one line: its weights-only refusals are a page of advice around
+    the one line that says what was wrong with the file."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().split("\n\n", 1)[0]
+        return "unpickling refused: " + " ".join(reason.split())
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def read_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
     """The raw payload of one of our checkpoints, validated (clear error for other files).
 
@@ -85,7 +97,8 @@ def read_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # pickle errors, truncated files, non-torch files
-        raise ValueError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+        raise ValueError(f"{path}: not a readable torch checkpoint ({_load_error(exc)})") \
+            from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         hint = ""
         if isinstance(payload, dict) and any(str(k).startswith("image_encoder.") for k in payload):

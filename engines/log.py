@@ -83,6 +83,21 @@ class StructLogger:
         self._emit(logging.ERROR, event, f)
 
 
+def error_line(e: BaseException, limit: int = 300) -> str:
+    """One line for an exception: ``Type: first line of the message`` (whitespace collapsed, at
+    most ``limit`` characters), for errors shown to an operator; the traceback goes to DEBUG.
+
+    Example::
+
+        error_line(ValueError("bad file\nmore detail"))   # 'ValueError: bad file'
+    """
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = " ".join(lines[0].split()) if lines else ""
+    if len(text) > limit:
+        text = text[:limit - 3].rstrip() + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def get_logger(name: str, **bound: Any) -> StructLogger:
     setup_logging()
     return StructLogger(name, **bound)

@@ -40,16 +40,26 @@ def models_dir() -> Path:
     return crowdstream_home() / "models"
 
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SAFE = re.compile(r"[^\w.-]+")  # letters and digits of any script stay
+SAFE_NAME_BYTES = 64  # UTF-8 bytes of a camera's part of a file name (limit: 255 per name)
+
+
+def cut_utf8(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` whose UTF-8 encoding fits ``max_bytes`` (never half a
+    character)."""
+    return text.encode()[:max_bytes].decode(errors="ignore")
 
 
 def safe_name(camera: str) -> str:
-    """A file-name-safe id for a camera: no separators, no leading dots, no spaces.
+    """A file-name-safe id for a camera: no separators, no leading dots, no spaces, no control
+    characters or symbols; letters and digits of any script kept, at most 64 UTF-8 bytes (cut at
+    a character boundary).
 
     Any id that had to change gets a short hash of the original appended, so two different ids
-    never map to the same name ("../x" -> "x-3f2a..."; "lobby 1" -> "lobby_1-..." ).
+    never map to the same name ("../x" -> "x-3f2a..."; "lobby 1" -> "lobby_1-..."; "大厅🎥" ->
+    "大厅-...").
     """
-    s = _SAFE.sub("_", camera).strip("._-")[:64]
+    s = cut_utf8(_SAFE.sub("_", camera).strip("._-"), SAFE_NAME_BYTES).strip("._-")
     if s == camera and s:
         return s
     return f"{s or 'camera'}-{hashlib.sha1(camera.encode()).hexdigest()[:8]}"

@@ -208,11 +208,12 @@ class AlertSink(Sink):
         self._emit(eng.step(result))
 
     def write_status(self, status: CameraStatus) -> None:
-        """A camera going offline or finishing ends its active alerts (reason camera_<state>)."""
+        """A camera going offline or finishing ends its active alerts (reason camera_<state>);
+        the run stopping it (``CameraStatus.stopped``) ends them with reason ``shutdown``."""
         eng = self.engines.get(status.camera)
         if eng is not None and status.state in ("offline", "finished"):
-            self._emit(eng.end_all(status.ts, f"camera_{status.state}",
-                                   self._last_frame.get(status.camera, 0)))
+            reason = "shutdown" if status.stopped else f"camera_{status.state}"
+            self._emit(eng.end_all(status.ts, reason, self._last_frame.get(status.camera, 0)))
 
     def reconfigure(self, camera: str, cam: CameraConfig, run_id: str | None = None) -> None:
         """New alert rules of one camera (live reload, see ``RuleEngine.replace_rules``)."""

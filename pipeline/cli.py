@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("pipeline.commands.config", "validate a config file or print its JSON Schema"),
     "watch": ("pipeline.commands.watch", "follow a camera's counts live from Redis"),
     "serve": ("pipeline.commands.serve", "the operator console and HTTP API (reads Redis)"),
+    "redis": ("pipeline.commands.redis", "serve a run's embedded Redis data again after the run"),
     "train": ("pipeline.commands.train", "train a CLIP-EBC model on a point-annotated dataset"),
     "eval": ("pipeline.commands.eval", "evaluate a checkpoint or engine on a dataset or video"),
     "export": ("pipeline.commands.export", "build an engine (ONNX / TensorRT) from a checkpoint"),

@@ -10,6 +10,7 @@ Example::
 
     from pipeline.client import CrowdClient
     c = CrowdClient.from_config("configs/demo.yaml")   # the run's redis.url or embedded server
+    # (after the run: crowdstream redis --run-dir runs/demo, then CrowdClient.from_run_dir)
     print(c.cameras(), c.latest("mall")["count"])
     for entry_id, msg in c.follow("mall", with_status=True):   # blocks; count.v1 / status.v1
         print(msg["schema"], msg.get("count"))
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
     from pipeline.config import AppConfig
 
 __all__ = ["TERMINAL_STATES", "CrowdClient", "Heatmap", "Picture", "ServerGone",
-           "decode_heatmap", "entry_order", "is_cluster", "run_redis_url", "url_from_config"]
+           "decode_heatmap", "entry_order", "is_cluster", "run_redis_url", "url_from_config",
+           "url_from_run_dir"]
 
 # camera states after which a camera publishes nothing more in this run
 TERMINAL_STATES = ("offline", "finished")
@@ -76,12 +78,25 @@ class ServerGone(ConnectionError):
 
 def run_redis_url(cfg: AppConfig) -> str | None:
     """The Redis URL a run publishes to: its ``redis.url``, else the URL of the run's embedded
-    server if one is running (under ``<run_dir>/redis``), else None."""
+    server if one is running (under ``<run_dir>/redis``; the URL carries the password from
+    ``<run_dir>/redis/password``), else None."""
     if cfg.redis.url:
         return cfg.redis.url
     from pipeline.redis_embedded import embedded_data_dir, find_running
 
     return find_running(embedded_data_dir(cfg))
+
+
+def url_from_run_dir(run_dir: str | Path) -> str:
+    """The URL (with its password) of the embedded server running on a run directory's data;
+    RuntimeError (one line) when there is none."""
+    from pipeline.redis_embedded import find_running
+
+    url = find_running(Path(run_dir) / "redis")
+    if url is None:
+        raise RuntimeError(f"no embedded Redis running on {Path(run_dir) / 'redis'} (start one "
+                           f"on the run's data with 'crowdstream redis --run-dir {run_dir}')")
+    return url
 
 
 def url_from_config(config_path: str | Path) -> str:
@@ -158,6 +173,13 @@ class CrowdClient:
         cfg = load_config(config_path)
         return cls(url_from_config(config_path), namespace=namespace or cfg.redis.namespace,
                    cluster=cfg.redis.cluster, **redis_kwargs)
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, namespace: str = "crowdstream",
+                     **redis_kwargs: Any) -> CrowdClient:
+        """A client for the embedded server running on ``run_dir``'s data (a run, or
+        ``crowdstream redis --run-dir`` after it ended): ``url_from_run_dir``."""
+        return cls(url_from_run_dir(run_dir), namespace=namespace, **redis_kwargs)
 
     def close(self) -> None:
         self.redis.close()

@@ -159,7 +159,9 @@ X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "me
 
 
 class RecordingConfig(ConfigModel):
-    """Overlay recording: H.264 MP4 segments with the heatmap drawn over the video."""
+    """Recording: H.264 MP4 segments of the camera, with the overlay (``pipeline.overlay``: a
+    header strip above the scene, the heatmap on a fixed colour scale with its legend, zones,
+    and a strip below it per alert rule) or clean (``overlay: false``)."""
 
     enabled: bool = Field(False, description="Record this camera's overlay video.")
     dir: PathStr | None = Field(None, description="Where segments go (default: "
@@ -170,8 +172,18 @@ class RecordingConfig(ConfigModel):
                                                      "total size (GB).")
     fps: float | None = Field(None, gt=0, description="At most this many recorded frames/s "
                                                       "(default: every counted frame).")
+    overlay: bool = Field(True, description="Draw the overlay (header and alert strips, "
+                                            "heatmap, zones); false: record the frames as they "
+                                            "are (clean).")
     heatmap_opacity: float = Field(0.45, ge=0, le=1, description="Heatmap opacity over the "
                                                                  "video, in [0, 1].")
+    heatmap_max_per_cell: float | None = Field(
+        None, gt=0, le=1000, description="Heatmap colour scale of an uncalibrated camera: people "
+                                         "per map cell drawn red (default: 0.25 per 8x8 frame "
+                                         "pixels, one person per 16x16).")
+    heatmap_max_m2: float = Field(4.0, gt=0, le=20, description="Heatmap colour scale of a "
+                                  "calibrated camera: people per m^2 drawn red (4: congested; 2 "
+                                  "busy, 5+ dangerous).")
     draw_density_m2: bool = Field(False, description="Label zones with people/m^2 (needs a "
                                                      "calibration).")
     max_width: int = Field(1280, ge=16, description="Frames wider than this are downscaled "

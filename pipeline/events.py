@@ -12,6 +12,9 @@ from typing import Literal
 
 CameraState = Literal["starting", "online", "reconnecting", "offline", "finished"]
 CAMERA_STATES: tuple[str, ...] = ("starting", "online", "reconnecting", "offline", "finished")
+# the reason of the last ``offline`` a camera reports when the run stops it (SIGINT / SIGTERM):
+# an operator's stop, not a failure (alerts end with reason "shutdown", the exit status stays 0)
+STOP_REASON = "stopped"
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,11 @@ class CameraStatus:
     def __post_init__(self) -> None:
         if self.state not in CAMERA_STATES:
             raise ValueError(f"camera state must be one of {CAMERA_STATES}, got {self.state!r}")
+
+    @property
+    def stopped(self) -> bool:
+        """The run stopped this camera (``offline`` with ``STOP_REASON``), not a failure."""
+        return self.state == "offline" and self.reason == STOP_REASON
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from engines.video import (
     truncation,
 )
 from pipeline.config import CameraConfig
-from pipeline.events import CameraState, CameraStatus
+from pipeline.events import STOP_REASON, CameraState, CameraStatus
 from pipeline.frame_convert import BgrWriter
 from pipeline.process import StopFlag
 from pipeline.shm import FrameMeta, FrameRing, FrameRingHandle
@@ -107,7 +107,8 @@ class Ingest:
         if state == self.state:
             return
         self.state, self.reason = state, reason
-        log = self.log.warning if state in ("reconnecting", "offline") else self.log.info
+        trouble = state == "reconnecting" or (state == "offline" and reason != STOP_REASON)
+        log = self.log.warning if trouble else self.log.info
         log("state", state=state, reason=reason, frames=self.frames_out)
         self.emit(CameraStatus(self.camera, state, reason, time.time()))
 
@@ -160,8 +161,8 @@ class Ingest:
                 # "loop": reopen the file at once
         except _Stopped:
             pass
-        self._end("stopped")
-        self.set_state("offline", "stopped")
+        self._end(STOP_REASON)
+        self.set_state("offline", STOP_REASON)  # the run's stop: not a failure
 
     def _give_up(self, reason: str) -> None:
         self.set_state("offline", reason)
@@ -345,7 +346,6 @@ def run_ingest(camera: str, cfg: CameraConfig, ring: FrameRing | FrameRingHandle
     except Exception as e:
         # an unexpected error still leaves its reason behind; the ring is NOT ended, so the
         # supervisor sees a crash and restarts this process with its backoff
-        ing.log.error("crashed", error=repr(e))
         ing.set_state("offline", f"ingest crashed: {type(e).__name__}: {e}")
         raise
     finally:

@@ -1,7 +1,8 @@
-"""Everything downstream of a count, as sinks for the post stage: zones -> alerts -> Redis ->
-recording -> live values (in that order: zone counts feed the alerts, alert events go out
-through Redis and the webhook, the recorder draws zones and active alerts, and the live values
-for the metrics are those of the finished frame).
+"""Everything downstream of a count, as sinks for the post stage: zones -> alerts -> [JSON lines]
+-> Redis -> recording -> live values (in that order: zone counts feed the alerts, alert events go
+out through Redis and the webhook, the JSON line of a frame is written before its message is
+queued for Redis, the recorder draws zones and active alerts, and the live values for the
+metrics are those of the finished frame).
 
 Example::
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from pipeline.alerts import AlertSink, WebhookNotifier
 from pipeline.config import AppConfig
-from pipeline.results import Sink
+from pipeline.results import OutputTally, Sink
 from pipeline.shm import FrameRingHandle, ValueBoardHandle
 from pipeline.zones import ZoneSink
 
@@ -25,15 +26,20 @@ __all__ = ["apply_camera_settings", "build_output_sinks"]
 def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
                        run_id: str | None = None,
                        recorder_rings: dict[str, FrameRingHandle] | None = None,
-                       values: ValueBoardHandle | None = None) -> list[Sink]:
-    """The output sinks this config asks for, in call order (zones, alerts, Redis, recording,
-    live values). ``redis_url``: where the Redis sink publishes (default ``redis.url``);
-    ``recorder_rings``: camera -> the recorder process's ring (from the supervisor); ``values``:
-    the run's value board, where the post stage leaves its live values for the metrics.
+                       values: ValueBoardHandle | None = None,
+                       tally: OutputTally | None = None,
+                       jsonl: Sink | None = None) -> list[Sink]:
+    """The output sinks this config asks for, in call order (zones, alerts, ``jsonl`` when
+    given, Redis, recording, live values). ``redis_url``: where the Redis sink publishes (default
+    ``redis.url``); ``recorder_rings``: camera -> the recorder process's ring (from the
+    supervisor); ``values``: the run's value board, where the post stage leaves its live values
+    for the metrics.
 
     Redis publishes to ``redis_url`` (the supervisor passes its embedded server's), else to
     ``redis.url``; neither is an error naming ``redis.url`` (no sink starts a server).
-    ``run_id`` (when given) goes into every count, status and alert envelope. The config was
+    ``run_id`` (when given) goes into every count, status and alert envelope. ``tally`` (the post
+    stage's ``OutputTally``) accounts for every message queued / delivered and every frame not
+    recorded. The config was
     checked whole when loaded (alert zones exist, m^2 has a calibration).
     """
     cams = cfg.cameras
@@ -43,7 +49,8 @@ def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
         from pipeline.sinks.redis_sink import RedisSink
 
         redis_sink = RedisSink(cfg.redis, redis_url or cfg.redis.url,
-                               drain_timeout_s=cfg.runtime.drain_timeout_s, run_id=run_id)
+                               drain_timeout_s=cfg.runtime.drain_timeout_s, run_id=run_id,
+                               tally=tally)
     alerts = None
     if any(c.alerts for c in cams.values()):
         webhook = WebhookNotifier(cfg.webhook) if cfg.webhook is not None else None
@@ -54,13 +61,14 @@ def build_output_sinks(cfg: AppConfig, *, redis_url: str | None = None,
         from pipeline.sinks.recorder import RecordingSink
 
         recorder = RecordingSink(cams, rings=recorder_rings,
-                                 active_alerts=alerts.active if alerts is not None else None)
+                                 active_alerts=alerts.active if alerts is not None else None,
+                                 tally=tally)
     live = None
     if values is not None:
         from pipeline.sinks.live_values import LiveValuesSink
 
         live = LiveValuesSink(values, active_alerts=alerts.active if alerts is not None else None)
-    return [s for s in (zones, alerts, redis_sink, recorder, live) if s is not None]
+    return [s for s in (zones, alerts, jsonl, redis_sink, recorder, live) if s is not None]
 
 
 def apply_camera_settings(sinks: list[Sink], cfg: AppConfig, camera: str,

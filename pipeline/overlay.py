@@ -25,6 +25,10 @@ import numpy as np
 from engines.draw import blend, colorize, draw_text, legend, measure_text, text_scale
 
 DEFAULT_MAX_M2 = 4.0  # p/m²: congested (2 busy, 5+ dangerous)
+# people per 8x8 frame pixels drawn red when a camera is not calibrated: one person per 16x16
+# pixels, heads touching at a distance. (0.5 left the Mall demo's groups all but invisible: its
+# people are 0.05-0.5 per 16-pixel cell, 1.5 at the far end.)
+DEFAULT_MAX_PER_8PX = 0.25
 ALERT_BGR = {"info": (160, 110, 20), "warning": (0, 140, 230), "critical": (0, 0, 210)}
 
 
@@ -66,7 +70,7 @@ class OverlayView:
     cell_pixels: float = 8.0
     opacity: float = 0.45
     max_m2: float = DEFAULT_MAX_M2
-    max_per_cell: float | None = None  # default: 0.5 people per 8x8 px of the frame
+    max_per_cell: float | None = None  # default: DEFAULT_MAX_PER_8PX per 8x8 px of the frame
     model: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -74,13 +78,16 @@ class OverlayView:
         """(values to colour, value drawn red, unit)."""
         if self.density_m2_cells is not None:
             return self.density_m2_cells, self.max_m2, "p/m2"
-        vmax = self.max_per_cell or 0.5 * (self.cell_pixels / 8.0) ** 2
+        vmax = self.max_per_cell or DEFAULT_MAX_PER_8PX * (self.cell_pixels / 8.0) ** 2
         return self.density, vmax, "p/cell"
 
 
-def render_overlay(frame_bgr: np.ndarray, view: OverlayView) -> np.ndarray:
-    """A new BGR image: header strip, the frame with heatmap + zones (+ legend), alert strip.
-    Height and width stay even (H.264 needs it)."""
+def render_overlay(frame_bgr: np.ndarray, view: OverlayView, *, alert_rows: int = 0
+                   ) -> np.ndarray:
+    """A new BGR image: header strip, the frame with heatmap + zones (+ legend), alert strips.
+    Height and width stay even (H.264 needs it). ``alert_rows`` > 0 keeps room for exactly that
+    many alert strips (empty ones black), so a recording's picture size does not change when an
+    alert starts or ends."""
     h, w = frame_bgr.shape[:2]
     scale = text_scale(w)
     scene = np.ascontiguousarray(frame_bgr[..., :3]).copy()
@@ -93,6 +100,9 @@ def render_overlay(frame_bgr: np.ndarray, view: OverlayView) -> np.ndarray:
         _draw_zone(scene, z, scale)
     header = _header(view, w, scale)
     banners = [_banner(a, w, scale) for a in view.alerts]
+    if alert_rows > 0:
+        banners = banners[:alert_rows]
+        banners += [_strip(w, scale, (0, 0, 0)) for _ in range(alert_rows - len(banners))]
     out = np.concatenate([header, scene, *banners], axis=0)
     if out.shape[0] % 2:
         out = np.concatenate([out, np.zeros((1, w, 3), np.uint8)], axis=0)
@@ -106,13 +116,28 @@ def _strip(width: int, scale: float, colour: tuple[int, int, int]) -> np.ndarray
     return strip
 
 
+MIN_TEXT_SCALE = 0.3
+
+
+def _fit_text(text: str, width: int, scale: float) -> tuple[str, float]:
+    """``text`` and a scale at which it fits ``width`` pixels: smaller down to MIN_TEXT_SCALE,
+    then cut with "..." (a narrow frame must not lose the end of an alert line off its edge)."""
+    room = width - 12
+    while measure_text(text, scale).width > room and scale > MIN_TEXT_SCALE:
+        scale = max(MIN_TEXT_SCALE, scale * 0.9)
+    while len(text) > 4 and measure_text(text, scale).width > room:
+        text = text[:-4].rstrip() + "..."
+    return text, scale
+
+
 def _header(view: OverlayView, width: int, scale: float) -> np.ndarray:
     strip = _strip(width, scale, (0, 0, 0))
     text = f"{view.camera}  count {view.count:.1f}"
     if view.density_m2 is not None:
         text += f"  {view.density_m2:.2f} p/m2"
     text += "  " + time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(view.ts)) + "Z"
-    draw_text(strip, text, (6, strip.shape[0] - 8), scale=scale, outline=None)
+    text, size = _fit_text(text, width, scale)
+    draw_text(strip, text, (6, strip.shape[0] - 8), scale=size, outline=None)
     if view.model:
         m = measure_text(view.model, scale * 0.8)
         if m.width + 20 < width // 3:
@@ -124,9 +149,12 @@ def _header(view: OverlayView, width: int, scale: float) -> np.ndarray:
 def _banner(alert: AlertView, width: int, scale: float) -> np.ndarray:
     strip = _strip(width, scale, ALERT_BGR.get(alert.severity, ALERT_BGR["warning"]))
     where = f" zone {alert.zone}" if alert.zone else ""
-    text = (f"ALERT {alert.severity}: {alert.rule}{where}  {alert.metric} {alert.value:.2f} "
+    # a count as the zone labels show it (one decimal); densities need two
+    value = f"{alert.value:.1f}" if alert.metric == "count" else f"{alert.value:.2f}"
+    text = (f"ALERT {alert.severity}: {alert.rule}{where}  {alert.metric} {value} "
             f"(threshold {alert.threshold:g})")
-    draw_text(strip, text, (6, strip.shape[0] - 8), scale=scale, outline=None)
+    text, size = _fit_text(text, width, scale)
+    draw_text(strip, text, (6, strip.shape[0] - 8), scale=size, outline=None)
     return strip
 
 

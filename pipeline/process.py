@@ -7,6 +7,8 @@ Every process the supervisor spawns (ingest, tile, inference, post, recorder) st
 * ignores SIGINT: Ctrl-C in a terminal reaches the whole process group, and the supervisor
   decides how the run stops (drain, then stop flags);
 * sets up logging;
+* reports a failure of the target as ONE line at ERROR (stage, camera, exception type and the
+  first line of its message), the traceback only at DEBUG, and exits with status 1;
 * watches its parent: when the supervisor is gone (even SIGKILLed), it sets the child's
   ``StopFlag`` so the child finishes cleanly, and exits after ``ORPHAN_GRACE_S`` at the latest.
 
@@ -31,6 +33,7 @@ import signal
 import subprocess
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -83,7 +86,8 @@ class ChildSpec:
 
     ``name``: the stage (``tile``, ``ingest-lobby``); the process is called ``cs-<name>``.
     ``target``: ``"module:function"``, imported in the child only (the supervisor never imports
-    torch). ``stop``: the flag the parent watch sets when the supervisor is gone.
+    torch). ``stop``: the flag the parent watch sets when the supervisor is gone. ``camera``: the
+    camera a per-camera child serves (named in its failure line).
     """
 
     name: str
@@ -93,18 +97,25 @@ class ChildSpec:
     parent_pid: int = 0
     # the parent's registered secrets (engines.redact), masked in the child's output too
     secrets: tuple[str, ...] = ()
+    camera: str | None = None
 
     @property
     def process_name(self) -> str:
         return f"cs-{self.name}"
+
+    @property
+    def stage(self) -> str:
+        """The stage without the camera (``ingest`` for ``ingest-lobby``)."""
+        suffix = f"-{self.camera}"
+        return self.name[:-len(suffix)] if self.camera and self.name.endswith(suffix) \
+            else self.name
 
 
 def spawn_child(ctx: Any, spec: ChildSpec, *args: Any) -> BaseProcess:
     """Start ``spec.target(*args)`` in a new process through ``child_main`` (not a daemon: it
     must be able to start processes of its own, and the supervisor joins it)."""
     if not spec.parent_pid:
-        spec = ChildSpec(spec.name, spec.target, spec.stop, spec.log_level, os.getpid(),
-                         spec.secrets)
+        spec = dataclasses.replace(spec, parent_pid=os.getpid())
     if not spec.secrets:
         spec = dataclasses.replace(spec, secrets=tuple(sorted(registered_secrets())))
     proc = ctx.Process(target=child_main, args=(spec, *args), name=spec.process_name,
@@ -125,7 +136,24 @@ def child_main(spec: ChildSpec, *args: Any) -> None:
     setup_logging(spec.log_level)
     watch_parent(spec.parent_pid, spec.stop)
     module, _, func = spec.target.partition(":")
-    getattr(importlib.import_module(module), func)(*args)
+    try:
+        getattr(importlib.import_module(module), func)(*args)
+    except Exception as e:  # noqa: BLE001 - reported as one line; the supervisor restarts us
+        report_failure(spec, e)
+        raise SystemExit(1) from None
+
+
+def report_failure(spec: ChildSpec, e: BaseException) -> None:
+    """The one line a failed child leaves at ERROR (its traceback only at DEBUG)."""
+    import logging
+
+    from engines.log import error_line, get_logger
+
+    fields = {"camera": spec.camera} if spec.camera else {}
+    log = get_logger(spec.stage, **fields)
+    log.error("failed", stage=spec.stage, error=error_line(e))
+    logging.getLogger(f"crowdstream.{spec.stage}").debug(
+        "traceback:\n%s", "".join(traceback.format_exception(e)).rstrip())
 
 
 def watch_parent(parent_pid: int, stop: StopFlag) -> threading.Thread:
@@ -149,9 +177,11 @@ def watch_parent(parent_pid: int, stop: StopFlag) -> threading.Thread:
 def set_process_name(name: str) -> None:
     """Name this process for ``ps -o comm`` / ``top`` (Linux: 15 chars of /proc/self/comm), so
     a stage can be told from its siblings (spawned children share one command line)."""
+    # 15 bytes, cut at a character boundary (a camera name may be in any script)
+    short = name.encode()[:15].decode(errors="ignore")
     try:
         with open("/proc/self/comm", "w") as f:
-            f.write(name[:15])
+            f.write(short)
     except OSError:
         pass  # not Linux: names are a convenience only
 
@@ -248,4 +278,4 @@ class Lifeline:
 
 
 __all__ = ["ChildSpec", "Lifeline", "RestartPolicy", "RestartState", "StopFlag", "child_main",
-           "set_process_name", "spawn_child", "watch_parent"]
+           "report_failure", "set_process_name", "spawn_child", "watch_parent"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -93,3 +94,22 @@ class Sink(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Flush and release; called once, also after a failed ``open`` of a later sink."""
+
+
+class OutputTally(Protocol):
+    """Where output sinks account for every message and frame they could lose, per camera (the
+    post stage's is its cameras' shared-memory ``FrameCounters``, which the supervisor sums up
+    in the run's summary line and exit status).
+
+    Example::
+
+        tally.queued("lobby")      # a message entered the Redis outage buffer (post thread)
+        tally.delivered("lobby")   # the server confirmed it (publisher thread)
+        tally.unrecorded("lobby")  # the recorder was behind: a frame not recorded
+    """
+
+    def queued(self, camera: str) -> None: ...
+
+    def delivered(self, camera: str) -> None: ...
+
+    def unrecorded(self, camera: str) -> None: ...

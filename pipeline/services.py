@@ -1,6 +1,9 @@
 """Services of a run: servers the supervisor starts before the stages, watches, restarts and stops
 last. Today one: the embedded Redis-compatible server used when no ``redis.url`` is configured.
 
+The embedded Redis requires a password, generated for every run into ``<data_dir>/password``
+(mode 0600) and kept across its restarts; the URL it returns carries it.
+
 A service looks like a child process to the supervisor's watch loop (``is_alive``, ``exitcode``,
 ``pid``) and is restarted with the same ``RestartPolicy``; ``start`` is also its restart.
 
@@ -18,8 +21,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from engines.log import get_logger
+from engines.redact import redact_url
 from pipeline.process import Lifeline
-from pipeline.redis_embedded import EmbeddedRedis, ensure_embedded
+from pipeline.redis_embedded import (
+    EmbeddedRedis,
+    find_running,
+    new_password,
+    password_path,
+    previous_port,
+)
 
 
 class ServiceError(RuntimeError):
@@ -44,25 +54,40 @@ class RedisService:
         self._server: EmbeddedRedis | None = None
         self._lifeline: Lifeline | None = None
         self.url: str | None = None
+        self.password: str | None = None  # generated per run, kept across restarts
+
+    @property
+    def password_file(self) -> Path:
+        return password_path(self.data_dir)
 
     def start(self) -> str:
-        """Start the server (or start it again after it died); returns its URL."""
+        """Start the server (or start it again after it died); returns its URL (with the run's
+        password)."""
         self._release()
         if self._server is None:
-            url, server = ensure_embedded(self.data_dir, self.port, announce=False)
-            if server is None:
+            running = find_running(self.data_dir)
+            if running is not None:
                 raise ServiceError(
-                    f"an embedded Redis for {self.data_dir} is already running at {url}: another "
-                    f"'crowdstream run' uses this run_dir; stop it or set another run_dir")
+                    f"an embedded Redis for {self.data_dir} is already running at "
+                    f"{redact_url(running)}: another 'crowdstream run' or 'crowdstream redis' "
+                    f"uses this run_dir; stop it or set another run_dir")
+            self.password = new_password(self.data_dir)  # a new run, a new password
+            server = EmbeddedRedis(self.data_dir, self.port or previous_port(self.data_dir),
+                                   password=self.password)
+            try:
+                url = server.start()
+            except OSError:  # the previous (or configured) port is taken by something else
+                server = EmbeddedRedis(self.data_dir, password=self.password)
+                url = server.start()
         else:
-            server = EmbeddedRedis(self.data_dir, port=self._server.port)
+            server = EmbeddedRedis(self.data_dir, port=self._server.port, password=self.password)
             try:
                 url = server.start()
             except OSError as e:  # our port was taken while the server was down
-                server = EmbeddedRedis(self.data_dir)
+                server = EmbeddedRedis(self.data_dir, password=self.password)
                 url = server.start()
                 self.log.error("restarted on another port: publishers still use the old URL",
-                               old=self.url, url=url, error=str(e))
+                               old=redact_url(self.url or ""), url=redact_url(url), error=str(e))
         assert server.pid is not None
         self._server = server
         self._lifeline = Lifeline(server.pid, "cs-redis-watch")

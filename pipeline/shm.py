@@ -38,6 +38,7 @@ run prefix (``run_prefix()``) and unlinks them all at the end; nothing of a run 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 import multiprocessing as mp
 import os
@@ -49,6 +50,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from engines.paths import cut_utf8
 from pipeline.events import CameraStatus, EndOfStream
 
 __all__ = [
@@ -107,8 +109,28 @@ def check_shm_space(need_bytes: int, what: str = "this run") -> None:
             f"runtime.max_frame_width/height, or enlarge /dev/shm (docker run --shm-size=...)")
 
 
+NAME_BYTES = 96  # a camera name's room in a frame record (UTF-8)
+
+
+def fit_name(name: str, max_bytes: int = NAME_BYTES) -> str:
+    """``name`` as a fixed-size record holds it: unchanged when its UTF-8 fits ``max_bytes``,
+    else cut at a character boundary with ``~`` and 8 hex digits of its SHA-1 appended (two
+    long names never collide; a consumer maps it back with the ring's ``camera``).
+
+    Example::
+
+        fit_name("lobby") == "lobby"
+        len(fit_name("大厅" * 40).encode()) <= 96     # '大厅大厅...~3f2a9c01'
+    """
+    data = name.encode()
+    if len(data) <= max_bytes:
+        return name
+    tag = "~" + hashlib.sha1(data).hexdigest()[:8]
+    return cut_utf8(name, max_bytes - len(tag)) + tag
+
+
 _FRAME_META = np.dtype([
-    ("camera", "S96"), ("frame_index", "<i8"), ("pts", "<f8"), ("capture_ts", "<f8"),
+    ("camera", f"S{NAME_BYTES}"), ("frame_index", "<i8"), ("pts", "<f8"), ("capture_ts", "<f8"),
     ("height", "<i4"), ("width", "<i4"), ("aux_len", "<i8"),
 ])
 
@@ -118,6 +140,8 @@ _COUNTERS = np.dtype([
     ("seq", "<i8"), ("tiled", "<i8"), ("emitted", "<i8"), ("lost", "<i8"), ("eos_seen", "<i8"),
     ("last_index", "<i8"), ("lat_n", "<i8"), ("lat_sum", "<f8"), ("first_capture_ts", "<f8"),
     ("last_result_ts", "<f8"),
+    # the post process's outputs: messages queued for / delivered to Redis, frames not recorded
+    ("out_queued", "<i8"), ("out_delivered", "<i8"), ("unrecorded", "<i8"),
 ])
 
 _TILE_DESC = np.dtype([
@@ -252,10 +276,14 @@ class FrameCounters:
     survives a stage restart: the sequence number the tile stage gives each frame, how many frames
     were tiled, emitted (counted) and lost, the last counted frame index, recent capture->result
     latencies with a histogram of all of them (``LATENCY_BUCKETS``), the capture time of the
-    first counted frame and the time of the last result (the camera's counting rate), and whether
-    the tile stage has seen the end of the stream. Each field has one writer (tile: seq, tiled,
-    eos_seen; post: emitted, last_index, latencies; lost: post, or the supervisor while the
-    readers are stopped), so no lock is needed.
+    first counted frame and the time of the last result (the camera's counting rate), whether
+    the tile stage has seen the end of the stream, and what became of the counted frames'
+    outputs: messages queued for Redis and delivered to it (``queued - delivered`` were never
+    published: evicted from the outage buffer, unsent at close, lost with a killed post process,
+    refused) and frames the recorder skipped. Each field has one writer (tile: seq, tiled,
+    eos_seen; post: emitted, last_index, latencies, out_queued, unrecorded; post's publisher
+    thread: out_delivered; lost: post, or the supervisor while the readers are stopped), so no
+    lock is needed; a restarted process adds to what its predecessor left.
 
     Example::
 
@@ -314,6 +342,16 @@ class FrameCounters:
         """Frames that will never be counted (incomplete tiles, readers killed holding them)."""
         self._add("lost", n)
 
+    def record_output(self, queued: int = 0, delivered: int = 0, unrecorded: int = 0) -> None:
+        """Post process: messages queued for / delivered to Redis, frames the recorder skipped
+        (each argument from one thread only: see the class docstring)."""
+        if queued:
+            self._add("out_queued", queued)
+        if delivered:
+            self._add("out_delivered", delivered)
+        if unrecorded:
+            self._add("unrecorded", unrecorded)
+
     def latency_samples(self) -> np.ndarray:
         n = min(int(self._rec[0]["lat_n"]), LATENCY_SAMPLES)
         return self._lat[:n].copy()
@@ -333,7 +371,8 @@ class FrameCounters:
 
     def stats(self) -> dict[str, int]:
         r = self._rec[0]
-        return {k: int(r[k]) for k in ("tiled", "emitted", "lost", "eos_seen", "last_index")}
+        return {k: int(r[k]) for k in ("tiled", "emitted", "lost", "eos_seen", "last_index",
+                                        "out_queued", "out_delivered", "unrecorded")}
 
     def close(self) -> None:
         self._rec = self._lat = self._hist = None  # type: ignore[assignment]
@@ -352,6 +391,7 @@ class FrameRingHandle:
     lock: Any
     sems: tuple[Any, ...]
     aux_bytes: int = 0
+    camera: str = ""  # the camera whose frames it carries: records hold fit_name(camera)
 
 
 class FrameRing:
@@ -365,6 +405,7 @@ class FrameRing:
         self.slot_bytes = handle.max_height * handle.max_width * 3
         self._stride = _align(self.slot_bytes) + _align(handle.aux_bytes)
         self.counters = FrameCounters(q.extra)
+        self._fitted = fit_name(handle.camera)
 
     @staticmethod
     def nbytes(slots: int, max_height: int, max_width: int, aux_bytes: int = 0) -> int:
@@ -374,9 +415,10 @@ class FrameRing:
 
     @classmethod
     def create(cls, name: str, slots: int, max_height: int, max_width: int,
-               policy: Policy, aux_bytes: int = 0) -> FrameRing:
+               policy: Policy, aux_bytes: int = 0, camera: str = "") -> FrameRing:
         """Create (and own) a ring; raises ``ShmSpaceError`` when /dev/shm cannot hold it.
-        ``aux_bytes``: room for a byte blob beside each frame (``commit(..., aux=...)``)."""
+        ``aux_bytes``: room for a byte blob beside each frame (``commit(..., aux=...)``);
+        ``camera``: the camera it carries (``get`` gives its full name back, however long)."""
         if slots < 2:
             raise ValueError(f"a frame ring needs at least 2 slots, got {slots}")
         if policy not in ("lossless", "latest"):
@@ -388,7 +430,7 @@ class FrameRing:
         shm = _create_segment(name, size, f"frame ring {name!r} ({slots} slots of "
                                           f"{max_width}x{max_height})")
         handle = FrameRingHandle(name, slots, max_height, max_width, policy, ctx.Lock(),
-                                 (ctx.Semaphore(0), ctx.Semaphore(0)), aux_bytes)
+                                 (ctx.Semaphore(0), ctx.Semaphore(0)), aux_bytes, camera)
         q = _Queues(shm, True, slots, 2, _FRAME_META, FrameCounters.NBYTES, handle.lock,
                     handle.sems)
         q.hdr[:] = 0
@@ -514,7 +556,7 @@ class FrameRing:
             self._aux_view(slot, len(aux))[:] = np.frombuffer(aux, np.uint8)
         m = q.meta[slot]
         m["aux_len"] = len(aux)
-        m["camera"] = meta.camera.encode()[:96]
+        m["camera"] = fit_name(meta.camera).encode()
         m["frame_index"] = meta.frame_index
         m["pts"] = math.nan if meta.pts is None else meta.pts
         m["capture_ts"] = meta.capture_ts
@@ -546,7 +588,7 @@ class FrameRing:
     def put_end(self, reason: str = "finished") -> None:
         """Mark the end of the stream; readers see ``EndOfStream`` after every queued frame."""
         q = self._q
-        data = reason.encode()[:_REASON_BYTES - 1]
+        data = cut_utf8(reason, _REASON_BYTES - 1).encode()
         with q.lock:
             if q.hdr[H_END]:
                 return
@@ -574,9 +616,15 @@ class FrameRing:
             m = q.meta[slot].copy()
         h, w = int(m["height"]), int(m["width"])
         pts = float(m["pts"])
-        meta = FrameMeta(m["camera"].decode(), int(m["frame_index"]),
+        meta = FrameMeta(self._camera_of(m["camera"]), int(m["frame_index"]),
                          None if math.isnan(pts) else pts, float(m["capture_ts"]), h, w)
         return slot, meta, self._view(slot, h, w)
+
+    def _camera_of(self, record: bytes) -> str:
+        """The real camera name of a frame record (``fit_name`` cut a long one)."""
+        name = record.decode(errors="replace")
+        cam = self._h.camera
+        return cam if cam and name == self._fitted else name
 
     def frame(self, slot: int) -> np.ndarray:
         """Zero-copy view of a slot's frame (for a later stage that was handed the slot number)."""
@@ -1000,8 +1048,9 @@ class RunSegments:
         return name
 
     def frame_ring(self, role: str, slots: int, max_height: int, max_width: int,
-                   policy: Policy, aux_bytes: int = 0) -> FrameRing:
-        ring = FrameRing.create(self._name(role), slots, max_height, max_width, policy, aux_bytes)
+                   policy: Policy, aux_bytes: int = 0, camera: str = "") -> FrameRing:
+        ring = FrameRing.create(self._name(role), slots, max_height, max_width, policy, aux_bytes,
+                                camera)
         self._owned.append(ring)
         return ring
 

@@ -60,7 +60,7 @@ from engines.video import probe_video, redact_url
 from engines.yamlconfig import ConfigError
 from pipeline.config import AppConfig, CameraConfig
 from pipeline.console import RunConsole
-from pipeline.events import CameraStatus
+from pipeline.events import STOP_REASON, CameraStatus
 from pipeline.metrics import PipelineMetrics, Snapshot, throughput
 from pipeline.process import ChildSpec, RestartPolicy, RestartState, StopFlag, spawn_child
 from pipeline.redis_embedded import connect_hint, embedded_data_dir
@@ -80,8 +80,48 @@ RECORDER_STOP_S = 30.0  # the recorder encodes what is queued and closes its seg
 CHAIN = ("tile", "inference", "post")
 
 
+# exit codes of a run (README "Exit status")
+EXIT_OK = 0  # every source finished, or an operator stopped (SIGINT/SIGTERM) a healthy run
+EXIT_OFFLINE = 1  # a camera ended offline (bad file, max_attempts...); or the run failed to start
+EXIT_CONFIG = 2  # a configuration error, a model or engine that cannot be loaded included
+EXIT_DATA_LOST = 3  # frames lost or abandoned, or messages never published (see the summary)
+
+
 class PipelineError(RuntimeError):
     """The pipeline could not start or keep running; the message says why."""
+
+
+@dataclass(frozen=True)
+class CameraTally:
+    """What became of one camera's frames, for the run's summary line and exit status.
+
+    ``dropped`` (the ``latest`` policy skipping stale frames of a live camera) and
+    ``unrecorded`` (the recorder behind, or restarting) are by design and are reported; ``lost``
+    (frames a crashed stage held), ``abandoned`` (frames still queued when a stop's drain timed
+    out) and ``unpublished`` (messages evicted from the Redis outage buffer, unsent at close,
+    lost with a killed post process or refused) are data lost.
+    """
+
+    counted: int = 0
+    dropped: int = 0
+    lost: int = 0
+    abandoned: int = 0
+    unpublished: int = 0
+    unrecorded: int = 0
+
+    @property
+    def data_lost(self) -> bool:
+        return bool(self.lost or self.abandoned or self.unpublished)
+
+    def describe(self, redis: bool, recording: bool) -> str:
+        text = f"{self.counted} counted, {self.dropped} dropped, {self.lost} lost"
+        if self.abandoned:
+            text += f", {self.abandoned} abandoned"
+        if redis:
+            text += f", {self.unpublished} unpublished"
+        if recording:
+            text += f", {self.unrecorded} not recorded"
+        return text
 
 
 @dataclass
@@ -144,6 +184,7 @@ class Supervisor:
         self.engine: dict[str, Any] = {}
         self.exit_reason = ""
         self.last_snapshot: Snapshot | None = None
+        self.tallies: dict[str, CameraTally] = {}  # per camera, taken at shutdown
         self._signal: int | None = None
         self.out = RunConsole(stream=self.status_stream, status=self.console,
                               every_s=self.cfg.metrics.status_every_s)
@@ -165,17 +206,20 @@ class Supervisor:
 
     # ================================================================== run
     def run(self) -> int:
-        """Start, supervise until the sources end or SIGINT/SIGTERM, clean up. Exit code: 0 when
-        every source finished (or a signal stopped a clean drain), 1 when a camera ended offline,
-        2 for configuration errors (raised as ``ConfigError``)."""
+        """Start, supervise until the sources end or SIGINT/SIGTERM, clean up, then print the
+        summary line. Exit code (``EXIT_*``): 0 when every source finished or an operator stopped
+        a healthy run, 1 when a camera ended offline (also when the run was stopped after that),
+        3 when data was lost (frames lost, messages never published), 2 for configuration errors
+        (raised as ``ConfigError``, a model that cannot be loaded included)."""
         self.out.start()  # before any child: their output scrolls above the status
         try:
             with self._signals():
                 try:
                     self._startup()
-                    return self._watch()
+                    self._watch()
                 finally:
                     self._shutdown()
+            return self._finish()
         finally:
             self.out.close()
 
@@ -277,7 +321,7 @@ class Supervisor:
         check_shm_space(need, f"{len(self.cams)} camera ring(s) of {rt.frame_slots} slots")
         for i, c in enumerate(self.cams):
             c.ring = self.segments.frame_ring(f"r{i}", rt.frame_slots, c.height, c.width,
-                                              c.cfg.effective_policy)
+                                              c.cfg.effective_policy, camera=c.name)
             self.log.info("ring", camera=c.name, ring=f"{rt.frame_slots}x{c.width}x{c.height}")
 
     def _start_services(self) -> None:
@@ -292,8 +336,10 @@ class Supervisor:
                 raise PipelineError(f"cannot start the embedded Redis: {e}") from None
             self._add_child("redis", self.redis)
             self.log.info("spawned", stage="redis", pid=self.redis.pid)
-            self.out.note(f"embedded Redis at {self.redis_url} (data in {self.redis.data_dir}); "
-                          f"connect with: {connect_hint(self.redis_url)}")
+            self.out.note(f"embedded Redis at {redact_url(self.redis_url)} (data in "
+                          f"{self.redis.data_dir}, password in {self.redis.password_file}); "
+                          f"connect with: "
+                          f"{connect_hint(self.redis_url, self.redis.password_file)}")
         if self.redis_url:
             self._start_control(self.redis_url)
         if cfg.runtime.resume and cfg.redis.enabled and self.cams:
@@ -360,10 +406,22 @@ class Supervisor:
                                         f"{p.proc.exitcode} while loading the engine") from None
                 continue
             if "error" in info:
-                raise PipelineError(f"cannot load the model ({self.choice.label}): "
-                                    f"{info['error']}")
+                raise ConfigError(self.cfg.source_file, self._model_key(),
+                                  f"cannot load the model ({self.choice.label}): "
+                                  f"{info['error']}")
             return dict(info)
         raise PipelineError(f"the engine did not load within {ENGINE_LOAD_TIMEOUT_S:.0f} s")
+
+    def _model_key(self) -> str:
+        """The config key that chose the model (named when it cannot be loaded)."""
+        m = self.cfg.model
+        if self.choice.random_init:
+            return "model.random_init"
+        return "model.name" if m.name else "model.engine" if m.engine else "model.checkpoint"
+
+    @property
+    def recorded(self) -> set[str]:
+        return {c.name for c in self.cams if c.cfg.recording.enabled}
 
     def _start_stages(self) -> None:
         recorded = {c.name: (c.height, c.width) for c in self.cams if c.cfg.recording.enabled}
@@ -419,7 +477,7 @@ class Supervisor:
             reader.start()
             self.readers.append(reader)
             return (ChildSpec(f"ingest-{cam.name}", "pipeline.ingest:run_ingest",
-                              self.stop_ingest, lvl),
+                              self.stop_ingest, lvl, camera=cam.name),
                     (cam.name, cam.cfg, cam.ring.handle(), events, self.stop_ingest,
                      cam.published_index))
         if child.stage == "recorder":
@@ -439,8 +497,8 @@ class Supervisor:
         return spec, (self._stage_args(),)
 
     # ================================================================== watching
-    def _watch(self) -> int:
-        """Poll until the sources end (files) or a signal's drain is done; returns the exit code."""
+    def _watch(self) -> None:
+        """Poll until the sources end (files) or a signal's drain is done (``exit_reason``)."""
         drain_from: float | None = None
         while True:
             time.sleep(POLL_S)
@@ -467,20 +525,22 @@ class Supervisor:
             elif self.cams and snap.all_ended() and snap.drained():
                 self.exit_reason = "all sources ended"
                 break
-        return self._finish()
 
     def _finish(self) -> int:
-        self._relay_events()
-        snap = self.last_snapshot = self._snapshot(force=True)
-        # a camera that went offline because we stopped it is not a failure
-        bad = [] if self._signal is not None else [c.name for c in self.cams
-                                                   if c.state == "offline"]
-        summary = ", ".join(f"{k}: {v.ring['emitted']} counted, {v.ring['drops']} dropped, "
-                            f"{v.ring['lost']} lost" for k, v in snap.cameras.items())
-        fps = throughput(snap)
-        self.out.note(f"{self.exit_reason}; {summary}" + (f"; {fps}" if fps else "")
-                      + (f"; offline: {', '.join(bad)}" if bad else ""))
-        return 1 if bad else 0
+        """The run's summary line (after every process stopped, so every output is accounted
+        for) and its exit code."""
+        tallies = self.tallies or {c.name: CameraTally() for c in self.cams}
+        # a camera the run stopped (offline: stopped) is not a failure; one that went offline
+        # for bad input before a signal stopped the run still is
+        bad = [c.name for c in self.cams if c.state == "offline" and c.reason != STOP_REASON]
+        lost = [k for k, t in tallies.items() if t.data_lost]
+        parts = [f"{k}: {t.describe(self.cfg.redis.enabled, k in self.recorded)}"
+                 for k, t in tallies.items()]
+        fps = throughput(self.last_snapshot) if self.last_snapshot is not None else ""
+        self.out.note(f"{self.exit_reason}; {'; '.join(parts)}" + (f"; {fps}" if fps else "")
+                      + (f"; offline: {', '.join(bad)}" if bad else "")
+                      + (f"; DATA LOST: {', '.join(lost)}" if lost else ""))
+        return EXIT_OFFLINE if bad else EXIT_DATA_LOST if lost else EXIT_OK
 
     def _snapshot(self, force: bool = False) -> Snapshot:
         """Read the counters, feed the metrics and the console."""
@@ -688,6 +748,8 @@ class Supervisor:
         self.stop_recorder.set()  # after post: what post queued is still recorded
         self._stop_processes([p for p in self.children.values() if p.stage == "recorder"],
                              RECORDER_STOP_S)
+        self._relay_events_quiet()  # the cameras' last states (offline: stopped...)
+        self._final_tallies()  # every writer of the counters has stopped
         self._close_queues()
         if self.control is not None:
             self.control.stop()
@@ -702,6 +764,20 @@ class Supervisor:
         leaked = self.segments.unlink_all()
         if leaked:
             self.log.error("shared memory left behind", segments=",".join(leaked))
+
+    def _final_tallies(self) -> None:
+        if not self.cams or any(c.ring is None for c in self.cams):
+            return  # startup did not get as far as the rings
+        self.last_snapshot = snap = self._snapshot(force=True)
+        for c in self.cams:
+            r = snap.cameras[c.name].ring
+            rec = self.rec_rings.get(c.name)
+            self.tallies[c.name] = CameraTally(
+                counted=r["emitted"], dropped=r["drops"], lost=r["lost"],
+                # read but never counted: left in the ring or in the stages when the run stopped
+                abandoned=max(0, r["depth"] + r["tiled"] - r["emitted"] - r["lost"]),
+                unpublished=max(0, r["out_queued"] - r["out_delivered"]),
+                unrecorded=r["unrecorded"] + (rec.counters.stats()["lost"] if rec else 0))
 
     def _stop_processes(self, procs: list[_Child], timeout: float) -> None:
         """Join ``procs`` (their stop flag is set) until ``timeout``, then terminate / kill."""
@@ -735,4 +811,5 @@ class Supervisor:
             pass
 
 
-__all__ = ["PipelineError", "Supervisor"]
+__all__ = ["EXIT_CONFIG", "EXIT_DATA_LOST", "EXIT_OFFLINE", "EXIT_OK", "CameraTally",
+           "PipelineError", "Supervisor"]

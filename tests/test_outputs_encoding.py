@@ -5,8 +5,10 @@ lines reach the file as they are written (a crash loses none written before it).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +156,24 @@ def test_status_envelope_keeps_the_camera_status(tmp_path: Path) -> None:
     (line,) = (tmp_path / "s.jsonl").read_text().splitlines()
     assert json.loads(line) == {"type": "status", "schema": STATUS_SCHEMA, "camera": "gate",
                                 "state": "offline", "reason": "stopped", "ts": 12.5}
+
+
+def test_json_lines_are_one_file_per_run_behind_a_stable_link(tmp_path: Path) -> None:
+    """With a run id every run writes its own ``counts-<run_id>.jsonl`` (the id in every record)
+    and ``counts.jsonl`` is a symlink to the newest; a file written before runs had their own is
+    kept, renamed."""
+    path = tmp_path / "counts.jsonl"
+    path.write_text('{"type":"count","frame_index":0}\n')  # appended by an older version
+    for run_id, frames in (("r1", 3), ("r2", 2)):
+        sink = JsonlSink(str(path), run_id=run_id)
+        sink.open()
+        sink.write_status(CameraStatus("c", "online", "first frame", time.time()))
+        for i in range(frames):
+            sink.write(make_result("c", i))
+        sink.close()
+    assert path.is_symlink() and os.readlink(path) == "counts-r2.jsonl"
+    r1 = [json.loads(x) for x in (tmp_path / "counts-r1.jsonl").read_text().splitlines()]
+    r2 = [json.loads(x) for x in path.read_text().splitlines()]
+    assert (len(r1), len(r2)) == (4, 3)
+    assert {m["run_id"] for m in r1} == {"r1"} and {m["run_id"] for m in r2} == {"r2"}
+    assert (tmp_path / "counts-before-r1.jsonl").read_text().count("\n") == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from _outputs_helpers import make_result
 
+from engines.redact import redact_url
 from pipeline.config import RedisConfig
 from pipeline.events import CameraStatus
 from pipeline.redis_embedded import EmbeddedRedis
@@ -117,7 +118,9 @@ def test_watch_ends_with_one_line_when_the_server_goes_away(tmp_path: Path) -> N
     assert p.returncode == 1, err
     assert "Traceback" not in err
     (line,) = [ln for ln in err.splitlines() if ln.startswith("crowdstream watch:")]
-    assert "lost the connection to Redis" in line and srv.url in line
+    # the server's address, never its password
+    assert "lost the connection to Redis" in line and redact_url(srv.url) in line
+    assert srv.password and srv.password not in err
 
 
 def test_watch_ends_when_its_camera_goes_offline_not_at_an_older_run_s_end(tmp_path: Path) -> None:

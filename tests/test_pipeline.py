@@ -237,6 +237,104 @@ def test_bad_config_gives_a_clear_error(tmp_path: Path, model: dict, camera: dic
     assert "config error" in r.stderr and str(path) in r.stderr and expect in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("kind", ["checkpoint", "engine"])
+def test_a_garbage_model_is_one_line_without_a_traceback(tmp_path: Path, kind: str) -> None:
+    """A checkpoint (or an ONNX engine, with a well-formed sidecar so ONNX Runtime itself gets
+    to refuse it) full of random bytes: the child's failure reaches the user as ONE line naming
+    the key and the file, no traceback (that is at DEBUG only), exit status 2."""
+    from engines.backends.sidecar import write_sidecar
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / ("m.pt" if kind == "checkpoint" else "m.onnx")
+    path.write_bytes(rng.integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    if kind == "engine":
+        write_sidecar(path, {"backend": "onnx", "precision": "fp32", "window": [224, 224],
+                             "block_size": 8, "batch": {"min": 1, "opt": 4, "max": 4},
+                             "input_name": "image", "output_name": "density"})
+    make_clip(tmp_path / "a.mp4", 5)
+    cfg = write_config(tmp_path, {"a": str(tmp_path / "a.mp4")},
+                       model={"random_init": None, kind: str(path), "backend": "onnx"})
+    r = cli("run", str(cfg), "--quiet", timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("crowdstream:")]
+    assert f"model.{kind}: cannot load the model" in line and str(path) in line, line
+    assert not [ln for ln in r.stderr.splitlines() if " ERROR " in ln], r.stderr
+    debug = cli("--log-level", "DEBUG", "run", str(cfg), "--quiet", timeout=120)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr  # for whoever debugs it
+
+
+def test_messages_never_published_are_in_the_summary_and_exit_3(tmp_path: Path) -> None:
+    """Redis unreachable the whole run (a port nothing listens on) with a tiny outage buffer:
+    counting finishes, every message the publisher evicted or still held at close is counted in
+    the summary line as unpublished, and the exit status says data was lost (3)."""
+    make_clip(tmp_path / "a.mp4", 30)
+    cfg = write_config(tmp_path, {"a": str(tmp_path / "a.mp4")},
+                       redis={"enabled": True, "url": f"redis://127.0.0.1:{free_port()}",
+                              "buffer_max_messages": 5, "connect_timeout_s": 0.2},
+                       runtime={"drain_timeout_s": 1})
+    r = cli("run", str(cfg), "--quiet", timeout=120)
+    assert r.returncode == 3, r.stderr
+    # 30 counts + starting / online / finished: 33 messages, none delivered
+    assert "all sources ended; a: 30 counted, 0 dropped, 0 lost, 33 unpublished; DATA LOST: a" \
+        in r.stderr, r.stderr[-3000:]
+    assert len(read_jsonl(tmp_path / "run" / "counts.jsonl")[0]) == 30  # the file has them all
+
+
+def test_a_long_cjk_and_emoji_camera_name_is_counted_published_and_recorded(
+        tmp_path: Path) -> None:
+    """A 150-byte camera name in CJK and emoji (a frame record holds 96 bytes: the old cut fell
+    inside the emoji and the tile stage crashed on every frame): every frame is counted,
+    published to Redis and written to JSON lines under the REAL name, and recorded under a safe
+    file name."""
+    from pipeline.client import CrowdClient
+    from pipeline.redis_embedded import EmbeddedRedis
+    from pipeline.shm import NAME_BYTES
+
+    name = "ab" + "大厅入口🎥" * 9 + "東x"
+    assert len(name.encode()) == 150 and not _is_char_boundary(name, NAME_BYTES)
+    n = 20
+    make_clip(tmp_path / "a.mp4", n)
+    cfg = write_config(tmp_path, {name: {"url": str(tmp_path / "a.mp4"),
+                                         "recording": {"enabled": True}}},
+                       redis={"enabled": True, "heatmap_every_s": 0.5})
+    r = cli("run", str(cfg), "--quiet", timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert " ERROR " not in r.stderr, r.stderr[-3000:]
+    m = re.search(re.escape(f"{name}: {n} counted, 0 dropped, 0 lost, 0 unpublished, ")
+                  + r"(\d+) not recorded", r.stderr)
+    assert m, r.stderr[-3000:]
+    counts, status = read_jsonl(tmp_path / "run" / "counts.jsonl")
+    assert [c["frame_index"] for c in counts] == list(range(n))
+    assert {c["camera"] for c in counts + status} == {name}
+    with EmbeddedRedis(tmp_path / "run" / "redis") as srv:
+        client = CrowdClient(srv.url)
+        assert client.cameras() == [name]
+        assert [m["frame_index"] for _, m in client.counts(name)] == list(range(n))
+        assert client.latest(name)["status"] == "finished"
+        client.close()
+    (folder,) = (tmp_path / "run" / "recordings").iterdir()
+    assert folder.name.startswith("ab大厅入口") and len(folder.name.encode()) <= 64 + 9
+    assert "/" not in folder.name and "🎥" not in folder.name
+    files = sorted(folder.glob("*.mp4"))
+    assert files and all(len(f.name.encode()) < 255 for f in files)
+    import av
+
+    recorded = 0
+    for f in files:
+        with av.open(str(f)) as c:
+            recorded += sum(1 for _ in c.decode(video=0))
+    assert recorded + int(m.group(1)) == n  # every frame recorded or counted as not recorded
+
+
+def _is_char_boundary(text: str, at: int) -> bool:
+    try:
+        text.encode()[:at].decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def test_full_dev_shm_is_a_clear_error_at_start(tmp_path: Path) -> None:
     free = os.statvfs("/dev/shm")
     free_mb = free.f_bavail * free.f_frsize / 2**20

@@ -1,15 +1,18 @@
-"""Overlay recording: segments decode with PyAV (H.264, yuv420p, faststart), safe file names."""
+"""Recording: segments decode with PyAV (H.264, yuv420p, faststart), the overlay drawn by
+``pipeline.overlay`` around the scene or a clean recording of the frames, safe file names."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from _outputs_helpers import make_result
 
+from engines.paths import safe_name
 from pipeline.config import config_from_dict
-from pipeline.sinks.recorder import SegmentWriter, draw_overlay, safe_name
+from pipeline.sinks.recorder import SegmentWriter
 
 av = pytest.importorskip("av")
 
@@ -100,21 +103,11 @@ def test_recording_process_writes_h264_segments(tmp_path: Path) -> None:
         assert 0 <= head.find(b"moov") < head.find(b"mdat") or b"mdat" not in head  # faststart
     decoded = [_decode(f) for f in files]
     assert [d[0] for d in decoded] == [30, 15]
-    assert all(d[1:] == ((144, 256), "h264", "yuv420p") for d in decoded)
-
-
-def test_overlay_draws_heatmap_and_text() -> None:
-    frame = np.full((120, 160, 3), 40, np.uint8)
-    dens = np.zeros((15, 20), np.float32)
-    dens[5:10, 5:10] = 1.0
-    cfg = config_from_dict({"cameras": {"c": {"url": "x", "zones": [
-        {"name": "z", "polygon": [[0, 0.5], [1, 0.5], [1, 1]]}]}}})
-    out = draw_overlay(frame.copy(), dens, 25.0, "c", 0.0, cfg.cameras["c"].zones, {"z": 3.0},
-                       {}, [{"rule": "r", "zone": "z", "severity": "warning", "metric": "count",
-                             "value": 3.0}], 0.5, 1.0)
-    assert np.abs(out[60, 60].astype(int) - 40).sum() > 30  # coloured where dense
-    assert (out[100:, :, 2] > 150).any()  # the red alert banner
-    assert (out[:10, 5:100] == 0).any()  # the header bar
+    # the overlay's header strip above the scene and one alert strip below it: taller than
+    # the camera's 144 rows, the same size in every segment
+    (size,) = {d[1] for d in decoded}
+    assert size[0] > 144 and size[1] == 256
+    assert all(d[2:] == ("h264", "yuv420p") for d in decoded)
 
 
 def test_retention_by_size_keeps_the_newest(tmp_path: Path) -> None:
@@ -158,3 +151,104 @@ def test_a_busy_recorder_skips_frames_and_counts_them(tmp_path: Path) -> None:
         sink.close()
     finally:
         assert segs.unlink_all() == []
+
+
+def _frames(path_dir: Path) -> list[np.ndarray]:
+    out = []
+    for f in sorted(path_dir.glob("*.mp4")):
+        with av.open(str(f)) as c:
+            out += [fr.to_ndarray(format="bgr24") for fr in c.decode(video=0)]
+    return out
+
+
+def _scene(i: int, h: int = 144, w: int = 256) -> np.ndarray:
+    """A smooth moving picture (codec noise stays small on it)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.empty((h, w, 3), np.uint8)
+    img[..., 0] = 128 + 100 * np.sin((xx + 3 * i) / 23.0)
+    img[..., 1] = 128 + 100 * np.cos((yy - 2 * i) / 17.0)
+    img[..., 2] = 90 + (xx + yy) / 5
+    return img
+
+
+def test_overlay_and_clean_recordings(tmp_path: Path) -> None:
+    """The recorder process draws with pipeline.overlay: frames are taller than the scene by the
+    header strip and one strip per alert rule, and the heatmap marks the crowd on the scene; a
+    ``recording.overlay: false`` camera is recorded as it is: the same size as the source and
+    the same pixels within codec noise."""
+    from pipeline.alerts import AlertSink
+    from pipeline.sinks.recorder import RecordingSink
+    from pipeline.zones import ZoneSink
+
+    common = {"url": "x.mp4", "zones": [{"name": "door", "polygon": [[0.1, 0.1], [0.6, 0.1],
+                                                                     [0.6, 0.8], [0.1, 0.8]]}],
+              "alerts": [{"name": "busy", "zone": "door", "threshold": 1.0, "cooldown_s": 0},
+                         {"name": "full", "threshold": 1000.0}]}
+    rec_cfg = {"enabled": True, "segment_s": 10.0, "queue_slots": 64, "crf": 12}
+    cfg = config_from_dict({"run_dir": str(tmp_path / "run"), "cameras": {
+        "drawn": {**common, "recording": rec_cfg},
+        "clean": {**common, "recording": {**rec_cfg, "overlay": False}}}})
+    zones, alerts = ZoneSink(cfg.cameras), AlertSink(cfg.cameras)
+    recorder = RecorderProcess(cfg, {"drawn": (144, 256), "clean": (144, 256)})
+    rec = RecordingSink(cfg.cameras, rings=recorder.handles, active_alerts=alerts.active)
+    rec.open()
+    n = 20
+    for i in range(n):
+        for cam in ("drawn", "clean"):
+            r = make_result(cam, i, count=40.0, shape=(18, 32), cell=8, frame=_scene(i))
+            r.density.map[:] = 0
+            r.density.map[4:12, 4:14] = 0.5  # a crowd inside the door zone: drawn red
+            zones.write(r)
+            alerts.write(r)
+            rec.write(r)
+    rec.close()
+    assert recorder.finish() == 0 and rec.skipped == 0
+    base = tmp_path / "run" / "recordings"
+    drawn, clean = _frames(base / "drawn"), _frames(base / "clean")
+    assert len(drawn) == len(clean) == n
+    # clean: the source pictures, within codec noise (yuv420p halves the chroma resolution)
+    for i, img in enumerate(clean):
+        assert img.shape == (144, 256, 3)
+        assert np.abs(img.astype(int) - _scene(i)).mean() < 3.0
+    # drawn: a header strip above the scene and two alert strips (one per rule) below it
+    h = drawn[0].shape[0]
+    assert h > 144 + 30 and all(d.shape == (h, 256, 3) for d in drawn)
+    strip = (h - 144) // 3
+    top = drawn[5][:strip - 2]
+    assert top.mean() < 60 and (top > 200).any()  # black header with white text
+    scene = drawn[5][strip:strip + 144].astype(int)
+    crowd = np.abs(scene[40:90, 40:100] - _scene(5)[40:90, 40:100]).mean()
+    empty = np.abs(scene[122:142, 5:100] - _scene(5)[122:142, 5:100]).mean()  # no zone, legend
+    if os.environ.get("CROWDSTREAM_KEEP_PNG"):  # to look at it
+        import cv2
+
+        cv2.imwrite(os.environ["CROWDSTREAM_KEEP_PNG"], drawn[5])
+    assert crowd > 15 and empty < 4, (crowd, empty)  # the heatmap marks the crowd only
+    alert_row = drawn[5][strip + 144:strip + 144 + strip - 2]
+    assert alert_row[..., 2].mean() > 100  # the active alert's (warning) banner
+
+
+def test_a_calibrated_camera_is_coloured_in_people_per_m2() -> None:
+    """With a ground calibration the recorder's overlay colours people per m^2 (the cell areas
+    from calibrate.ground) on the heatmap_max_m2 scale."""
+    from pipeline.sinks.recorder import _Recorder
+
+    cfg = config_from_dict({"cameras": {"c": {"url": "x", "recording": {
+        "enabled": True, "heatmap_max_m2": 3.0}, "calibration": {
+        "image_size": [256, 144], "points": [
+            {"image": [20, 140], "ground": [0, 0]}, {"image": [236, 140], "ground": [8, 0]},
+            {"image": [200, 40], "ground": [8, 12]}, {"image": [56, 40], "ground": [0, 12]}]}}}})
+    r = make_result("c", 0, shape=(18, 32), cell=8, frame=_scene(0))
+    meta = {"capture_ts": 0.0, "count": r.count, "density": r.density.map, "cell_pixels": 8.0,
+            "zone_counts": {}, "zone_density_m2": {}, "alerts": [], "density_m2": 0.4}
+    rec = _Recorder(cfg)
+    per_m2 = rec._density_m2("c", (144, 256), meta)
+    from calibrate.ground import GroundCalibration
+
+    cal = GroundCalibration.from_config(cfg.cameras["c"].calibration, frame_size=(144, 256))
+    assert np.allclose(per_m2, cal.density_m2(r.density.map, 8.0))
+    from pipeline.sinks.recorder import overlay_view
+
+    values, vmax, unit = overlay_view("c", cfg.cameras["c"], meta, per_m2).heat_scale()
+    assert unit == "p/m2" and vmax == 3.0 and values is per_m2
+    assert rec.picture("c", _scene(0), meta).shape[0] > 144

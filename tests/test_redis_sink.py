@@ -40,7 +40,10 @@ def test_embedded_server_is_found_and_hint(server: EmbeddedRedis) -> None:
     assert find_running(server.data_dir) == server.url
     # its own session: a terminal's Ctrl-C (SIGINT to our process group) does not reach it
     assert os.getsid(server.pid) == server.pid != os.getsid(0)
-    assert connect_hint(server.url) == f"redis-cli -h 127.0.0.1 -p {server.port}"
+    # the hint never shows the password: read from the run's file, or asked for
+    assert connect_hint(server.url, server.password_file) == \
+        f'REDISCLI_AUTH="$(cat {server.password_file})" redis-cli -h 127.0.0.1 -p {server.port}'
+    assert connect_hint(server.url) == f"redis-cli -h 127.0.0.1 -p {server.port} --askpass"
     assert connect_hint("rediss://h:7000") == "redis-cli -h h -p 7000 --tls"
 
 
@@ -260,7 +263,8 @@ class _CuttingProxy:
 
 def test_lost_reply_is_resent_without_duplicates(server: EmbeddedRedis) -> None:
     proxy = _CuttingProxy(server.port)
-    cfg = RedisConfig(url=f"redis://127.0.0.1:{proxy.port}", namespace="t6", heatmap_every_s=3600)
+    cfg = RedisConfig(url=f"redis://:{server.password}@127.0.0.1:{proxy.port}", namespace="t6",
+                      heatmap_every_s=3600)
     sink = RedisSink(cfg, cfg.url)
     sink.open()
     for i in range(10):

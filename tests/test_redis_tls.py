@@ -75,7 +75,7 @@ def test_rediss_with_ca_verification(tmp_path: Path, certs: tuple[Path, Path]) -
     srv = start_server(tmp_path)
     lsock, port = _tls_proxy(cert, key, srv.port)
     try:
-        url = f"rediss://127.0.0.1:{port}"
+        url = f"rediss://:{srv.password}@127.0.0.1:{port}"  # the embedded server needs it
         sink = RedisSink(RedisConfig(url=url, namespace="tls", ssl_ca_certs=str(cert)), url)
         sink.open()
         for i in range(5):

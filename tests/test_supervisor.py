@@ -109,12 +109,14 @@ def test_killed_inference_is_restarted_and_no_frame_is_lost(tmp_path: Path) -> N
 
 
 def test_sigkilled_child_then_sigterm_leaves_no_segment(tmp_path: Path) -> None:
-    """A live-like looping source: SIGKILL the tile process (the chain restarts and counting
-    resumes), SIGKILL the ingest process (restarted, counting resumes), then SIGTERM the run: it
-    drains, exits 0 in bounded time, and /dev/shm is clean."""
+    """A live-like looping source publishing to the embedded Redis: SIGKILL the tile process (the
+    chain restarts and counting resumes), SIGKILL the ingest process (restarted, counting
+    resumes), then SIGTERM the run: it drains, exits in bounded time, no process of the run (the
+    valkey-server included) is left and /dev/shm is clean."""
     make_clip(tmp_path / "a.mp4", 50)
     cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "loop": True,
                                         "realtime": True}},
+                       redis={"enabled": True, "heatmap_every_s": 5.0},
                        runtime={"restart_backoff_s": 0.2})
     out = tmp_path / "run" / "counts.jsonl"
     run = RunningCli(cfg)
@@ -122,6 +124,9 @@ def test_sigkilled_child_then_sigterm_leaves_no_segment(tmp_path: Path) -> None:
         run.wait_for(r"spawned stage=ingest:a")
         _wait_results(out, 5)
         assert leftover_segments(run.proc.pid), "segments should exist while running"
+        tree = set(process_tree(run.proc.pid))
+        assert {Path(f"/proc/{p}/comm").read_text().strip() for p in tree if not _gone(p)} >= \
+            {"valkey-server", "cs-tile", "cs-post"}
         os.kill(run.pid_of("tile"), signal.SIGKILL)
         run.wait_for(r"stage chain restarted")
         run.wait_for(r"spawned stage=post pid=\d+[\s\S]*spawned stage=post pid=\d+")
@@ -135,6 +140,7 @@ def test_sigkilled_child_then_sigterm_leaves_no_segment(tmp_path: Path) -> None:
         run.wait_for(r"restarting stage=ingest:a")
         before = len(read_jsonl(out)[0])
         _wait_results(out, before + 5)
+        tree |= set(process_tree(run.proc.pid))
         t0 = time.monotonic()
         run.proc.send_signal(signal.SIGTERM)
         rc = run.finish(30)
@@ -142,10 +148,18 @@ def test_sigkilled_child_then_sigterm_leaves_no_segment(tmp_path: Path) -> None:
     finally:
         if run.proc.poll() is None:
             run.proc.kill()
-    assert rc == 0, run.text()[-3000:]
+    # the frames the killed tile process held are counted as lost, and the exit status says
+    # data was lost (3); a kill that caught it holding none leaves a clean run (0)
+    summary = run.wait_for(r"stopped by signal, drained; a: \d+ counted, \d+ dropped, (\d+) lost")
+    lost = int(summary.group(1))
+    assert rc == (3 if lost else 0), run.text()[-3000:]
+    assert ("DATA LOST: a" in run.text()) == bool(lost)
     assert took < 20, f"shutdown took {took:.1f} s"
-    assert "stopped by signal" in run.text()
     assert not leftover_segments(run.proc.pid)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(_gone(p) for p in tree):
+        time.sleep(0.2)
+    assert all(_gone(p) for p in tree), {p for p in tree if not _gone(p)}
 
 
 def _wait_forever(flag) -> None:
@@ -173,6 +187,29 @@ def test_stop_flag_set_does_not_hang_on_a_killed_waiter() -> None:
     live.start()
     live.join(30)
     assert live.exitcode == 0
+
+
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def test_a_failing_child_reports_one_line(capfd: pytest.CaptureFixture[str]) -> None:
+    """Every child starts through ``child_main``: an exception in it is ONE line at ERROR (stage,
+    camera, type, first line of the message), no traceback, exit status 1."""
+    import multiprocessing as mp
+
+    from pipeline.process import ChildSpec, StopFlag, spawn_child
+
+    ctx = mp.get_context("spawn")
+    spec = ChildSpec("ingest-lobby 1", "test_supervisor:_fail", StopFlag(ctx), camera="lobby 1")
+    p = spawn_child(ctx, spec, "frame 12 is not decodable\n(details on a second line)")
+    p.join(60)
+    err = capfd.readouterr().err
+    assert p.exitcode == 1
+    assert "Traceback" not in err, err
+    (line,) = [ln for ln in err.splitlines() if "ERROR" in ln]
+    assert line.endswith('failed camera="lobby 1" stage=ingest '
+                         'error="ValueError: frame 12 is not decodable"'), line
 
 
 def _decoded_frames(path: Path) -> int:
@@ -262,45 +299,217 @@ def test_nothing_outlives_a_sigkilled_supervisor(tmp_path: Path) -> None:
             run.proc.kill()
 
 
-@pytest.mark.timeout(180)
-def test_killed_embedded_redis_is_restarted_with_its_data(tmp_path: Path) -> None:
-    """SIGKILL the embedded valkey-server mid-run: the supervisor restarts it on the same port and
-    data directory, the stream written before the kill is still there, and counting goes on."""
-    import redis as redis_py
-
-    from pipeline.redis_embedded import find_running
-    from pipeline.redis_keys import RedisKeys
+@pytest.mark.timeout(300)
+def test_killed_post_with_the_recorder_on_loses_only_what_it_held(tmp_path: Path) -> None:
+    """SIGKILL the post process of a run that records and publishes to the embedded Redis: the
+    chain restarts, the recorder (the supervisor's child, not post's) records on, the JSON-lines
+    file holds every frame that reached Redis (a line is written before its message is queued),
+    frames missing from the file are at most those counted as lost, what the killed process still
+    had to publish is counted as unpublished, the exit status says data was lost; afterwards no
+    process of the run is left and /dev/shm is empty."""
+    from pipeline.redis_embedded import EmbeddedRedis
 
     make_clip(tmp_path / "a.mp4", 50)
     cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "loop": True,
-                                        "realtime": True}},
-                       redis={"enabled": True, "heatmap_every_s": 5.0},
+                                        "realtime": True, "queue_policy": "lossless",
+                                        "recording": {"enabled": True, "segment_s": 1.0}}},
+                       redis={"enabled": True, "heatmap_every_s": 1.0},
                        runtime={"restart_backoff_s": 0.2})
+    run_dir = tmp_path / "run"
+    out = run_dir / "counts.jsonl"
     run = RunningCli(cfg)
-    data = tmp_path / "run" / "redis"
     try:
-        _wait_results(tmp_path / "run" / "counts.jsonl", 10)
-        url = find_running(data)
-        assert url, run.text()[-3000:]
-        time.sleep(1.5)  # the append-only file is synced every second
-        r = redis_py.Redis.from_url(url)
-        key = RedisKeys("crowdstream").counts("a")
-        before = r.xlen(key)
-        first = r.xrange(key, count=1)[0][0]
-        os.kill(run.pid_of("redis"), signal.SIGKILL)
-        run.wait_for(r"stage crashed stage=redis")
-        run.wait_for(r"spawned stage=redis pid=\d+[\s\S]*spawned stage=redis pid=\d+")
-        assert find_running(data) == url  # same address: publishers reconnect to it
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and r.xlen(key) <= before:
-            time.sleep(0.2)
-        assert r.xlen(key) > before  # new entries arriving
-        assert r.xrange(key, count=1)[0][0] == first  # the ones before the kill are kept
-        r.close()
+        _wait_results(out, 20)
+        recorder = run.pid_of("recorder")
+        tree = set(process_tree(run.proc.pid))
+        tree |= {int(re.search(r'"pid": (\d+)', (run_dir / "redis" / "server.json")
+                               .read_text()).group(1))}
+        os.kill(run.pid_of("post"), signal.SIGKILL)
+        run.wait_for(r"stage crashed stage=post")
+        run.wait_for(r"stage chain restarted")
+        run.wait_for(r"spawned stage=post pid=\d+[\s\S]*spawned stage=post pid=\d+")
+        _wait_results(out, len(read_jsonl(out)[0]) + 10)  # counting resumed
+        assert run.pid_of("recorder") == recorder and not _gone(recorder)  # never orphaned
+        tree |= set(process_tree(run.proc.pid))
         run.proc.send_signal(signal.SIGTERM)
         rc = run.finish(60)
     finally:
         if run.proc.poll() is None:
             run.proc.kill()
-    assert rc == 0, run.text()[-3000:]
+    text = run.text()
+    m = re.search(r"stopped by signal, drained; a: (\d+) counted, 0 dropped, (\d+) lost, "
+                  r"(\d+) unpublished, (\d+) not recorded", text)
+    assert m, text[-3000:]
+    counted, lost, unpublished = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    assert rc == (3 if lost or unpublished else 0), text[-3000:]
+    lines = [c["frame_index"] for c in read_jsonl(out)[0]]
+    assert lines == sorted(set(lines)), "JSON lines out of order or twice"
+    assert len(lines) >= counted
+    missing = set(range(lines[-1] + 1)) - set(lines)
+    assert len(missing) <= lost, (sorted(missing), lost)
+    with EmbeddedRedis(run_dir / "redis") as srv:  # the run's data, read after the run
+        from pipeline.client import CrowdClient
+
+        client = CrowdClient(srv.url)
+        in_redis = [m["frame_index"] for _, m in client.counts("a")]
+        client.close()
+    assert in_redis == sorted(set(in_redis))
+    assert set(in_redis) <= set(lines), sorted(set(in_redis) - set(lines))
+    assert len(set(lines) - set(in_redis)) <= unpublished
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(_gone(p) for p in tree):
+        time.sleep(0.2)
+    assert all(_gone(p) for p in tree), {p for p in tree if not _gone(p)}
+    assert not leftover_segments(run.proc.pid)
+    assert sorted((run_dir / "recordings").rglob("*.mp4"))
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("bad_camera", [False, True], ids=["healthy", "a-camera-offline"])
+def test_a_stop_exit_status_and_alerts_end_with_shutdown(tmp_path: Path, bad_camera: bool) -> None:
+    """SIGTERM a running run: a healthy one exits 0; one where a camera went offline for bad
+    input before the stop exits 1 (the stop does not hide it). Either way the alert that was
+    active ends with reason ``shutdown``, never ``camera_offline``: the stop is told from a
+    failure (``offline: stopped``)."""
+    from pipeline.client import CrowdClient
+    from pipeline.redis_embedded import EmbeddedRedis
+
+    make_clip(tmp_path / "a.mp4", 50)
+    cams: dict = {"a": {"url": str(tmp_path / "a.mp4"), "loop": True, "realtime": True,
+                        "alerts": [{"name": "any", "threshold": 0.0, "cooldown_s": 0}]}}
+    if bad_camera:
+        (tmp_path / "bad.mp4").write_bytes(b"not a video at all\n" * 100)
+        cams["bad"] = {"url": str(tmp_path / "bad.mp4")}
+    cfg = write_config(tmp_path, cams, redis={"enabled": True, "heatmap_every_s": 5.0},
+                       runtime={"max_frame_width": 320, "max_frame_height": 240})
+    run = RunningCli(cfg)
+    try:
+        _wait_results(tmp_path / "run" / "counts.jsonl", 5)
+        run.wait_for(r"alert start")
+        if bad_camera:
+            run.wait_for(r"state camera=bad state=offline reason=\"not a video")
+        run.proc.send_signal(signal.SIGTERM)
+        rc = run.finish(60)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    text = run.text()
+    assert rc == (1 if bad_camera else 0), text[-3000:]
+    assert ("offline: bad" in text) == bad_camera
+    with EmbeddedRedis(tmp_path / "run" / "redis") as srv:
+        client = CrowdClient(srv.url)
+        events = [m for _, m in client.alerts()]
+        status = [m for _, m in client.status("a")]
+        client.close()
+    assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "end", events
+    assert events[-1]["reason"] == "shutdown", events[-1]
+    assert (status[-1]["state"], status[-1]["reason"]) == ("offline", "stopped")
+
+
+class RedisCommand:
+    """``crowdstream redis --run-dir DIR`` in a subprocess (serves an ended run's data)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "redis", "--run-dir", str(run_dir)], cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.first = self.proc.stdout.readline()  # the connect lines come once it serves
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=30)
+        return self.proc.returncode, self.first + out + err
+
+
+def test_redis_command_stopped_while_starting_leaves_no_server(tmp_path: Path) -> None:
+    """SIGTERM ``crowdstream redis --run-dir`` the moment its server has started, before it
+    printed how to connect: it still stops the server (its handlers are in place before the
+    server starts) and exits 0; nothing is left serving the run's data."""
+    from pipeline.redis_embedded import EmbeddedRedis, find_running
+
+    data = tmp_path / "run" / "redis"
+    with EmbeddedRedis(data) as srv:  # a run's data
+        import redis as redis_py
+
+        redis_py.Redis.from_url(srv.url).set("k", "v")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "redis", "--run-dir",
+                             str(tmp_path / "run")], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # the server's "started" log line
+    assert "started" in line, line
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, line + err
+    assert find_running(data) is None
+    pid = int(re.search(r"pid=(\d+)", line).group(1))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not _gone(pid):
+        time.sleep(0.1)
+    assert _gone(pid), "the server outlived the command"
+
+
+@pytest.mark.timeout(300)
+def test_embedded_redis_killed_twice_loses_nothing_and_is_readable_after_the_run(
+        tmp_path: Path) -> None:
+    """SIGKILL the embedded valkey-server twice mid-run: the supervisor restarts it on the same
+    port and data, what the publisher buffered meanwhile is delivered, and every frame's count
+    reaches the stream exactly once, in order; the summary says nothing was lost (exit 0). The
+    server requires the run's generated password (a 0600 file, never logged), stops with the run,
+    and ``crowdstream redis --run-dir`` serves the data again afterwards."""
+    from pipeline.client import CrowdClient
+    from pipeline.redis_embedded import find_running
+
+    n = 400  # 16 s at 25 fps: both kills land well before the file ends, even on a busy box
+    make_clip(tmp_path / "a.mp4", n)
+    cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "realtime": True,
+                                        "queue_policy": "lossless"}},
+                       redis={"enabled": True, "heatmap_every_s": 5.0},
+                       runtime={"restart_backoff_s": 0.2})
+    run = RunningCli(cfg)
+    run_dir = tmp_path / "run"
+    data = run_dir / "redis"
+    try:
+        _wait_results(run_dir / "counts.jsonl", 10)
+        url = find_running(data)
+        assert url, run.text()[-3000:]
+        for kill in range(2):
+            before = len(read_jsonl(run_dir / "counts.jsonl")[0])
+            assert before < n - 50, "the file nearly ended before the kill: make it longer"
+            os.kill(run.pid_of("redis", after=kill), signal.SIGKILL)
+            run.wait_for(r"stage crashed stage=redis" + r"[\s\S]*stage crashed stage=redis" * kill)
+            run.wait_for(r"(spawned stage=redis pid=\d+[\s\S]*)" + f"{{{kill + 2}}}")
+            assert find_running(data) == url  # same address and password: publishers go on
+            _wait_results(run_dir / "counts.jsonl", before + 20)  # counting never stopped
+        rc = run.finish(120)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    out = run.text()
+    assert rc == 0, out[-3000:]
+    assert re.search(rf"all sources ended; a: {n} counted, 0 dropped, 0 lost, 0 unpublished", out)
+    assert "restarts 2" in out
     assert find_running(data) is None  # stopped last, with the run
+    password = (data / "password").read_text().strip()
+    assert (data / "password").stat().st_mode & 0o777 == 0o600
+    assert (data / "valkey.conf").stat().st_mode & 0o777 == 0o600
+    assert password not in out and "REDISCLI_AUTH" in out  # how to connect, not the secret
+    cmd = RedisCommand(run_dir)
+    try:
+        assert "serving the data of" in cmd.first, cmd.first
+        import redis as redis_py
+
+        with pytest.raises(redis_py.AuthenticationError):  # the password is required
+            redis_py.Redis.from_url(url.replace(f":{password}@", "")).ping()
+        client = CrowdClient.from_run_dir(run_dir)
+        got = [m["frame_index"] for _, m in client.counts("a")]
+        assert got == list(range(n))  # every frame once, in order, across two kills
+        assert {m["run_id"] for _, m in client.counts("a")} == \
+            {c["run_id"] for c in read_jsonl(run_dir / "counts.jsonl")[0]}
+        client.close()
+    finally:
+        rc_cmd, text = cmd.stop()
+    assert rc_cmd == 0, text
+    assert password not in text
+    assert find_running(data) is None

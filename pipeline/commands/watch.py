@@ -9,6 +9,7 @@ Redis client and numpy: no torch. Ends by itself, with one line saying why, when
 Example::
 
     crowdstream watch mall --config configs/demo.yaml          # a running embedded server
+    crowdstream watch mall --run-dir runs/demo --from-start    # after 'crowdstream redis'
     crowdstream watch lobby --url redis://10.0.0.5:6379 --json  # JSON lines, every message
 """
 
@@ -34,6 +35,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--url", help=f"Redis URL (default: $CROWDSTREAM_REDIS_URL or {DEFAULT_URL})")
     src.add_argument("--config", help="run config: use its redis.url or its running embedded server")
+    src.add_argument("--run-dir", help="a run directory whose embedded server is running (during "
+                                       "the run, or 'crowdstream redis --run-dir' after it)")
     p.add_argument("--namespace", default=None, help="key namespace (default: the config's, "
                    "else 'crowdstream')")
     p.add_argument("--json", action="store_true", help="print every message as a JSON line")
@@ -52,6 +55,9 @@ def _client(args: argparse.Namespace) -> CrowdClient:
     opts: dict[str, Any] = {"socket_connect_timeout": 3}
     if args.config:
         return CrowdClient.from_config(args.config, namespace=args.namespace, **opts)
+    if args.run_dir:
+        return CrowdClient.from_run_dir(args.run_dir, namespace=args.namespace or "crowdstream",
+                                        **opts)
     url = args.url or os.environ.get("CROWDSTREAM_REDIS_URL") or DEFAULT_URL
     return CrowdClient(url, namespace=args.namespace or "crowdstream", **opts)
 

@@ -1,6 +1,7 @@
-"""Result sinks the post stage calls in order: the output sinks (zones, alerts, Redis,
-recording: ``pipeline.outputs.build_output_sinks``), then JSON lines. Every sink implements
-``pipeline.results.Sink``.
+"""Result sinks the post stage calls in order: zones, alerts, JSON lines, Redis, recording
+(``pipeline.outputs.build_output_sinks``; the JSON line of a frame is on disk before its message
+is queued for Redis, so a killed post process never leaves a frame in Redis that is missing from
+the file). Every sink implements ``pipeline.results.Sink``.
 
 Example::
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from pipeline.config import AppConfig
 from pipeline.outputs import build_output_sinks
-from pipeline.results import Sink
+from pipeline.results import OutputTally, Sink
 from pipeline.shm import FrameRingHandle, ValueBoardHandle
 from pipeline.sinks.jsonl import JsonlSink
 
@@ -34,13 +35,14 @@ def jsonl_path(cfg: AppConfig) -> str | None:
 
 def build_sinks(cfg: AppConfig, *, redis_url: str | None = None, run_id: str | None = None,
                 recorder_rings: dict[str, FrameRingHandle] | None = None,
-                values: ValueBoardHandle | None = None) -> list[Sink]:
+                values: ValueBoardHandle | None = None,
+                tally: OutputTally | None = None) -> list[Sink]:
     """The run's sinks, in the order the post stage must call them (zone counts first, so later
-    sinks see them). ``redis_url`` / ``run_id`` / ``recorder_rings`` / ``values``: see
-    ``build_output_sinks``."""
-    sinks = build_output_sinks(cfg, redis_url=redis_url, run_id=run_id,
-                               recorder_rings=recorder_rings, values=values)
+    sinks see them). ``redis_url`` / ``run_id`` / ``recorder_rings`` / ``values`` / ``tally``: see
+    ``build_output_sinks``; with a ``run_id`` the JSON lines go to one file per run
+    (``JsonlSink``)."""
     path = jsonl_path(cfg)
-    if path is not None:
-        sinks.append(JsonlSink(path, run_id=run_id))
-    return sinks
+    jsonl = JsonlSink(path, run_id=run_id) if path is not None else None
+    return build_output_sinks(cfg, redis_url=redis_url, run_id=run_id,
+                              recorder_rings=recorder_rings, values=values, tally=tally,
+                              jsonl=jsonl)

@@ -176,16 +176,19 @@ class RedisPublisher:
     """Connection state, exactly-once IDs and pipelined sends (see the module docstring).
 
     ``dropped()`` returns the sink's drop count so far, published in the latest-state hash as
-    ``publish_dropped_total``. Counters: ``published`` (delivered), ``duplicates`` (re-sent
+    ``publish_dropped_total``; ``delivered(camera)`` (optional) is called for every message the
+    server confirmed (an ``OutputTally``'s). Counters: ``published`` (delivered), ``duplicates`` (re-sent
     entries the server already had), ``failed`` (refused by the server or not encodable),
     ``reconnects``.
     """
 
-    def __init__(self, url: str, cfg: RedisConfig, dropped: Callable[[], int]) -> None:
+    def __init__(self, url: str, cfg: RedisConfig, dropped: Callable[[], int],
+                 delivered: Callable[[str], None] | None = None) -> None:
         self.url = url
         self.cfg = cfg
         self.keys = RedisKeys(cfg.namespace)
         self._dropped = dropped
+        self._delivered = delivered
         self._client: Any = None
         self._last_id: dict[str, tuple[int, int]] = {}
         self._known_cameras: set[str] = set()
@@ -529,7 +532,7 @@ class RedisPublisher:
                 if "equal or smaller" in str(first) and not it.auto_id:
                     if it.attempted:
                         self.duplicates += 1  # applied before the connection broke
-                        self.published += 1
+                        self._confirm(it)
                     else:
                         retry_auto.append(it)  # the stream is ahead of our clock: let Redis pick
                     continue
@@ -537,9 +540,14 @@ class RedisPublisher:
                 log.error("message refused", camera=it.camera, stream=it.stream,
                           error=str(first)[:200])
                 continue
-            self.published += 1
+            self._confirm(it)
             self._known_cameras.add(it.camera)
         return retry_auto
+
+    def _confirm(self, it: Message) -> None:
+        self.published += 1
+        if self._delivered is not None:
+            self._delivered(it.camera)
 
     def _send_auto_ids(self, items: list[Message]) -> None:
         for it in items:
@@ -554,4 +562,4 @@ class RedisPublisher:
                 self.failed += 1
                 log.error("message refused", camera=it.camera, error=str(r)[:200])
             else:
-                self.published += 1
+                self._confirm(it)

@@ -42,7 +42,7 @@ from engines.video import redact_url
 from pipeline.config import RedisConfig
 from pipeline.envelopes import count_envelope, status_envelope
 from pipeline.events import CameraStatus
-from pipeline.results import FrameResult, Sink
+from pipeline.results import FrameResult, OutputTally, Sink
 from pipeline.sinks.redis_publisher import Message, RedisPublisher
 from pipeline.sinks.snapshots import take_snapshot
 from pipeline.worker import BackgroundWorker
@@ -56,11 +56,13 @@ class RedisSink(Sink):
     """The Redis output sink; see the module docstring for the buffering guarantees.
 
     ``url`` is required (``None`` is an error naming ``redis.url``); ``run_id``, when given, is
-    added to every count and status envelope.
+    added to every count and status envelope; ``tally`` (the post stage's) is told of every
+    message queued and every message the server confirmed, so what was never published is known
+    even after this process is killed.
     """
 
     def __init__(self, cfg: RedisConfig, url: str | None, *, drain_timeout_s: float = 10.0,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, tally: OutputTally | None = None) -> None:
         if not url:
             raise ValueError("redis.url: RedisSink needs the Redis URL to publish to; set "
                              "redis.url, or start the run's embedded server first (the "
@@ -73,7 +75,9 @@ class RedisSink(Sink):
         self._last_snapshot: dict[str, float] = {}
         # the post stage hands frames only to sinks that want them: only when snapshots are on
         self.wants_frames = cfg.snapshot_every_s > 0
-        self.publisher = RedisPublisher(url, cfg, dropped=lambda: self.dropped)
+        self._tally = tally
+        self.publisher = RedisPublisher(url, cfg, dropped=lambda: self.dropped,
+                                        delivered=tally.delivered if tally else None)
         self._worker: BackgroundWorker[Message] = BackgroundWorker(
             "redis-publisher", self._handle, max_items=cfg.buffer_max_messages,
             max_bytes=int(cfg.buffer_max_mb * 1024 * 1024), drop="oldest",
@@ -137,16 +141,21 @@ class RedisSink(Sink):
         env = count_envelope(result, run_id=self.run_id)
         nbytes = ITEM_OVERHEAD_BYTES + (heat.nbytes if heat is not None else 0) + \
             (snap.nbytes if snap is not None else 0)
-        self._worker.put(Message("count", cam, env, heat, snapshot=snap), nbytes)
+        self._put(Message("count", cam, env, heat, snapshot=snap), nbytes)
 
     def write_status(self, status: CameraStatus) -> None:
         """Buffer a camera state change (starting / online / reconnecting / offline / finished)."""
         env = status_envelope(status, run_id=self.run_id)
-        self._worker.put(Message("status", status.camera, env), ITEM_OVERHEAD_BYTES)
+        self._put(Message("status", status.camera, env), ITEM_OVERHEAD_BYTES)
 
     def publish_alert(self, event: dict[str, Any]) -> None:
         """Buffer a ``crowdstream.alert.v1`` event (a listener of the alert sink)."""
-        self._worker.put(Message("alert", str(event["camera"]), dict(event)), ITEM_OVERHEAD_BYTES)
+        self._put(Message("alert", str(event["camera"]), dict(event)), ITEM_OVERHEAD_BYTES)
+
+    def _put(self, msg: Message, nbytes: int) -> None:
+        if self._tally is not None:
+            self._tally.queued(msg.camera)  # before the worker can confirm it
+        self._worker.put(msg, nbytes)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until the buffer is empty (tests, benchmarks). True when it is."""

@@ -153,10 +153,19 @@ def main(args: StageArgs, choice: ModelChoice, info_q: Any, pool_ready: StopFlag
     try:
         engine = load(args.cfg, choice, prompt)
         engine.warmup(1)
-    except Exception as e:  # reported to the supervisor, which fails the run with this message
-        if info_q is not None:
-            info_q.put({"error": f"{type(e).__name__}: {e}"})
-        raise
+    except Exception as e:
+        if info_q is None:  # a restarted process: child_main reports it, the supervisor restarts
+            raise
+        # the supervisor fails the run with this one line; the traceback only at DEBUG
+        import logging
+        import traceback
+
+        from engines.log import error_line
+
+        logging.getLogger("crowdstream.inference").debug(
+            "engine load failed:\n%s", "".join(traceback.format_exception(e)).rstrip())
+        info_q.put({"error": error_line(e)})
+        raise SystemExit(1) from None
     if info_q is not None:  # None for a restarted process: the pool already fits the engine
         info_q.put(engine_info(engine))
     log.info("engine ready", engine=engine.engine_id, model=choice.label,

@@ -205,6 +205,26 @@ class PostProcessor:
                                error=f"{type(e).__name__}: {e}")
 
 
+class RingTally:
+    """The post stage's ``OutputTally``: each camera's shared-memory ``FrameCounters``, so what
+    the outputs lost is known to the supervisor even after this process is killed."""
+
+    def __init__(self, cameras: list[str], rings: list[FrameRing]) -> None:
+        self._counters = {c: r.counters for c, r in zip(cameras, rings, strict=True)}
+
+    def queued(self, camera: str) -> None:
+        if camera in self._counters:
+            self._counters[camera].record_output(queued=1)
+
+    def delivered(self, camera: str) -> None:
+        if camera in self._counters:
+            self._counters[camera].record_output(delivered=1)
+
+    def unrecorded(self, camera: str) -> None:
+        if camera in self._counters:
+            self._counters[camera].record_output(unrecorded=1)
+
+
 def main(args: StageArgs, engine_id: str, status_q: Any) -> None:
     """Process target (spawned by the supervisor through ``spawn_child``)."""
     log = get_logger("post")
@@ -213,7 +233,8 @@ def main(args: StageArgs, engine_id: str, status_q: Any) -> None:
     rings = [FrameRing.attach(h) for h in args.rings]
     pool = BatchPool.attach(args.pool)
     sinks = build_sinks(args.cfg, redis_url=args.redis_url, recorder_rings=args.recorder_rings,
-                        run_id=args.run_id, values=args.values)
+                        run_id=args.run_id, values=args.values,
+                        tally=RingTally(args.cameras, rings))
     opened: list[Sink] = []
     try:
         for s in sinks:
