@@ -126,6 +126,8 @@ def jsonl_counts(run_dir: Path) -> dict[str, list[tuple[str, int]]]:
     """run_id -> the (camera, frame_index) of every count line a worker wrote."""
     out: dict[str, list[tuple[str, int]]] = {}
     for f in sorted(run_dir.rglob("*.jsonl")):
+        if f.is_symlink():  # counts.jsonl names the latest run's file: read each file once
+            continue
         for line in f.read_text().splitlines():
             doc = json.loads(line)
             if doc["type"] == "count":

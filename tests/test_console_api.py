@@ -19,7 +19,7 @@ import yaml
 from console_helpers import LiveRun, Serve, get_json, http, site_config, sse_events
 
 from pipeline.client import CrowdClient
-from pipeline.redis_embedded import embedded_data_dir
+from pipeline.redis_embedded import embedded_data_dir, find_running
 from pipeline.schema import validate
 
 pytestmark = pytest.mark.slow
@@ -68,8 +68,8 @@ def wait_for(pred: Any, timeout: float = 20.0, every: float = 0.2) -> Any:
 def test_client_finds_the_run_from_the_run_dir(site: Site) -> None:
     from pipeline.config import load_config
 
-    info = json.loads((embedded_data_dir(load_config(site.config)) / "server.json").read_text())
-    assert site.client.url == info["url"]
+    # the run's embedded server, found the way every reader finds it (its URL carries the password)
+    assert site.client.url == find_running(embedded_data_dir(load_config(site.config)))
     health = get_json(site.api("/health"))
     assert health["status"] == "ok" and health["redis"]["connected"]
     assert health["writable"] is True and health["token_required"] is False
