@@ -53,9 +53,6 @@ def main(args: argparse.Namespace) -> int:
     if args.live:
         overrides["cameras"] = live_overrides(cfg)
         cfg = load_config(args.config, overrides)
-    from pipeline.stages.inference import refuse_camera_models
-
-    refuse_camera_models(cfg)  # before anything starts (the supervisor checks again)
     from pipeline.secrets import register_config_secrets
 
     register_config_secrets(cfg)  # before anything is logged
