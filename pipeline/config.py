@@ -195,6 +195,20 @@ class RecordingConfig(ConfigModel):
                                                   "when all are busy.")
 
 
+class MotionGateConfig(ConfigModel):
+    """Motion-gated tiles: a tile whose picture did not change since it was last counted keeps
+    its last density instead of going through the model (``pipeline.motion``)."""
+
+    enabled: bool = Field(False, description="Reuse the density of tiles that did not change "
+                          "(off by default: see the README's motion gating section for the "
+                          "measurements behind that choice).")
+    threshold: float = Field(6.0, gt=0, le=255, description="A tile is recounted when some "
+                             "64x64-pixel patch of it (as counted) changed by more than this "
+                             "mean absolute grey level (0..255) since it was last counted.")
+    max_age_s: float = Field(5.0, gt=0, description="Recount every tile at least this often "
+                             "(seconds of the source's time), changed or not.")
+
+
 class CameraModelConfig(ConfigModel):
     """This camera's own model, e.g. written by ``crowdstream adapt``: which file (or released
     name) counts its frames. Everything else (backend, precision, device, batch, window,
@@ -269,6 +283,8 @@ class CameraConfig(ConfigModel):
     model: CameraModelConfig | None = Field(
         None, description="This camera's own model (checkpoint, engine or name; e.g. written by "
                           "'crowdstream adapt'); null: the global model: section.")
+    motion_gate: MotionGateConfig = Field(default_factory=MotionGateConfig,
+                                          description="Count only the tiles that changed.")
 
     @field_validator("url")
     @classmethod
@@ -709,7 +725,8 @@ def config_schema() -> dict[str, Any]:
 __all__ = [
     "AlertRuleConfig", "AppConfig", "CalibrationConfig", "CameraConfig", "CameraModelConfig",
     "ConfigError",
-    "GroundPointConfig", "MetricsConfig", "ModelConfig", "RecordingConfig", "ReconnectConfig",
+    "GroundPointConfig", "MetricsConfig", "ModelConfig", "MotionGateConfig", "RecordingConfig",
+    "ReconnectConfig",
     "RedisConfig", "RuntimeConfig", "ServeConfig", "SmoothingConfig", "WebhookConfig",
     "ZoneConfig", "config_from_dict", "config_schema", "load_config", "write_camera_updates",
 ]

@@ -26,7 +26,9 @@ from pipeline.metrics import PipelineMetrics, Snapshot
 
 
 def camera_line(name: str, snap: Snapshot, metrics: PipelineMetrics) -> str:
-    """``lobby online in 25.0 out 24.9 fps q1 drop 0 lat 85/140ms``."""
+    """``lobby online in 25.0 out 24.9 fps q1 drop 0 lat 85/140ms``; then ``reused 93%`` (tiles
+    the motion gate reused) when it reused any, and ``model <label>`` when the cameras of the
+    run are counted by different models."""
     c = snap.cameras[name]
     r = c.ring
     lat = ""
@@ -34,6 +36,10 @@ def camera_line(name: str, snap: Snapshot, metrics: PipelineMetrics) -> str:
         p50, p99 = np.percentile(c.latencies, [50, 99]) * 1000.0
         lat = f" lat {p50:.0f}/{p99:.0f}ms"
     extra = f" lost {r['lost']}" if r["lost"] else ""
+    if r.get("tiles_reused"):
+        extra += f" reused {100 * r['tiles_reused'] / r['tiles']:.0f}%"
+    if c.model and len({x.model for x in snap.cameras.values()}) > 1:
+        extra += f" model {c.model}"
     return (f"{name} {c.state} in {metrics.rate(f'in:{name}'):.1f} "
             f"out {metrics.rate(f'out:{name}'):.1f} fps q{r['depth']} drop {r['drops']}"
             f"{extra}{lat}")

@@ -55,7 +55,10 @@ def count_envelope(r: FrameResult, *, publish_ts: float | None = None,
 
     ``publish_ts`` is when the message was handed to its output (the Redis sink sets it when it
     sends); ``heatmap`` the reference from ``heatmap_ref`` when one was stored; ``run_id`` is
-    added when given. The dict holds no numpy types, so it stays valid after ``r`` is reused.
+    added when given; ``model`` (the label of the model that counted the frame) when known, and
+    ``reused_tiles`` (how many of the frame's tiles, and which, kept the density of an earlier
+    frame) on cameras with the motion gate on. The dict holds no numpy types, so it stays valid
+    after ``r`` is reused.
     """
     result_ts = float(r.result_ts or r.capture_ts)
     env: dict[str, Any] = {
@@ -76,6 +79,11 @@ def count_envelope(r: FrameResult, *, publish_ts: float | None = None,
         "engine_id": str(r.engine_id),
         "heatmap": heatmap,
     }
+    if r.model:
+        env["model"] = r.model
+    if r.reused_tiles is not None:
+        env["reused_tiles"] = {"count": len(r.reused_tiles), "of": int(r.tiles),
+                               "indices": [int(i) for i in r.reused_tiles]}
     if run_id is not None:
         env["run_id"] = run_id
     return env

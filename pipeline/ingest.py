@@ -99,6 +99,7 @@ class Ingest:
         self._last_pts: float | None = None
         self._progress = time.monotonic()
         self._ended = False
+        self.session = 0  # this opening of the source (FrameMeta.session): new on each open
 
     # -- state -------------------------------------------------------------------------------
 
@@ -183,6 +184,9 @@ class Ingest:
         stats = DecodeStats()
         fdur = frame_duration_s(container)
         got_frame = False
+        # a new id per opening (reconnect, a file's loop, a restarted process): the motion gate
+        # recounts the whole frame on the first frame of a session it sees
+        self.session = time.time_ns()
         stall_s = self.cfg.reconnect.stall_timeout_s if self.live else None
         self._progress = time.monotonic()
         try:
@@ -296,7 +300,7 @@ class Ingest:
         except BaseException:
             self.ring.abort(slot)
             raise
-        self.ring.commit(slot, FrameMeta(self.camera, index, pts, capture_ts, h, w))
+        self.ring.commit(slot, FrameMeta(self.camera, index, pts, capture_ts, h, w, self.session))
         self._progress = time.monotonic()  # waiting on a full ring is not a stall
         self.frames_out += 1
 

@@ -96,8 +96,12 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                                       "inference), post (-> post stage)."),
     "crowdstream_camera_state": ("gauge", ("camera", "state"),
                                  "1 for the camera's current state, 0 for the others."),
-    "crowdstream_inference_tiles": ("counter", (), "Tiles run through the model."),
-    "crowdstream_inference_batches": ("counter", (), "Batches run through the model."),
+    "crowdstream_inference_tiles": ("counter", ("model",), "Tiles run through the model."),
+    "crowdstream_inference_batches": ("counter", ("model",), "Batches run through the model."),
+    "crowdstream_tiles": ("counter", ("camera",), "Tiles the camera's frames were cut into."),
+    "crowdstream_tiles_reused": ("counter", ("camera",),
+                                 "Tiles of the camera's frames the motion gate reused (the "
+                                 "density of the frame they were last counted on; not run)."),
     "crowdstream_stage_restarts": ("counter", ("stage",),
                                    "Crashes of the stage restarted by the supervisor."),
     "crowdstream_stage_up": ("gauge", ("stage",), "1 while the stage's process(es) run."),
@@ -126,6 +130,7 @@ class CameraSnapshot:
     lat_sum: float = 0.0
     span: tuple[float, float] | None = None  # FrameCounters.counting_span()
     recorder_depth: int | None = None  # frames waiting for the recorder (recorded cameras)
+    model: str = ""  # the label of the model counting the camera
 
     @property
     def frames_in(self) -> int:
@@ -142,22 +147,25 @@ class CameraSnapshot:
 class Snapshot:
     ts: float
     cameras: dict[str, CameraSnapshot]
-    pool: dict[str, int] = field(default_factory=dict)  # BatchPool.stats()
+    pool: dict[str, int] = field(default_factory=dict)  # BatchPool.stats(), summed over models
     restarts: dict[str, int] = field(default_factory=dict)  # stage -> crash count
     up: dict[str, bool] = field(default_factory=dict)
     values: dict[tuple[str, ...], float] = field(default_factory=dict)  # ValueBoard.read()
     stopping: bool = False
+    pools: dict[str, dict[str, int]] = field(default_factory=dict)  # model label -> its pool's
 
     @classmethod
     def take(cls, rings: Mapping[str, FrameRing], states: Mapping[str, tuple[str, str]],
-             totals: Mapping[str, int | None], pool: BatchPool | None,
+             totals: Mapping[str, int | None],
+             pool: BatchPool | Mapping[str, BatchPool] | None,
              up: Mapping[str, bool], restarts: Mapping[str, int], *,
              board: ValueBoard | None = None,
              recorder_rings: Mapping[str, FrameRing] | None = None,
-             stopping: bool = False) -> Snapshot:
+             stopping: bool = False, models: Mapping[str, str] | None = None) -> Snapshot:
         """Read every camera's ring (``states``: camera -> (state, reason); ``totals``: camera ->
-        frames expected, for files), the batch pool, the post stage's live values and the
-        recorder's queues, now. ``stopping``: the run is stopping (readiness says so)."""
+        frames expected, for files), the batch pool (or each model's: label -> pool), the post
+        stage's live values and the recorder's queues, now. ``stopping``: the run is stopping
+        (readiness says so); ``models``: camera -> the label of its model."""
         cams = {}
         for name, r in rings.items():
             hist, lat_sum = r.counters.latency_histogram()
@@ -165,9 +173,22 @@ class Snapshot:
             cams[name] = CameraSnapshot(r.stats(), r.counters.latency_samples(),
                                         *states.get(name, ("starting", "")), totals.get(name),
                                         hist, lat_sum, r.counters.counting_span(),
-                                        rec.depth if rec is not None else None)
-        return cls(time.time(), cams, pool.stats() if pool is not None else {}, dict(restarts),
-                   dict(up), board.read() if board is not None else {}, stopping)
+                                        rec.depth if rec is not None else None,
+                                        (models or {}).get(name, ""))
+        pools = {"": pool} if isinstance(pool, BatchPool) else dict(pool or {})
+        per = {label: p.stats() for label, p in pools.items()}
+        total: dict[str, int] = {}
+        for st in per.values():
+            for k, v in st.items():
+                total[k] = total.get(k, 0) + v
+        return cls(time.time(), cams, total, dict(restarts), dict(up),
+                   board.read() if board is not None else {}, stopping, per)
+
+    def batch_fill(self) -> float | None:
+        """Tiles run per batch over the tiles a batch holds, every model together (None before
+        the first batch)."""
+        room = sum(p["batches"] * p["max_batch"] for p in self.pools.values())
+        return sum(p["tiles"] for p in self.pools.values()) / room if room else None
 
     def drained(self) -> bool:
         """Every frame written so far has been counted (or counted as lost/dropped)."""
@@ -207,6 +228,8 @@ def _camera_families(fam: dict[str, Any], snap: Snapshot) -> None:
         fam["crowdstream_frames_lost"].add_metric([cam], r["lost"])
         fam["crowdstream_frames_in_flight"].add_metric([cam], c.in_flight)
         fam["crowdstream_queue_depth"].add_metric([cam, "frames"], r["depth"])
+        fam["crowdstream_tiles"].add_metric([cam], r.get("tiles", 0))
+        fam["crowdstream_tiles_reused"].add_metric([cam], r.get("tiles_reused", 0))
         if c.recorder_depth is not None:
             fam["crowdstream_queue_depth"].add_metric([cam, "recorder"], c.recorder_depth)
         for s in CAMERA_STATES:
@@ -229,9 +252,10 @@ def _value_families(fam: dict[str, Any], values: Mapping[tuple[str, ...], float]
 
 
 def _pipeline_families(fam: dict[str, Any], snap: Snapshot) -> None:
+    for label, p in snap.pools.items():
+        fam["crowdstream_inference_tiles"].add_metric([label], p["tiles"])
+        fam["crowdstream_inference_batches"].add_metric([label], p["batches"])
     if snap.pool:
-        fam["crowdstream_inference_tiles"].add_metric([], snap.pool["tiles"])
-        fam["crowdstream_inference_batches"].add_metric([], snap.pool["batches"])
         fam["crowdstream_batch_queue_depth"].add_metric(["infer"], snap.pool["queued_infer"])
         fam["crowdstream_batch_queue_depth"].add_metric(["post"], snap.pool["queued_post"])
     stages = list(dict.fromkeys([*STAGES, *snap.up, *snap.restarts]))

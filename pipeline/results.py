@@ -53,6 +53,9 @@ class FrameResult:
     frame_size: tuple[int, int]  # (height, width)
     engine_id: str
     result_ts: float = 0.0  # wall clock when the count was ready
+    model: str = ""  # the label of the model that counted it (its card's name)
+    tiles: int = 0  # tiles the frame was cut into
+    reused_tiles: tuple[int, ...] | None = None  # reused by the motion gate (None: gate off)
     zone_counts: dict[str, float] = field(default_factory=dict)
     zone_density: dict[str, float] = field(default_factory=dict)  # people per map cell
     zone_density_m2: dict[str, float] = field(default_factory=dict)

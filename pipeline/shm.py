@@ -29,7 +29,8 @@ Example (parent creates and owns the segment; a spawned child attaches through t
     ring.close(); ring.unlink()
 
 ``BatchPool`` is the same machinery for batches of tiles (tile -> inference -> post) with the model
-outputs written back into the same slot. ``ValueBoard`` is a fixed record of float64 values
+outputs written back into the same slot (one pool per model; ``PoolSet`` serves a run's pools
+together). ``ValueBoard`` is a fixed record of float64 values
 (the post stage's live people counts, densities and alert flags, read by the supervisor for the
 metrics). ``RunSegments`` names every segment of a run under one
 run prefix (``run_prefix()``) and unlinks them all at the end; nothing of a run is made elsewhere.
@@ -55,8 +56,8 @@ from pipeline.events import CameraStatus, EndOfStream
 
 __all__ = [
     "BatchPool", "BatchPoolHandle", "CameraStatus", "EndOfStream", "FrameCounters", "FrameMeta",
-    "FrameRing", "FrameRingHandle", "LATENCY_BUCKETS", "RunSegments", "ShmSpaceError",
-    "ValueBoard", "ValueBoardHandle", "check_shm_space",
+    "FrameRing", "FrameRingHandle", "LATENCY_BUCKETS", "PoolSet", "RunSegments", "ShmSpaceError",
+    "ValueBoard", "ValueBoardHandle", "check_shm_space", "default_rows",
     "run_prefix", "shm_free_bytes", "shm_segments",
 ]
 
@@ -70,7 +71,7 @@ B_FREE, B_FILLING, B_QUEUED, B_INFERRING, B_DONE, B_POSTING = 0, 1, 2, 3, 4, 5
 # int64 header words (transport only: the stages' bookkeeping is a FrameCounters record)
 _HDR_WORDS = 64
 H_DROPS, H_PUTS, H_GETS, H_END, H_LAST_PUT, H_REFUSED = 0, 1, 2, 3, 4, 5
-H_BATCHES, H_TILES, H_REQUEUED, H_INFER_NS = 10, 11, 12, 13
+H_BATCHES, H_TILES, H_REQUEUED, H_INFER_NS, H_REUSED = 10, 11, 12, 13, 14
 _FIFO_BASE = 32  # head, tail pairs from here on
 _REASON_BYTES = 128
 LATENCY_SAMPLES = 2048
@@ -132,6 +133,7 @@ def fit_name(name: str, max_bytes: int = NAME_BYTES) -> str:
 _FRAME_META = np.dtype([
     ("camera", f"S{NAME_BYTES}"), ("frame_index", "<i8"), ("pts", "<f8"), ("capture_ts", "<f8"),
     ("height", "<i4"), ("width", "<i4"), ("aux_len", "<i8"),
+    ("session", "<i8"),  # the source session (FrameMeta.session)
 ])
 
 # the stages' per-camera bookkeeping, followed by LATENCY_SAMPLES float64 latencies and the
@@ -142,20 +144,27 @@ _COUNTERS = np.dtype([
     ("last_result_ts", "<f8"),
     # the post process's outputs: messages queued for / delivered to Redis, frames not recorded
     ("out_queued", "<i8"), ("out_delivered", "<i8"), ("unrecorded", "<i8"),
+    ("tiles", "<i8"), ("tiles_reused", "<i8"),  # tile stage: tiles cut / reused (motion gate)
 ])
 
 _TILE_DESC = np.dtype([
     ("cam", "<i4"), ("fslot", "<i4"), ("tile", "<i4"), ("ntiles", "<i4"), ("seq", "<i8"),
     ("frame_index", "<i8"), ("pts", "<f8"), ("capture_ts", "<f8"), ("height", "<i4"),
     ("width", "<i4"), ("frame_height", "<i4"), ("frame_width", "<i4"),
-])  # height/width: the frame as tiled (after the resize rule); frame_*: as decoded
+    ("out", "<i4"), ("pad", "<i4"),
+])  # height/width: the frame as tiled (after the resize rule); frame_*: as decoded; out: the
+# row of tiles()/outputs() holding this tile, -1 for a tile the motion gate reused (not run)
 
-_BATCH_META = np.dtype([("n", "<i4"), ("pad", "<i4"), ("batch_id", "<i8"), ("t_submit", "<f8")])
+# n: descriptor rows, k: tiles to run (rows of tiles()/outputs(); k <= n, k = n without reuse)
+_BATCH_META = np.dtype([("n", "<i4"), ("k", "<i4"), ("batch_id", "<i8"), ("t_submit", "<f8")])
 
 
 @dataclass
 class FrameMeta:
-    """What travels with a frame: camera, monotonic per-camera index, source PTS, wall-clock time."""
+    """What travels with a frame: camera, monotonic per-camera index, source PTS, wall-clock time,
+    and the source session it came from (``session``: ingest gives each opening of the source, a
+    reconnect or a file's loop, a new id; 0: unknown. The motion gate recounts a whole frame when
+    it changes)."""
 
     camera: str
     frame_index: int
@@ -163,6 +172,7 @@ class FrameMeta:
     capture_ts: float
     height: int
     width: int
+    session: int = 0
 
 
 class _Queues:
@@ -277,13 +287,14 @@ class FrameCounters:
     were tiled, emitted (counted) and lost, the last counted frame index, recent capture->result
     latencies with a histogram of all of them (``LATENCY_BUCKETS``), the capture time of the
     first counted frame and the time of the last result (the camera's counting rate), whether
-    the tile stage has seen the end of the stream, and what became of the counted frames'
-    outputs: messages queued for Redis and delivered to it (``queued - delivered`` were never
-    published: evicted from the outage buffer, unsent at close, lost with a killed post process,
-    refused) and frames the recorder skipped. Each field has one writer (tile: seq, tiled,
-    eos_seen; post: emitted, last_index, latencies, out_queued, unrecorded; post's publisher
-    thread: out_delivered; lost: post, or the supervisor while the readers are stopped), so no
-    lock is needed; a restarted process adds to what its predecessor left.
+    the tile stage has seen the end of the stream, the tiles cut and those the motion gate
+    reused, and what became of the counted frames' outputs: messages queued for Redis and
+    delivered to it (``queued - delivered`` were never published: evicted from the outage buffer,
+    unsent at close, lost with a killed post process, refused) and frames the recorder skipped.
+    Each field has one writer (tile: seq, tiled, eos_seen, tiles, tiles_reused; post: emitted,
+    last_index, latencies, out_queued, unrecorded; post's publisher thread: out_delivered; lost:
+    post, or the supervisor while the readers are stopped), so no lock is needed; a restarted
+    process adds to what its predecessor left.
 
     Example::
 
@@ -321,6 +332,12 @@ class FrameCounters:
 
     def set_eos_seen(self) -> None:
         self._rec[0]["eos_seen"] = 1
+
+    def record_tiles(self, total: int, reused: int = 0) -> None:
+        """Tile stage: a frame was cut into ``total`` tiles, ``reused`` of them not run again
+        (the motion gate kept their last density)."""
+        self._add("tiles_reused", reused)
+        self._add("tiles", total)
 
     def record_result(self, latency_s: float, frame_index: int = -1) -> None:
         """Post stage: frame ``frame_index`` was counted, capture->result ``latency_s`` later.
@@ -372,7 +389,8 @@ class FrameCounters:
     def stats(self) -> dict[str, int]:
         r = self._rec[0]
         return {k: int(r[k]) for k in ("tiled", "emitted", "lost", "eos_seen", "last_index",
-                                        "out_queued", "out_delivered", "unrecorded")}
+                                        "out_queued", "out_delivered", "unrecorded", "tiles",
+                                        "tiles_reused")}
 
     def close(self) -> None:
         self._rec = self._lat = self._hist = None  # type: ignore[assignment]
@@ -522,7 +540,7 @@ class FrameRing:
         slot, view = got
         np.copyto(view, frame)
         self.commit(slot, FrameMeta(meta.camera, meta.frame_index, meta.pts, meta.capture_ts,
-                                    h, w))
+                                    h, w, meta.session))
         return True
 
     def reserve(self, height: int, width: int,
@@ -562,6 +580,7 @@ class FrameRing:
         m["capture_ts"] = meta.capture_ts
         m["height"] = meta.height
         m["width"] = meta.width
+        m["session"] = meta.session
         with q.lock:
             q.state[slot] = READY
             q._push(self._F_READY, slot)
@@ -617,7 +636,8 @@ class FrameRing:
         h, w = int(m["height"]), int(m["width"])
         pts = float(m["pts"])
         meta = FrameMeta(self._camera_of(m["camera"]), int(m["frame_index"]),
-                         None if math.isnan(pts) else pts, float(m["capture_ts"]), h, w)
+                         None if math.isnan(pts) else pts, float(m["capture_ts"]), h, w,
+                         int(m["session"]))
         return slot, meta, self._view(slot, h, w)
 
     def _camera_of(self, record: bytes) -> str:
@@ -725,26 +745,39 @@ class FrameRing:
 @dataclass
 class BatchPoolHandle:
     """Name + lock/semaphores of a batch pool. Made before the pool's geometry is known (the
-    inference process learns the model's window), so it can be handed to that process at spawn."""
+    inference process learns the model's window), so it can be handed to that process at spawn.
+    ``wake``: two semaphores (a batch to run, a batch to post) shared by the pools of one run
+    when it has several (one per model), so one process can wait on all of them (``PoolSet``)."""
 
     name: str
     slots: int
     lock: Any
     sems: tuple[Any, ...]
+    wake: tuple[Any, Any] | None = None
 
 
-_H_GEOM = 20  # max_batch, window h, window w, block
+_H_GEOM = 20  # max_batch, window h, window w, block, descriptor rows
+
+
+def default_rows(max_batch: int) -> int:
+    """Descriptor rows per batch slot: room for tiles the motion gate reuses (a row each, no
+    tile data) beside the ``max_batch`` tiles that run, so reuse never shrinks engine batches."""
+    return max(4 * max_batch, 32)
 
 
 class BatchPool:
     """Shared-memory batch buffers: ``max_batch`` tiles (float32 RGB, 3 x window) per slot, the
-    model's outputs for them, and a descriptor per tile (which camera / frame / tile it is).
+    model's outputs for them, and ``rows`` descriptors per slot (which camera / frame / tile each
+    row is, and ``out``: its row of ``tiles``/``outputs``, or -1 for a tile the motion gate
+    reused: it has a descriptor but is not run, so a frame whose tiles are all reused still
+    travels to the post stage in order).
 
-    Flow: tile ``acquire`` -> fill ``tiles(slot)`` and ``desc(slot)`` -> ``submit`` ->
-    inference ``take_infer`` -> write ``outputs(slot)`` -> ``done_infer`` -> post ``take_post`` ->
-    ``release``. Batches reach post in submission order, also across an inference restart
-    (``requeue_inference`` puts the batch a dead inference process held back at the front).
-    The geometry lives in the segment's header: ``attach`` needs only the handle.
+    Flow: tile ``acquire`` -> fill ``tiles(slot)`` and ``desc(slot)`` -> ``submit(slot, n, k)``
+    (n rows, the first k tiles to run) -> inference ``take_infer`` -> write ``outputs(slot)[:k]``
+    -> ``done_infer`` -> post ``take_post`` -> ``release``. Batches reach post in submission
+    order, also across an inference restart (``requeue_inference`` puts the batch a dead
+    inference process held back at the front). The geometry lives in the segment's header:
+    ``attach`` needs only the handle.
 
     Example::
 
@@ -757,59 +790,68 @@ class BatchPool:
     def __init__(self, q: _Queues, handle: BatchPoolHandle) -> None:
         self._q = q
         self._h = handle
-        mb, wh, ww, b = (int(v) for v in q.hdr[_H_GEOM:_H_GEOM + 4])
+        mb, wh, ww, b, rows = (int(v) for v in q.hdr[_H_GEOM:_H_GEOM + 5])
         self.window = (wh, ww)
         self.block = b
         self._max_batch = mb
+        self.max_rows = rows
         self.tile_shape = (3, wh, ww)
         self.out_shape = (1, wh // b, ww // b)
-        self._tile_bytes, self._out_bytes, self._desc_bytes = self._sizes(mb, (wh, ww), b)
+        self._tile_bytes, self._out_bytes, self._desc_bytes = self._sizes(mb, (wh, ww), b, rows)
         self._slot_bytes = (_align(self._tile_bytes) + _align(self._out_bytes)
                             + _align(self._desc_bytes))
 
     @staticmethod
-    def _sizes(max_batch: int, window: tuple[int, int], block: int) -> tuple[int, int, int]:
+    def _sizes(max_batch: int, window: tuple[int, int], block: int,
+               rows: int) -> tuple[int, int, int]:
         wh, ww = window
         return (max_batch * 3 * wh * ww * 4, max_batch * (wh // block) * (ww // block) * 4,
-                max_batch * _TILE_DESC.itemsize)
+                rows * _TILE_DESC.itemsize)
 
     @staticmethod
-    def nbytes(slots: int, max_batch: int, window: tuple[int, int], block: int) -> int:
+    def nbytes(slots: int, max_batch: int, window: tuple[int, int], block: int,
+               rows: int | None = None) -> int:
         """Size of the segment (for up-front /dev/shm checks)."""
-        per = sum(_align(n) for n in BatchPool._sizes(max_batch, window, block))
+        rows = default_rows(max_batch) if rows is None else rows
+        per = sum(_align(n) for n in BatchPool._sizes(max_batch, window, block, rows))
         return _Queues.header_bytes(slots, 3, _BATCH_META, 0) + slots * per
 
     @staticmethod
-    def prepare(name: str, slots: int) -> BatchPoolHandle:
-        """The handle (name, lock, semaphores) of a pool ``create_from`` makes later."""
+    def prepare(name: str, slots: int, wake: tuple[Any, Any] | None = None) -> BatchPoolHandle:
+        """The handle (name, lock, semaphores) of a pool ``create_from`` makes later; ``wake``:
+        the run's shared wake-up semaphores when it has several pools (``PoolSet.wake_pair``)."""
         if slots < 2:
             raise ValueError(f"a batch pool needs at least 2 slots, got {slots}")
         ctx = mp.get_context("spawn")
         return BatchPoolHandle(name, slots, ctx.Lock(),
-                               (ctx.Semaphore(0), ctx.Semaphore(0), ctx.Semaphore(0)))
+                               (ctx.Semaphore(0), ctx.Semaphore(0), ctx.Semaphore(0)), wake)
 
     @classmethod
     def create_from(cls, handle: BatchPoolHandle, max_batch: int, window: tuple[int, int],
-                    block: int) -> BatchPool:
-        """Create (and own) the segment for a prepared handle."""
+                    block: int, rows: int | None = None) -> BatchPool:
+        """Create (and own) the segment for a prepared handle (``rows``: descriptor rows per
+        slot, default ``default_rows(max_batch)``)."""
+        rows = default_rows(max_batch) if rows is None else rows
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if rows < max_batch:
+            raise ValueError(f"rows ({rows}) must be >= max_batch ({max_batch})")
         if window[0] % block or window[1] % block:
             raise ValueError(f"window {window} is not a multiple of the block size {block}")
-        size = cls.nbytes(handle.slots, max_batch, window, block)
+        size = cls.nbytes(handle.slots, max_batch, window, block, rows)
         shm = _create_segment(handle.name, size, f"batch pool {handle.name!r} ({handle.slots} x "
                                                  f"{max_batch} tiles of {window[1]}x{window[0]})")
         q = _Queues(shm, True, handle.slots, 3, _BATCH_META, 0, handle.lock, handle.sems)
         q.hdr[:] = 0
-        q.hdr[_H_GEOM:_H_GEOM + 4] = (max_batch, window[0], window[1], block)
+        q.hdr[_H_GEOM:_H_GEOM + 5] = (max_batch, window[0], window[1], block, rows)
         pool = cls(q, handle)
         pool.reset()
         return pool
 
     @classmethod
     def create(cls, name: str, slots: int, max_batch: int, window: tuple[int, int],
-               block: int) -> BatchPool:
-        return cls.create_from(cls.prepare(name, slots), max_batch, window, block)
+               block: int, rows: int | None = None) -> BatchPool:
+        return cls.create_from(cls.prepare(name, slots), max_batch, window, block, rows)
 
     def handle(self) -> BatchPoolHandle:
         return self._h
@@ -839,12 +881,18 @@ class BatchPool:
             np.float32).reshape(self._max_batch, *self.out_shape)
 
     def desc(self, slot: int) -> np.ndarray:
-        """Per-tile descriptors (camera index, frame slot, tile index, seq, ...)."""
+        """Per-tile descriptors, ``max_rows`` of them (camera index, frame slot, tile index, seq,
+        ``out``: the tile's row of ``tiles``/``outputs``, -1 when reused, ...)."""
         start = _align(self._tile_bytes) + _align(self._out_bytes)
         return self._region(slot, start, self._desc_bytes).view(_TILE_DESC)
 
     def count(self, slot: int) -> int:
+        """Descriptor rows of the batch in ``slot``."""
         return int(self._q.meta[slot]["n"])
+
+    def tile_count(self, slot: int) -> int:
+        """Tiles of the batch in ``slot`` to run (rows ``[:k]`` of ``tiles``/``outputs``)."""
+        return int(self._q.meta[slot]["k"])
 
     def _take(self, f: int, state: int, timeout: float | None) -> int | None:
         q = self._q
@@ -866,15 +914,28 @@ class BatchPool:
         """A free batch slot for the tile stage (None on timeout)."""
         return self._take(self._F_FREE, B_FILLING, timeout)
 
-    def submit(self, slot: int, n: int, t_submit: float = 0.0) -> None:
-        if not 1 <= n <= self._max_batch:
-            raise ValueError(f"batch of {n} tiles, pool holds 1..{self._max_batch}")
+    def submit(self, slot: int, n: int, t_submit: float = 0.0, k: int | None = None) -> None:
+        """Queue ``n`` descriptor rows for inference, of which the first ``k`` tiles run
+        (default: all ``n``; fewer when the motion gate reused some)."""
+        k = n if k is None else k
+        if not 1 <= n <= self.max_rows:
+            raise ValueError(f"batch of {n} rows, pool holds 1..{self.max_rows}")
+        if not 0 <= k <= min(n, self._max_batch):
+            raise ValueError(f"batch of {k} tiles to run, pool holds 0..{self._max_batch}")
         q = self._q
         q.meta[slot]["n"] = n
+        q.meta[slot]["k"] = k
         q.meta[slot]["t_submit"] = t_submit
-        q.hdr[H_BATCHES] += 1
-        q.hdr[H_TILES] += n
+        q.hdr[H_BATCHES] += 1 if k else 0  # a batch of reused tiles only is not run
+        q.hdr[H_TILES] += k
+        q.hdr[H_REUSED] += n - k
         self._give(self._F_INFER, slot, B_QUEUED)
+        self._wake(0)
+
+    def _wake(self, which: int, n: int = 1) -> None:
+        if self._h.wake is not None:
+            for _ in range(n):
+                self._h.wake[which].release()
 
     def take_infer(self, timeout: float | None = None) -> int | None:
         return self._take(self._F_INFER, B_INFERRING, timeout)
@@ -882,6 +943,7 @@ class BatchPool:
     def done_infer(self, slot: int, infer_ns: int = 0) -> None:
         self._q.hdr[H_INFER_NS] += infer_ns
         self._give(self._F_POST, slot, B_DONE)
+        self._wake(1)
 
     def take_post(self, timeout: float | None = None) -> int | None:
         return self._take(self._F_POST, B_POSTING, timeout)
@@ -905,6 +967,7 @@ class BatchPool:
             q.hdr[H_REQUEUED] += len(held)
         for _ in held:
             q.sems[self._F_INFER].release()
+        self._wake(0, len(held))
         return len(held)
 
     def reset(self) -> None:
@@ -925,6 +988,7 @@ class BatchPool:
         q = self._q
         with q.lock:
             return {"batches": int(q.hdr[H_BATCHES]), "tiles": int(q.hdr[H_TILES]),
+                    "reused": int(q.hdr[H_REUSED]), "max_batch": self._max_batch,
                     "requeued": int(q.hdr[H_REQUEUED]), "infer_ns": int(q.hdr[H_INFER_NS]),
                     "queued_infer": q._len(self._F_INFER), "queued_post": q._len(self._F_POST)}
 
@@ -933,6 +997,82 @@ class BatchPool:
 
     def unlink(self) -> None:
         self._q.unlink()
+
+
+class PoolSet:
+    """The batch pools of one run (one per model), served together by one process: the
+    inference stage runs whichever has a batch queued, the post stage posts whichever has one
+    done, round robin so no model's batches starve another's. Each pool keeps its own order, and
+    a camera uses one pool, so each camera's frames stay in order. With several pools the
+    processes wait on the run's shared wake-up semaphores (``wake_pair``, given to every pool's
+    ``prepare``); one pool is served exactly as before.
+
+    Example::
+
+        wake = PoolSet.wake_pair()
+        handles = [BatchPool.prepare(f"cs_1_b{i}", 4, wake) for i in range(2)]
+        ...                                       # pools created from them once engines load
+        pools = PoolSet([BatchPool.attach(h) for h in handles])
+        got = pools.take_infer(timeout=0.2)       # (pool index, slot) | None
+    """
+
+    def __init__(self, pools: list[BatchPool]) -> None:
+        if not pools:
+            raise ValueError("a pool set needs at least one pool")
+        self.pools = pools
+        self._next = [0, 0]  # where the next round robin scan starts: infer, post
+
+    @staticmethod
+    def wake_pair() -> tuple[Any, Any]:
+        """The (batch queued, batch done) semaphores a run's pools share."""
+        ctx = mp.get_context("spawn")
+        return ctx.Semaphore(0), ctx.Semaphore(0)
+
+    def __len__(self) -> int:
+        return len(self.pools)
+
+    def __getitem__(self, i: int) -> BatchPool:
+        return self.pools[i]
+
+    def take_infer(self, timeout: float) -> tuple[int, int] | None:
+        """(pool index, slot) of a batch to run, or None after ``timeout`` seconds."""
+        return self._take(0, timeout)
+
+    def take_post(self, timeout: float) -> tuple[int, int] | None:
+        """(pool index, slot) of a batch to post, or None after ``timeout`` seconds."""
+        return self._take(1, timeout)
+
+    def _take_one(self, which: int, pool: BatchPool, timeout: float) -> int | None:
+        return pool.take_infer(timeout) if which == 0 else pool.take_post(timeout)
+
+    def _take(self, which: int, timeout: float) -> tuple[int, int] | None:
+        pools = self.pools
+        if len(pools) == 1:
+            slot = self._take_one(which, pools[0], timeout)
+            return None if slot is None else (0, slot)
+        wake = pools[0].handle().wake
+        deadline = time.monotonic() + timeout
+        while True:
+            start = self._next[which]
+            for j in range(len(pools)):
+                i = (start + j) % len(pools)
+                slot = self._take_one(which, pools[i], 0)
+                if slot is not None:
+                    self._next[which] = (i + 1) % len(pools)
+                    return i, slot
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            # one token per batch queued (done): a scan after each; a stale token costs one
+            # empty scan, a missing one (a process killed between the two) at most ``timeout``
+            if wake is not None:
+                wake[which].acquire(True, left)
+            else:
+                time.sleep(min(left, 0.002))
+
+    def close(self) -> None:
+        for p in self.pools:
+            p.close()
 
 
 @dataclass
@@ -1059,16 +1199,17 @@ class RunSegments:
         self._owned.append(board)
         return board
 
-    def batch_pool_handle(self, role: str, slots: int) -> BatchPoolHandle:
+    def batch_pool_handle(self, role: str, slots: int,
+                          wake: tuple[Any, Any] | None = None) -> BatchPoolHandle:
         """The handle of the batch pool ``batch_pool`` creates once the engine's geometry is
-        known (the inference process gets the handle at spawn)."""
-        return BatchPool.prepare(self._name(role), slots)
+        known (the inference process gets the handle at spawn); ``wake``: see ``PoolSet``."""
+        return BatchPool.prepare(self._name(role), slots, wake)
 
     def batch_pool(self, handle: BatchPoolHandle, max_batch: int, window: tuple[int, int],
-                   block: int) -> BatchPool:
+                   block: int, rows: int | None = None) -> BatchPool:
         if handle.name not in self.names:
             raise ValueError(f"batch pool {handle.name!r} was not prepared by this run")
-        pool = BatchPool.create_from(handle, max_batch, window, block)
+        pool = BatchPool.create_from(handle, max_batch, window, block, rows)
         self._owned.append(pool)
         return pool
 

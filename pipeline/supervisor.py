@@ -7,17 +7,20 @@ sinks) -> recorder (when a camera records); and one service, the embedded Redis 
 taken port is a config error before any process starts) and its address printed; then startup
 runs in named steps, each logged:
 
-1. plan cameras -- the model choice, this worker's cameras (all, or its shard's with
-   ``shard``: ``pipeline.shard``) and each camera's frame size and queue policy;
+1. plan cameras -- this worker's cameras (all, or its shard's with ``shard``: ``pipeline.shard``),
+   each camera's frame size and queue policy, and the models (the global one and the cameras'
+   own: one per distinct file);
 2. check /dev/shm -- the computed need (clear error naming it), then the frame rings, every
    segment under the run prefix (``RunSegments``);
 3. start services -- the embedded Redis; with ``runtime.resume``, each camera's last frame
    index already in Redis (ingest continues after it);
-4. load engine -- the inference process reports the model's window, the batch pool is sized to it;
+4. load engine -- the inference process loads one engine per model and reports each one's window;
+   one batch pool per model is sized to its engine;
 5. start stages -- recorder rings and process, tile, post, and one ingest per camera.
 
 Watching: one ``RestartPolicy`` (exponential backoff, reset after a stable run) for every child.
-An inference crash re-queues the batch it held (no frame lost, order kept); a tile or post crash
+An inference crash re-queues the batch each pool had in it (no frame lost, order kept); a tile or
+post crash
 restarts the tile/inference/post chain and gives the frames they held back (counted as lost); an
 ingest killed without ending its stream is restarted; a recorder crash gives its ring slots back
 and restarts it; a dead Redis is restarted on the same port and data. Camera state changes are
@@ -67,11 +70,11 @@ from pipeline.redis_embedded import connect_hint, embedded_data_dir
 from pipeline.reload import ControlListener, SettingsUpdate, live_changes
 from pipeline.services import RedisService
 from pipeline.shard import ShardSpec
-from pipeline.shm import BatchPool, FrameRing, RunSegments, ValueBoard, check_shm_space
+from pipeline.shm import BatchPool, FrameRing, PoolSet, RunSegments, ValueBoard, check_shm_space
 from pipeline.sinks.live_values import live_value_keys
 from pipeline.sinks.recorder import RECORDER_TARGET, RecorderArgs, recorder_rings
 from pipeline.stages import inference as inference_stage
-from pipeline.stages.common import StageArgs
+from pipeline.stages.common import ModelSlot, StageArgs
 
 POLL_S = 0.2
 ENGINE_LOAD_TIMEOUT_S = 900.0  # exporting a large checkpoint to ONNX on a CPU takes minutes
@@ -175,13 +178,16 @@ class Supervisor:
         self.drain_timeout_s = rt.drain_timeout_s  # a second signal sets it to 0 (not the config)
         self.children: dict[str, _Child] = {}
         self.cams: list[_Camera] = []
-        self.pool: BatchPool | None = None
+        self.pools: list[BatchPool] = []  # one per model, in the order of self.choices
         self.rec_rings: dict[str, FrameRing] = {}
         self.redis: RedisService | None = None
         self.redis_url: str | None = None
         self.metrics: PipelineMetrics | None = None
         self.values: ValueBoard | None = None  # the post stage's live values, for the metrics
-        self.engine: dict[str, Any] = {}
+        self.engine: dict[str, Any] = {}  # the first model's engine (the only one, usually)
+        self.engines: list[dict[str, Any]] = []  # every model's engine: geometry, id, label
+        self.choices: list[inference_stage.ModelChoice] = []
+        self.camera_models: dict[str, int] = {}  # camera -> index into choices / pools
         self.exit_reason = ""
         self.last_snapshot: Snapshot | None = None
         self.tallies: dict[str, CameraTally] = {}  # per camera, taken at shutdown
@@ -192,7 +198,7 @@ class Supervisor:
         self.stop_stages = StopFlag(self.ctx)
         self.stop_recorder = StopFlag(self.ctx)
         self.pool_ready = StopFlag(self.ctx)
-        self.pool_handle = self.segments.batch_pool_handle("batches", rt.batch_slots)
+        self.pool_handles: list[Any] = []  # made once the models are planned
         # one events queue per ingest process and one status queue per post process, made fresh
         # at each spawn: a process SIGKILLed in the middle of a queue operation can leave a
         # queue's lock taken or half a message in its pipe, and that must not reach the others
@@ -286,7 +292,6 @@ class Supervisor:
 
     def _plan_cameras(self) -> None:
         cfg, rt = self.cfg, self.cfg.runtime
-        self.choice = inference_stage.choose_model(cfg)
         enabled = [(n, c) for n, c in cfg.cameras.items() if c.enabled]
         if not enabled:
             raise ConfigError(cfg.source_file, "cameras", "every camera is disabled "
@@ -308,12 +313,25 @@ class Supervisor:
             self.cams.append(_Camera(name, cam, h, w, total))
             self.log.info("camera", camera=name, url=redact_url(cam.url),
                           policy=cam.effective_policy, size=f"{w}x{h}")
-        if self.choice.fallback_reason or self.choice.random_init:
-            msg = (f"model: {self.choice.label}"
-                   + (f" -- {self.choice.fallback_reason}" if self.choice.fallback_reason else ""))
-            self.out.note(f"WARNING {msg}")
-            self.log.warning("random init model", model=self.choice.random_init,
-                             reason=self.choice.fallback_reason or "model.random_init")
+        self._plan_models()
+
+    def _plan_models(self) -> None:
+        """One model per distinct file among the cameras' own and the global one; each gets a
+        batch pool handle now (the pool itself once its engine's geometry is known)."""
+        plan = inference_stage.plan_models(self.cfg, [c.name for c in self.cams])
+        self.choices, self.camera_models = plan.choices, plan.cameras
+        for choice in self.choices:
+            if choice.fallback_reason or choice.random_init:
+                msg = (f"model: {choice.label}"
+                       + (f" -- {choice.fallback_reason}" if choice.fallback_reason else ""))
+                self.out.note(f"WARNING {msg}")
+                self.log.warning("random init model", model=choice.random_init,
+                                 reason=choice.fallback_reason or "model.random_init")
+        # several pools: the inference and post processes wait on all of them through one pair
+        wake = PoolSet.wake_pair() if len(self.choices) > 1 else None
+        slots = self.cfg.runtime.batch_slots
+        self.pool_handles = [self.segments.batch_pool_handle(
+            "batches" if i == 0 else f"batches{i}", slots, wake) for i in range(len(self.choices))]
 
     def _check_shm(self) -> None:
         rt = self.cfg.runtime
@@ -377,22 +395,30 @@ class Supervisor:
                 self.log.info("resume", camera=c.name, after_frame=c.published_index)
 
     def _load_engine(self) -> None:
-        """The engine decides the window, so inference starts first and the pool is sized to it."""
+        """The engines decide the windows, so inference starts first and each model's pool is
+        sized to its engine."""
         cfg, rt = self.cfg, self.cfg.runtime
         self._spawn("inference")
-        info = self.engine = self._wait_engine()
-        window = tuple(info["window"])
-        max_batch = min(cfg.model.batch, int(info["max_batch"]))
-        check_shm_space(BatchPool.nbytes(rt.batch_slots, max_batch, window, info["block_size"]),
-                        f"the batch pool ({rt.batch_slots} x {max_batch} tiles)")
-        self.pool = self.segments.batch_pool(self.pool_handle, max_batch, window,
-                                             info["block_size"])
+        infos = self._wait_engine()
+        labels = unique_labels([str(i.get("model") or "") or f"model{n}"
+                                for n, i in enumerate(infos)])
+        geometry = [(tuple(i["window"]), min(cfg.model.batch, int(i["max_batch"])),
+                     int(i["block_size"])) for i in infos]
+        check_shm_space(sum(BatchPool.nbytes(rt.batch_slots, b, w, k) for w, b, k in geometry),
+                        f"the batch pool(s) ({len(infos)} x {rt.batch_slots} batches)")
+        for n, (info, (window, max_batch, block)) in enumerate(zip(infos, geometry, strict=True)):
+            self.pools.append(self.segments.batch_pool(self.pool_handles[n], max_batch, window,
+                                                       block))
+            self.engines.append({**info, "label": labels[n]})
+            cams = [c for c, m in self.camera_models.items() if m == n]
+            more = f", cameras {', '.join(cams)}" if len(infos) > 1 else ""
+            self.out.note(f"engine {info['engine_id']} ({info['description'].get('backend')}, "
+                          f"{info['description'].get('device')}, window {window[1]}x{window[0]}, "
+                          f"batch {max_batch}), model {self.choices[n].label}{more}")
+        self.engine = self.engines[0]
         self.pool_ready.set()
-        self.out.note(f"engine {info['engine_id']} ({info['description'].get('backend')}, "
-                      f"{info['description'].get('device')}, window {window[1]}x{window[0]}, "
-                      f"batch {max_batch}), model {self.choice.label}")
 
-    def _wait_engine(self) -> dict[str, Any]:
+    def _wait_engine(self) -> list[dict[str, Any]]:
         deadline = time.monotonic() + ENGINE_LOAD_TIMEOUT_S
         p = self.children["inference"]
         while time.monotonic() < deadline:
@@ -406,16 +432,21 @@ class Supervisor:
                                         f"{p.proc.exitcode} while loading the engine") from None
                 continue
             if "error" in info:
-                raise ConfigError(self.cfg.source_file, self._model_key(),
-                                  f"cannot load the model ({self.choice.label}): "
-                                  f"{info['error']}")
-            return dict(info)
+                n = int(info.get("model") or 0)
+                cams = [c for c, m in self.camera_models.items() if m == n]
+                raise ConfigError(self.cfg.source_file, self._model_key(n, cams),
+                                  f"cannot load the model ({self.choices[n].label}) of "
+                                  f"camera(s) {', '.join(cams)}: {info['error']}")
+            return [dict(i) for i in info["engines"]]
         raise PipelineError(f"the engine did not load within {ENGINE_LOAD_TIMEOUT_S:.0f} s")
 
-    def _model_key(self) -> str:
-        """The config key that chose the model (named when it cannot be loaded)."""
+    def _model_key(self, n: int, cams: list[str]) -> str:
+        """The config key that chose model ``n`` of ``cams`` (named when it cannot be loaded)."""
+        own = [c for c in cams if self.cfg.cameras[c].model is not None]
+        if own:
+            return f"cameras.{own[0]}.model"
         m = self.cfg.model
-        if self.choice.random_init:
+        if self.choices[n].random_init:
             return "model.random_init"
         return "model.name" if m.name else "model.engine" if m.engine else "model.checkpoint"
 
@@ -427,7 +458,7 @@ class Supervisor:
         recorded = {c.name: (c.height, c.width) for c in self.cams if c.cfg.recording.enabled}
         if recorded:
             self.rec_rings = recorder_rings(self.segments, self.cfg, recorded,
-                                            int(self.engine["block_size"]))
+                                            min(int(e["block_size"]) for e in self.engines))
             self._spawn("recorder")
         self._spawn("tile")
         self._spawn("post")
@@ -446,12 +477,16 @@ class Supervisor:
         return child
 
     def _stage_args(self) -> StageArgs:
+        models = [ModelSlot(h, e.get("engine_id", ""), e.get("label", ""),
+                            (e.get("description") or {}).get("resize"))
+                  for h, e in zip(self.pool_handles,
+                                  self.engines or [{}] * len(self.pool_handles), strict=True)]
         return StageArgs(self.cfg, [c.name for c in self.cams],
                          [c.ring.handle() for c in self.cams if c.ring is not None],
-                         self.pool_handle, self.stop_stages, self.redis_url,
+                         models, self.stop_stages, self.redis_url,
                          {cam: r.handle() for cam, r in self.rec_rings.items()}, self.run_id,
                          self.values.handle() if self.values is not None else None,
-                         (self.engine.get("description") or {}).get("resize"))
+                         [self.camera_models[c.name] for c in self.cams])
 
     def _spawn(self, key: str) -> None:
         """Start (or restart) the child ``key``."""
@@ -489,11 +524,11 @@ class Supervisor:
         if child.stage == "inference":
             # only the first inference process reports its engine; a restarted one must not
             # write into a queue nobody reads any more
-            return spec, (self._stage_args(), self.choice,
-                          None if self.engine else self.info_q, self.pool_ready)
+            return spec, (self._stage_args(), self.choices,
+                          None if self.engines else self.info_q, self.pool_ready)
         if child.stage == "post":
             self.status_q = self.ctx.Queue()
-            return spec, (self._stage_args(), self.engine["engine_id"], self.status_q)
+            return spec, (self._stage_args(), self.status_q)
         return spec, (self._stage_args(),)
 
     # ================================================================== watching
@@ -552,9 +587,12 @@ class Supervisor:
             restarts[p.stage] = restarts.get(p.stage, 0) + p.restart.crashes
         snap = Snapshot.take({c.name: c.ring for c in self.cams if c.ring is not None},
                              {c.name: (c.state, c.reason) for c in self.cams},
-                             {c.name: c.total_frames for c in self.cams}, self.pool, up, restarts,
-                             board=self.values, recorder_rings=self.rec_rings,
-                             stopping=self._signal is not None or bool(self.exit_reason))
+                             {c.name: c.total_frames for c in self.cams},
+                             {e["label"]: p for e, p in zip(self.engines, self.pools, strict=True)},
+                             up, restarts, board=self.values, recorder_rings=self.rec_rings,
+                             stopping=self._signal is not None or bool(self.exit_reason),
+                             models={c.name: self.engines[self.camera_models[c.name]]["label"]
+                                     for c in self.cams} if self.engines else None)
         if self.metrics is not None:
             self.metrics.update(snap)
         self.out.update(snap, force=force)
@@ -615,7 +653,7 @@ class Supervisor:
             assert ring is not None
             ring.recover_writer()
         elif p.stage == "inference":
-            n = self.pool.requeue_inference() if self.pool else 0
+            n = sum(pool.requeue_inference() for pool in self.pools)
             self.log.warning("batches requeued", stage="inference", batches=n)
         elif p.stage == "recorder":
             lost = sum(r.recover_readers() for r in self.rec_rings.values())
@@ -630,8 +668,9 @@ class Supervisor:
         for name, r in rings:
             if r is not None and r.break_stale_lock():
                 self.log.warning("broke stale lock", ring=name, dead=who)
-        if self.pool is not None and self.pool.break_stale_lock():
-            self.log.warning("broke stale lock", ring="batches", dead=who)
+        for n, pool in enumerate(self.pools):
+            if pool.break_stale_lock():
+                self.log.warning("broke stale lock", ring=f"batches{n or ''}", dead=who)
 
     def _restart_chain(self) -> None:
         """A tile or post process died: stop tile/inference/post, give back what they held, and
@@ -641,9 +680,9 @@ class Supervisor:
             if p.alive():
                 p.proc.kill()
                 p.proc.join(5)
-        assert self.pool is not None
         self._break_stale_locks("tile/inference/post")  # killed mid-critical-section, maybe
-        self.pool.reset()
+        for pool in self.pools:
+            pool.reset()
         lost = sum(c.ring.recover_readers() for c in self.cams if c.ring is not None)
         for r in self.rec_rings.values():  # post may have died writing into a recorder slot
             r.recover_writer()
@@ -760,7 +799,8 @@ class Supervisor:
         for c in self.cams:
             c.ring = None
         self.rec_rings.clear()
-        self.pool = self.values = None
+        self.pools = []
+        self.values = None
         leaked = self.segments.unlink_all()
         if leaked:
             self.log.error("shared memory left behind", segments=",".join(leaked))
@@ -811,5 +851,16 @@ class Supervisor:
             pass
 
 
+def unique_labels(names: list[str]) -> list[str]:
+    """``names`` made unique in order: a repeated name gets ``#2``, ``#3``... (two models whose
+    cards share a name stay apart in metrics and records)."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
 __all__ = ["EXIT_CONFIG", "EXIT_DATA_LOST", "EXIT_OFFLINE", "EXIT_OK", "CameraTally",
-           "PipelineError", "Supervisor"]
+           "PipelineError", "Supervisor", "unique_labels"]

@@ -271,8 +271,9 @@ def test_snapshot_is_the_pipeline_frame_at_full_resolution(tmp_path: Path,
     assert diff < 2.0  # the same frame, JPEG at quality 95
 
 
-def test_camera_model_config_and_run_refuses_it(tmp_path: Path, mall: dict[str, Any],
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_camera_model_config_and_a_missing_camera_model(tmp_path: Path, mall: dict[str, Any],
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
     cfg, _ = make_site(tmp_path, mall)
     text = cfg.read_text()
     both = text.replace("    realtime: false        # keep it a file\n",
@@ -290,11 +291,13 @@ def test_camera_model_config_and_run_refuses_it(tmp_path: Path, mall: dict[str, 
     assert load_config(cfg).cameras["mall"].model.checkpoint == str(DEMO)
     assert cli(["config", "validate", str(cfg)]) == 0
     assert f"own model {DEMO}" in capsys.readouterr().out
+    # the run counts the camera with it (tests/test_pipeline.py); a missing file is one line
+    cfg.write_text(text.replace("    realtime: false        # keep it a file\n",
+                                "    realtime: false\n    model: {checkpoint: gone.pt}\n"))
     assert cli(["run", str(cfg), "--metrics-port", "none", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "cameras.mall.model: per-camera models:" in err
-    assert "not yet supported by this build" in err
+    assert "cameras.mall.model.checkpoint: checkpoint file of camera 'mall' not found" in err
 
 
 # -- the pieces --------------------------------------------------------------------------------

@@ -82,6 +82,12 @@ def test_rtsp_kill_reconnect_while_second_camera_keeps_flowing(
     # a looped file keeps its time moving forward
     pts = [m.pts for m in other.metas]
     assert all(b > a for a, b in zip(pts, pts[1:], strict=False))
+    # each opening of a source is a new session (the motion gate recounts the whole frame)
+    assert len({m.session for m in live.metas[:before]}) == 1 and live.metas[0].session
+    assert resumed[0].session != live.metas[before - 1].session
+    m = other.metas
+    changed = [i for i in range(1, len(m)) if m[i].session != m[i - 1].session]
+    assert changed and all(m[i].frame_index // 25 != m[i - 1].frame_index // 25 for i in changed)
 
 
 def test_hung_server_detected_by_read_timeout(rtsp_server: RtspServer) -> None:

@@ -375,3 +375,131 @@ def test_the_pipeline_resizes_frames_as_predict_does(tmp_path: Path, camera_scal
     scale = camera_scale or 128 / 240
     assert counts[0]["cell_pixels"] == pytest.approx(1 / scale, rel=1e-3)
     assert counts[0]["frame_size"] == [240, 320]
+
+
+def tiny_checkpoint(path: Path, spec: str, name: str, seed: int) -> Path:
+    """A small random-init model saved as our checkpoint, with a model card named ``name``."""
+    import torch
+
+    from engines.checkpoint import save_checkpoint
+    from engines.modelcard import ModelCard
+    from engines.models.registry import create_model, small_spec
+
+    torch.manual_seed(seed)
+    return save_checkpoint(path, create_model(small_spec(spec)).eval(), {},
+                           card=ModelCard(name, summary="a test model"))
+
+
+def test_cameras_with_their_own_models_are_counted_by_them(tmp_path: Path) -> None:
+    """Three cameras, two models (CLIP-Count-like with 128-high frames and 1-px cells, CLIP-EBC
+    with 224 windows and 8-px cells): camera a names its own model, b uses the global one, c
+    names the global one's file (shared: one engine). Every frame's count equals predict() of
+    its own camera's model on the same decoded frame; records and the status line name it."""
+    from engines.backends import load_engine
+    from engines.predict import predict
+    from engines.video import read_frames
+    from pipeline.config import load_config
+    from pipeline.console import camera_line
+    from pipeline.schema import validate
+    from pipeline.supervisor import Supervisor
+
+    count_ckpt = tiny_checkpoint(tmp_path / "count.pt", "count-tiny", "tiny-count", 1)
+    ebc_ckpt = tiny_checkpoint(tmp_path / "ebc.pt", "ebc-tiny-rn", "tiny-ebc", 2)
+    clips = {c: make_clip(tmp_path / f"{c}.mp4", 5 + i, w=320, h=240)
+             for i, c in enumerate("abc")}
+    cams = {"a": {"url": str(clips["a"]), "model": {"checkpoint": str(count_ckpt)}},
+            "b": {"url": str(clips["b"])},
+            "c": {"url": str(clips["c"]), "model": {"checkpoint": str(ebc_ckpt)}}}
+    cfg = load_config(write_config(tmp_path, cams, model={
+        "random_init": None, "checkpoint": str(ebc_ckpt), "backend": "torch", "batch": 4}))
+    sup = Supervisor(cfg, console=False)
+    assert sup.run() == 0
+    assert [e["label"] for e in sup.engines] == ["tiny-count", "tiny-ebc"]  # c shares b's
+    counts, _ = read_jsonl(tmp_path / "run" / "counts.jsonl")
+    own = {"a": count_ckpt, "b": ebc_ckpt, "c": ebc_ckpt}
+    for cam, ckpt in own.items():
+        engine = load_engine(str(ckpt), backend="torch", max_batch=4, threads=1)
+        want = [predict(engine, rgb).count for _, rgb in read_frames(str(clips[cam]))]
+        got = [c for c in counts if c["camera"] == cam]
+        assert [c["frame_index"] for c in got] == list(range(len(want)))
+        assert [c["raw_count"] for c in got] == pytest.approx(want, rel=1e-4), cam
+        assert {c["engine_id"] for c in got} == {engine.engine_id}
+        assert {c["model"] for c in got} == {"tiny-count" if cam == "a" else "tiny-ebc"}
+        engine.close()
+    for c in counts:
+        validate({k: v for k, v in c.items() if k != "type"} | {"type": "count"})
+    snap = sup.last_snapshot
+    assert set(snap.pools) == {"tiny-count", "tiny-ebc"}
+    assert all(p["tiles"] > 0 for p in snap.pools.values())
+    assert "model tiny-count" in camera_line("a", snap, sup.metrics)
+    assert "model tiny-ebc" in camera_line("b", snap, sup.metrics)
+
+
+def make_scene_clip(path: Path, n: int, walker_from: int | None = None) -> Path:
+    """A 640 x 480 MPEG-4 clip of a static textured scene; from frame ``walker_from`` on a dark
+    figure walks along the top row of tiles."""
+    import av
+    import cv2
+
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (20, 26, 3), dtype=np.uint8)
+    bg = cv2.resize(coarse, (640, 480), interpolation=cv2.INTER_CUBIC)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 640, 480, "yuv420p"
+        s.bit_rate = 4_000_000
+        for i in range(n):
+            img = bg.copy()
+            if walker_from is not None and i >= walker_from:
+                x = 40 + 20 * (i - walker_from)
+                img[60:140, x:x + 30] = 20
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_motion_gate_skips_a_static_scene_through_the_pipeline(tmp_path: Path) -> None:
+    """A static camera with the gate on: after the first frame >= 90% of its tiles are reused
+    (in the records, the per-camera tile counters and the inference tile count); a camera with
+    the gate off (the default) is counted whole and its records carry no reuse field."""
+    from pipeline.config import load_config
+    from pipeline.schema import validate
+    from pipeline.supervisor import Supervisor
+
+    n = 20
+    still = make_scene_clip(tmp_path / "still.mp4", n)
+    walk = make_scene_clip(tmp_path / "walk.mp4", n, walker_from=5)
+    gate = {"enabled": True, "max_age_s": 100}
+    cams = {"still": {"url": str(still), "motion_gate": gate},
+            "walk": {"url": str(walk), "motion_gate": gate},
+            "plain": {"url": str(still)}}
+    cfg = load_config(write_config(tmp_path, cams))  # ebc-tiny-rn: 224 windows, 3 x 3 tiles
+    sup = Supervisor(cfg, console=False)
+    assert sup.run() == 0
+    counts, _ = read_jsonl(tmp_path / "run" / "counts.jsonl")
+    by = {c: [r for r in counts if r["camera"] == c] for c in cams}
+    assert all(len(v) == n for v in by.values())
+    still_reused = [r["reused_tiles"]["count"] for r in by["still"]]
+    assert still_reused[0] == 0 and by["still"][0]["reused_tiles"]["of"] == 9
+    assert sum(still_reused[1:]) >= 0.9 * 9 * (n - 1)
+    walk_reused = [r["reused_tiles"] for r in by["walk"]]
+    for i in range(6, n):  # the walker's tile (top row) is never reused
+        x = 40 + 20 * (i - 5)
+        tile = 0 if x + 30 <= 224 else 1
+        assert tile not in walk_reused[i]["indices"], (i, walk_reused[i])
+    assert all("reused_tiles" not in r for r in by["plain"])
+    # the still camera's counts are the plain camera's (same clip) up to the compression noise
+    # between a frame and the one its tiles were counted on (bit for bit: tests/test_motion.py)
+    assert by["still"][0]["raw_count"] == pytest.approx(by["plain"][0]["raw_count"], rel=1e-9)
+    for a, b in zip(by["still"], by["plain"], strict=True):
+        assert a["raw_count"] == pytest.approx(b["raw_count"], rel=1e-3)
+    for r in counts[:5]:
+        validate({**r})
+    cams_snap = sup.last_snapshot.cameras
+    assert cams_snap["still"].ring["tiles"] == 9 * n
+    assert cams_snap["still"].ring["tiles_reused"] == sum(still_reused)
+    assert cams_snap["plain"].ring["tiles_reused"] == 0
+    reused = sum(c.ring["tiles_reused"] for c in cams_snap.values())
+    assert sup.last_snapshot.pool["tiles"] == 3 * 9 * n - reused  # reused tiles never ran

@@ -15,6 +15,7 @@ from pipeline.shm import (
     EndOfStream,
     FrameMeta,
     FrameRing,
+    PoolSet,
     RunSegments,
     ShmSpaceError,
     ValueBoard,
@@ -195,6 +196,65 @@ def test_batch_pool_requeue_keeps_order() -> None:
         pool.close()
         pool.unlink()
     assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def _submit_later(handle, delay: float) -> None:
+    pool = BatchPool.attach(handle)
+    time.sleep(delay)
+    s = pool.acquire(timeout=1)
+    pool.desc(s)["seq"][:1] = 7
+    pool.submit(s, 1)
+    pool.close()
+
+
+def test_pool_set_serves_every_model_in_order_and_requeues_each() -> None:
+    """Two models' pools served by one process: round robin (a busy model cannot starve the
+    other), each pool in its own order, a batch of reused rows only (k = 0) passes through,
+    a dead inference process's batches are requeued in every pool, and a wait on all pools wakes
+    when another process submits to any of them."""
+    prefix = run_prefix()
+    wake = PoolSet.wake_pair()
+    handles = [BatchPool.prepare(f"{prefix}b{i}", 4, wake) for i in range(2)]
+    pools = [BatchPool.create_from(h, 2, (16, 16), 8, rows=8) for h in handles]
+    ps = PoolSet(pools)
+    try:
+        assert pools[0].max_rows == 8 and pools[0].max_batch == 2
+        for k in range(3):  # model 0 is busy: 3 batches; model 1 has 1
+            s = pools[0].acquire(timeout=0)
+            pools[0].desc(s)["seq"][:2] = k
+            pools[0].submit(s, 2)
+        s = pools[1].acquire(timeout=0)
+        pools[1].desc(s)["seq"][:5] = 10
+        pools[1].submit(s, 5, k=0)  # five reused tiles, none to run
+        with pytest.raises(ValueError):
+            pools[1].submit(pools[1].acquire(timeout=0), 3, k=3)  # more tiles than max_batch
+        got = [ps.take_infer(0) for _ in range(2)]
+        assert [g[0] for g in got] == [0, 1]  # round robin, not model 0's queue first
+        assert pools[1].count(got[1][1]) == 5 and pools[1].tile_count(got[1][1]) == 0
+        assert pools[0].requeue_inference() + pools[1].requeue_inference() == 2  # died
+        order = []
+        while (g := ps.take_infer(0)) is not None:
+            i, slot = g
+            order.append((i, int(pools[i].desc(slot)["seq"][0])))
+            pools[i].done_infer(slot)
+        assert [o for o in order if o[0] == 0] == [(0, 0), (0, 1), (0, 2)]
+        assert [o for o in order if o[0] == 1] == [(1, 10)]
+        while (g := ps.take_post(0)) is not None:
+            pools[g[0]].release(g[1])
+        st = pools[1].stats()
+        assert (st["batches"], st["tiles"], st["reused"]) == (0, 0, 5)  # never ran
+        # another process submits to model 1 while this one waits on both
+        ctx = mp.get_context("spawn")
+        p = ctx.Process(target=_submit_later, args=(handles[1], 0.5))
+        p.start()
+        t0 = time.monotonic()
+        g = ps.take_infer(20.0)
+        assert g is not None and g[0] == 1 and time.monotonic() - t0 < 15.0
+        p.join(10)
+    finally:
+        for pool in pools:
+            pool.close()
+            pool.unlink()
 
 
 def test_reserve_commit_writes_in_place(ring_name: str) -> None:

@@ -20,6 +20,7 @@ from test_pipeline import (
     make_clip,
     process_tree,
     read_jsonl,
+    tiny_checkpoint,
     write_config,
 )
 
@@ -81,14 +82,17 @@ def _wait_results(path: Path, n: int, timeout: float = 60.0) -> None:
     raise AssertionError(f"fewer than {n} results in {path} after {timeout} s")
 
 
-def test_killed_inference_is_restarted_and_no_frame_is_lost(tmp_path: Path) -> None:
+@pytest.mark.parametrize("models", [1, 2])
+def test_killed_inference_is_restarted_and_no_frame_is_lost(tmp_path: Path, models: int) -> None:
     n = 100
     make_clip(tmp_path / "a.mp4", n)
     # paced like a live camera (25 fps) but lossless: the kill lands mid-file, and every frame
     # must still be counted exactly once, in order, by the restarted inference process
-    cfg = write_config(tmp_path, {"a": {"url": str(tmp_path / "a.mp4"), "realtime": True,
-                                        "queue_policy": "lossless"}},
-                       runtime={"restart_backoff_s": 0.2})
+    cams = {"a": {"url": str(tmp_path / "a.mp4"), "realtime": True, "queue_policy": "lossless"}}
+    if models == 2:  # a second camera with its own model: each pool's batches are requeued
+        own = tiny_checkpoint(tmp_path / "own.pt", "count-tiny", "own", 3)
+        cams["b"] = {**cams["a"], "model": {"checkpoint": str(own)}}
+    cfg = write_config(tmp_path, cams, runtime={"restart_backoff_s": 0.2})
     run = RunningCli(cfg)
     try:
         run.wait_for(r"spawned stage=post")
@@ -103,7 +107,8 @@ def test_killed_inference_is_restarted_and_no_frame_is_lost(tmp_path: Path) -> N
     assert rc == 0, run.text()[-3000:]
     assert run.pid_of("inference", after=1) != run.pid_of("inference")
     counts, _ = read_jsonl(tmp_path / "run" / "counts.jsonl")
-    assert [c["frame_index"] for c in counts] == list(range(n))
+    for cam in cams:
+        assert [c["frame_index"] for c in counts if c["camera"] == cam] == list(range(n))
     assert "restarts 1" in run.text()  # the status line counts the crash
     assert not leftover_segments(run.proc.pid)
 

@@ -73,9 +73,11 @@ def main(args: argparse.Namespace) -> int:
     if args.live:
         overrides["cameras"] = live_overrides(cfg)
         cfg = load_config(args.config, overrides)
-    from pipeline.stages.inference import refuse_camera_models
+    from pipeline.stages.inference import plan_models
 
-    refuse_camera_models(cfg)  # before anything starts (the supervisor checks again)
+    # every camera's model file (its own, or the global one) before anything starts: a missing
+    # one is a one-line config error (the supervisor plans them again)
+    plan_models(cfg, [n for n, c in cfg.cameras.items() if c.enabled])
     from pipeline.secrets import register_config_secrets
 
     register_config_secrets(cfg)  # before anything is logged

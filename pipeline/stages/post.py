@@ -2,14 +2,17 @@
 smoothing -> ``FrameResult`` (on ``DensityMap``s) -> every sink's ``write``, in order. Camera state
 changes go to every sink's ``write_status`` (``pipeline.results.Sink``).
 
-Batches arrive in submission order (also across an inference restart), so a camera's frames
-complete in order. A frame whose tiles can never all arrive (its tile process died) is dropped
-and counted as lost when the camera's next frame shows up.
+Batches arrive in submission order per model's pool (also across an inference restart), and a
+camera uses one pool, so a camera's frames complete in order; the pools of several models are
+served round robin (``pipeline.shm.PoolSet``). A frame whose tiles can never all arrive (its tile
+process died) is dropped and counted as lost when the camera's next frame shows up. A tile the
+motion gate reused (descriptor ``out`` = -1) takes its map from the camera's last counted frame,
+which this stage keeps per camera; the stitch is the same either way.
 
 Example (what the supervisor does)::
 
     spawn_child(ctx, ChildSpec("post", "pipeline.stages.post:main", stop), stage_args,
-                engine_id, status_q)
+                status_q)
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 import queue
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +33,7 @@ from pipeline.config import AppConfig
 from pipeline.events import CameraStatus
 from pipeline.reload import SettingsUpdate
 from pipeline.results import FrameResult, Sink
-from pipeline.shm import BatchPool, FrameRing
+from pipeline.shm import BatchPool, FrameRing, PoolSet
 from pipeline.smoothing import Smoother
 from pipeline.stages.common import StageArgs
 
@@ -48,6 +52,9 @@ class _Pending:
     frame_width: int
     maps: np.ndarray
     got: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    pool: int = 0  # the model's pool the frame's tiles came through
+    reused: list[int] = field(default_factory=list)  # tiles the motion gate reused
+    broken: bool = False  # a reused tile had no map to reuse: the frame cannot be counted
 
 
 def load_roi_mask(path: str, map_shape: tuple[int, int]) -> np.ndarray:
@@ -63,28 +70,40 @@ def load_roi_mask(path: str, map_shape: tuple[int, int]) -> np.ndarray:
 
 
 class PostProcessor:
-    """Assembles frames from batches and emits results to sinks (usable in-process too)."""
+    """Assembles frames from batches and emits results to sinks (usable in-process too).
+
+    ``pools`` and ``engine_ids``: one per model (or a single pool and id; a batch's descriptors
+    say which camera each tile is of); ``models``: each model's label, in every result."""
 
     def __init__(self, cfg: AppConfig, cameras: list[str], rings: list[FrameRing],
-                 pool: BatchPool, sinks: list[Sink], engine_id: str,
-                 run_id: str | None = None) -> None:
+                 pools: BatchPool | Sequence[BatchPool], sinks: list[Sink],
+                 engine_ids: str | Sequence[str], run_id: str | None = None, *,
+                 models: Sequence[str] | None = None) -> None:
         self.cfg = cfg
         self.cameras = cameras
         self.rings = rings
-        self.pool = pool
+        self.pools = [pools] if isinstance(pools, BatchPool) else list(pools)
         self.sinks = sinks
-        self.engine_id = engine_id
+        self.engine_ids = [engine_ids] if isinstance(engine_ids, str) else list(engine_ids)
+        self.models = list(models) if models is not None else [""] * len(self.pools)
         self.run_id = run_id
         self.log = get_logger("post")
         self.want_frames = any(s.wants_frames for s in sinks)
         self.pending: list[_Pending | None] = [None] * len(cameras)
+        self.last_maps: list[np.ndarray | None] = [None] * len(cameras)  # per-tile, last frame
         self.smoothers = [Smoother(cfg.cameras[c].smoothing) for c in cameras]
         self.masks: dict[tuple[int, tuple[int, int]], np.ndarray | None] = {}
         self.sink_errors: dict[int, int] = {}
 
-    def _layout(self, h: int, w: int) -> TileLayout:
+    @property
+    def pool(self) -> BatchPool:
+        """The first model's pool (the only one of a single-model run)."""
+        return self.pools[0]
+
+    def _layout(self, h: int, w: int, pool: int = 0) -> TileLayout:
         # the tile stage's layout for this frame size (one memoised ``TileLayout.plan``)
-        return TileLayout.plan(h, w, self.pool.window, self.pool.block, self.cfg.model.overlap)
+        p = self.pools[pool]
+        return TileLayout.plan(h, w, p.window, p.block, self.cfg.model.overlap)
 
     def _mask(self, cam: int, shape: tuple[int, int]) -> np.ndarray | None:
         key = (cam, shape)
@@ -102,15 +121,17 @@ class PostProcessor:
                              reason="incomplete tiles")
             self.pending[cam] = None
 
-    def process_batch(self, slot: int) -> int:
-        """Consume one batch slot; returns how many results it completed."""
-        n = self.pool.count(slot)
-        desc = self.pool.desc(slot)[:n].copy()
-        outs = self.pool.outputs(slot)
+    def process_batch(self, slot: int, pool: int = 0) -> int:
+        """Consume one batch slot of model ``pool``'s pool; returns how many results it
+        completed."""
+        bp = self.pools[pool]
+        n = bp.count(slot)
+        desc = bp.desc(slot)[:n].copy()
+        outs = bp.outputs(slot)
         done = 0
         for j in range(n):
             d = desc[j]
-            cam, seq, tile, ntiles = int(d["cam"]), int(d["seq"]), int(d["tile"]), int(d["ntiles"])
+            cam, seq, tile = int(d["cam"]), int(d["seq"]), int(d["tile"])
             p = self.pending[cam]
             if p is not None and p.seq != seq:
                 self._drop(cam)  # an older frame that will never complete
@@ -120,25 +141,53 @@ class PostProcessor:
                     # the start of this frame went to a post process that died: its frame slot
                     # was given back by the supervisor's recovery; skip the rest of its tiles
                     continue
-                mh, mw = self.pool.out_shape[1:]
-                pts = float(d["pts"])
-                p = _Pending(seq, int(d["fslot"]), ntiles, int(d["frame_index"]),
-                             None if math.isnan(pts) else pts, float(d["capture_ts"]),
-                             int(d["height"]), int(d["width"]), int(d["frame_height"]),
-                             int(d["frame_width"]), np.empty((ntiles, mh, mw), np.float32),
-                             np.zeros(ntiles, bool))
+                p = self._start(d, pool)
                 self.pending[cam] = p
-            p.maps[tile] = outs[j, 0]
-            p.got[tile] = True
+            self._take_tile(cam, p, tile, int(d["out"]), outs)
             if p.got.all():
-                self._emit(cam, p)
-                self.pending[cam] = None
+                self._complete(cam, p)
                 done += 1
-        self.pool.release(slot)
+        bp.release(slot)
         return done
 
+    def _start(self, d: np.void, pool: int) -> _Pending:
+        """A frame's record, from the descriptor of its first tile."""
+        mh, mw = self.pools[pool].out_shape[1:]
+        ntiles = int(d["ntiles"])
+        pts = float(d["pts"])
+        return _Pending(int(d["seq"]), int(d["fslot"]), ntiles, int(d["frame_index"]),
+                        None if math.isnan(pts) else pts, float(d["capture_ts"]),
+                        int(d["height"]), int(d["width"]), int(d["frame_height"]),
+                        int(d["frame_width"]), np.empty((ntiles, mh, mw), np.float32),
+                        np.zeros(ntiles, bool), pool)
+
+    def _take_tile(self, cam: int, p: _Pending, tile: int, out: int, outs: np.ndarray) -> None:
+        """Tile ``tile`` of frame ``p``: the model's map (row ``out`` of the batch's outputs),
+        or the one of the camera's last counted frame when the motion gate reused it."""
+        if out >= 0:
+            p.maps[tile] = outs[out, 0]
+        else:
+            last = self.last_maps[cam]
+            if last is None or last.shape != p.maps.shape:
+                p.broken = True  # cannot happen while tile and post restart together
+            else:
+                p.maps[tile] = last[tile]
+            p.reused.append(tile)
+        p.got[tile] = True
+
+    def _complete(self, cam: int, p: _Pending) -> None:
+        self.pending[cam] = None
+        if p.broken:
+            self.rings[cam].release(p.fslot)
+            self.rings[cam].counters.record_lost()
+            self.log.error("frame lost", camera=self.cameras[cam], frame_index=p.frame_index,
+                           reason="a reused tile has no earlier map")
+            return
+        self._emit(cam, p)
+        self.last_maps[cam] = p.maps  # the maps of its reused tiles' next frames
+
     def _emit(self, cam: int, p: _Pending) -> None:
-        lay = self._layout(p.height, p.width)
+        lay = self._layout(p.height, p.width, p.pool)
         raw = lay.stitch(p.maps)
         mask = self._mask(cam, raw.shape)
         if mask is not None:
@@ -147,13 +196,16 @@ class PostProcessor:
         t = p.pts if p.pts is not None else p.capture_ts
         count, density = self.smoothers[cam].update(raw_count, raw, t)
         ring = self.rings[cam]
-        block = int(self.pool.block)
+        block = int(self.pools[p.pool].block)
         scale = p.height / p.frame_height  # the resize rule's: a cell is block / scale pixels
+        gated = self.cfg.cameras[self.cameras[cam]].motion_gate.enabled
         result = FrameResult(
             camera=self.cameras[cam], frame_index=p.frame_index, pts=p.pts,
             capture_ts=p.capture_ts, count=count, raw_count=raw_count,
             density=DensityMap(density, block, scale), raw_density=DensityMap(raw, block, scale),
-            frame_size=(p.frame_height, p.frame_width), engine_id=self.engine_id,
+            frame_size=(p.frame_height, p.frame_width), engine_id=self.engine_ids[p.pool],
+            model=self.models[p.pool], tiles=p.ntiles,
+            reused_tiles=tuple(sorted(p.reused)) if gated else None,
             # a zero-copy view of the frame slot, valid only during write(): sinks that keep it
             # must copy it
             frame=ring.frame(p.fslot) if self.want_frames else None,
@@ -225,13 +277,13 @@ class RingTally:
             self._counters[camera].record_output(unrecorded=1)
 
 
-def main(args: StageArgs, engine_id: str, status_q: Any) -> None:
+def main(args: StageArgs, status_q: Any) -> None:
     """Process target (spawned by the supervisor through ``spawn_child``)."""
     log = get_logger("post")
     from pipeline.sinks import build_sinks
 
     rings = [FrameRing.attach(h) for h in args.rings]
-    pool = BatchPool.attach(args.pool)
+    pools = PoolSet([BatchPool.attach(m.pool) for m in args.models])
     sinks = build_sinks(args.cfg, redis_url=args.redis_url, recorder_rings=args.recorder_rings,
                         run_id=args.run_id, values=args.values,
                         tally=RingTally(args.cameras, rings))
@@ -240,8 +292,9 @@ def main(args: StageArgs, engine_id: str, status_q: Any) -> None:
         for s in sinks:
             s.open()
             opened.append(s)
-        post = PostProcessor(args.cfg, args.cameras, rings, pool, opened, engine_id,
-                             run_id=args.run_id)
+        post = PostProcessor(args.cfg, args.cameras, rings, pools.pools, opened,
+                             [m.engine_id for m in args.models], run_id=args.run_id,
+                             models=[m.label for m in args.models])
         log.info("started", sinks=",".join(type(s).__name__ for s in opened) or "none")
         while not args.stop.is_set():
             while True:
@@ -249,9 +302,9 @@ def main(args: StageArgs, engine_id: str, status_q: Any) -> None:
                     post.control(status_q.get_nowait())
                 except queue.Empty:
                     break
-            slot = pool.take_post(timeout=0.1)
-            if slot is not None:
-                post.process_batch(slot)
+            got = pools.take_post(timeout=0.1)
+            if got is not None:
+                post.process_batch(got[1], got[0])
         while True:  # state changes that arrived during the drain still reach the sinks
             try:
                 post.control(status_q.get_nowait())
@@ -266,4 +319,4 @@ def main(args: StageArgs, engine_id: str, status_q: Any) -> None:
         log.info("stopped")
         for r in rings:
             r.close()
-        pool.close()
+        pools.close()
