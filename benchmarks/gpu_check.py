@@ -753,7 +753,8 @@ def pipeline_config(workdir: Path, cameras: int, opts: Options,
                       "cache_dir": str(workdir / "engines")},
             "redis": {"enabled": False}, "metrics": {"port": None, "status_every_s": 5.0},
             # 4 frame slots per camera keep 32 rings of 640x480 within a small /dev/shm
-            "runtime": {"drain_timeout_s": 3.0, "frame_slots": 4},
+            # a drain long enough to count what is in flight under load (else exit 3: lost)
+            "runtime": {"drain_timeout_s": 10.0, "frame_slots": 4},
             "defaults": {"realtime": True, "loop": True, "fps": opts.fps,
                          "smoothing": {"method": "none"}},
             "cameras": {f"cam{i:02d}": {"url": str(DEMO_CLIP)} for i in range(cameras)}}

@@ -79,7 +79,8 @@ def test_quick_cpu_run_writes_every_row(tmp_path: Path) -> None:
             assert (r["status"], r["reason"]) == ("skipped", gpu_check.NO_CUDA), r
     (pipe,) = doc["pipeline_rows"]
     assert pipe["cameras"] == 2 and pipe["status"] == "ok", pipe
-    assert pipe["exit_code"] == 0 and pipe["window_s"] > 0  # stopped by SIGTERM, drained, 0
+    # stopped by SIGTERM, drained, nothing lost: 0
+    assert pipe["exit_code"] == 0 and pipe["window_s"] > 0, pipe.get("summary")
     assert "-m pipeline.cli run" in pipe["command"]  # crowdstream run, as on the GPU machine
     assert "cam00" in (pipe["summary"] or "") and pipe["rate_min"] is not None
     text = (out / gpu_check.RESULTS_NAME).read_text()
