@@ -79,6 +79,7 @@ class AdaptRequest:
     out: Path | None = None
     lr: float | None = None  # None: engines.train.adapt's default (by input)
     seed: int = 0
+    adabn: bool = False  # re-estimate BatchNorm on the camera's frames first (see engines)
     footage_pairs: int = 60
     pair_s: float = 0.2
     command: str = ""  # the command line, for the model card (URLs redacted here)
@@ -372,7 +373,8 @@ def adapt_camera(req: AdaptRequest, say: Callable[[str], None] = print,
     say(f"labeled frames: {len(train)} to train on ({_kinds(train)}), {len(held)} held back "
         "to check the result")
     settings = AdaptSettings(lr=req.lr, steps=req.steps, time_limit_s=req.train_minutes * 60,
-                             overlap=cfg.model.overlap, window=cfg.model.window, seed=req.seed)
+                             overlap=cfg.model.overlap, window=cfg.model.window, seed=req.seed,
+                             adabn=req.adabn)
     roi = roi_fn(inp.cam)
     result = Adapter(inp.base, settings, roi, on_step=on_step).run(train, inp.footage)
     say(f"adapted: {result.steps} steps in {result.seconds:.0f} s; last losses "

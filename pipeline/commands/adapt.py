@@ -62,6 +62,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default 3e-5 with labeled frames, 1e-5 footage only)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adabn", action="store_true",
+                   help="re-estimate BatchNorm statistics on the camera's frames before training "
+                        "(off by default: it can move the count level, see the README)")
     p.add_argument("--pairs", type=int, default=60,
                    help="footage frame pairs kept in memory (default 60)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -85,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
         minutes=args.minutes, train_minutes=args.train_minutes, steps=args.steps,
         holdout=args.holdout, accept_unverified=args.accept_unverified,
         update_config=args.update_config, out=Path(args.out) if args.out else None,
-        lr=args.lr, seed=args.seed, footage_pairs=args.pairs,
+        lr=args.lr, seed=args.seed, adabn=args.adabn, footage_pairs=args.pairs,
         command=redacted_command(["crowdstream", "adapt", *sys.argv[2:]]))
     if not 0.0 < req.holdout < 1.0:
         return _fail(f"--holdout must be in (0, 1), got {req.holdout:g}")
