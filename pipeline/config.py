@@ -199,9 +199,10 @@ class MotionGateConfig(ConfigModel):
     """Motion-gated tiles: a tile whose picture did not change since it was last counted keeps
     its last density instead of going through the model (``pipeline.motion``)."""
 
-    enabled: bool = Field(False, description="Reuse the density of tiles that did not change "
-                          "(off by default: see the README's motion gating section for the "
-                          "measurements behind that choice).")
+    enabled: bool | None = Field(None, description="Reuse the density of tiles that did not "
+                                 "change. null (default): on for live sources (cameras, "
+                                 "streams), off for files, as measured in the README's motion "
+                                 "gating section.")
     threshold: float = Field(6.0, gt=0, le=255, description="A tile is recounted when some "
                              "64x64-pixel patch of it (as counted) changed by more than this "
                              "mean absolute grey level (0..255) since it was last counted.")
@@ -321,6 +322,12 @@ class CameraConfig(ConfigModel):
     def is_live(self) -> bool:
         """Not a file (camera, stream, capture device): ``engines.video.source_kind`` decides."""
         return is_live(self.url)
+
+    @property
+    def motion_gated(self) -> bool:
+        """Whether the motion gate runs: ``motion_gate.enabled``, else on for live sources."""
+        on = self.motion_gate.enabled
+        return self.is_live if on is None else on
 
     @property
     def effective_policy(self) -> QueuePolicy:

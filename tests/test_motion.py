@@ -233,3 +233,19 @@ def test_reused_tiles_cost_no_inference_and_keep_counts_bit_identical(
     # moves a float's last bits (as batching several cameras together does)
     assert [r.raw_count for r in on] == pytest.approx([r.raw_count for r in off], rel=1e-6)
     assert on[3].model == "tiny"
+
+
+@pytest.mark.parametrize(("url", "enabled", "gated"), [
+    ("rtsp://cam/1", None, True),            # default: on for live sources ...
+    ("RTSP://cam/1", None, True),
+    ("https://cdn/live.m3u8", None, True),
+    ("lobby.mp4", None, False),              # ... off for files
+    ("rtsp://cam/1", False, False),          # an explicit choice wins either way
+    ("lobby.mp4", True, True),
+])
+def test_motion_gate_default_follows_the_source(tmp_path: Path, url: str, enabled: bool | None,
+                                                gated: bool) -> None:
+    gate = {} if enabled is None else {"enabled": enabled}
+    cfg = config_from_dict({"cameras": {"a": {"url": url, "motion_gate": gate}},
+                            "model": {"random_init": "ebc-tiny-rn"}}, base_dir=tmp_path)
+    assert cfg.cameras["a"].motion_gated is gated

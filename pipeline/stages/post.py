@@ -198,7 +198,7 @@ class PostProcessor:
         ring = self.rings[cam]
         block = int(self.pools[p.pool].block)
         scale = p.height / p.frame_height  # the resize rule's: a cell is block / scale pixels
-        gated = self.cfg.cameras[self.cameras[cam]].motion_gate.enabled
+        gated = self.cfg.cameras[self.cameras[cam]].motion_gated
         result = FrameResult(
             camera=self.cameras[cam], frame_index=p.frame_index, pts=p.pts,
             capture_ts=p.capture_ts, count=count, raw_count=raw_count,

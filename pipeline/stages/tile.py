@@ -169,9 +169,10 @@ class Tilers:
 def _gates(args: StageArgs, log: Any) -> list[MotionGate | None]:
     gates: list[MotionGate | None] = []
     for name in args.cameras:
-        mg = args.cfg.cameras[name].motion_gate
-        gates.append(MotionGate.from_config(mg) if mg.enabled else None)
-        if mg.enabled:
+        cam = args.cfg.cameras[name]
+        mg = cam.motion_gate
+        gates.append(MotionGate.from_config(mg) if cam.motion_gated else None)
+        if cam.motion_gated:
             log.info("motion gate", camera=name, threshold=mg.threshold,
                      max_age_s=mg.max_age_s)
     return gates
