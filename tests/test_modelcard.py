@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,63 @@ def test_the_shipped_demo_model_has_its_card_and_its_original_weights() -> None:
     assert card.not_for and "research use" in card.licence and "Loy" in card.attribution
     source = yaml.safe_load((DEMO.parent / "mall_demo_model.card.yaml").read_text())
     assert ModelCard.from_dict(source) == card  # the card file in the repo is what is stored
+
+
+GENERAL = REPO / "engines" / "models" / "shipped" / "general.pt"
+GENERAL_WEIGHTS_SHA256 = "1e61e67310dbc8e3b76bcb3b75edb63e5146e307530287f97e020001ab26f05d"
+
+
+def test_the_shipped_general_model_has_its_card_and_its_trained_weights() -> None:
+    from engines.models.shipped import general_model_path
+
+    assert general_model_path() == GENERAL and GENERAL.stat().st_size <= 25 * 2**20
+    payload = read_checkpoint(GENERAL)
+    assert state_dict_hash(payload["state_dict"]) == GENERAL_WEIGHTS_SHA256
+    card = card_from_metadata(payload["metadata"])
+    source = yaml.safe_load((GENERAL.parent / "general.card.yaml").read_text())
+    assert card is not None and ModelCard.from_dict(source) == card
+    # the card's validation figures are the trainer's own, per held-back set
+    per_source = payload["metadata"]["val_per_source"]
+    for fig, name in zip(card.figures[:3], ("sha", "shb", "scenes"), strict=True):
+        assert fig.mae == pytest.approx(per_source[name]["mae"], abs=0.005), name
+        assert f"--source {name}" in fig.command and "configs/train_general.yaml" in fig.command
+
+
+@pytest.mark.parametrize("source", ["scenes", "shb"])
+def test_eval_on_the_held_back_sets_gives_the_general_cards_figures(
+        shared_data: Path, source: str) -> None:
+    import subprocess
+    import sys
+
+    card = card_of(GENERAL)
+    assert card is not None
+    (fig,) = [f for f in card.figures if f"--source {source}" in (f.command or "")]
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "eval", str(GENERAL),
+                        "--train-config", "configs/train_general.yaml", "--source", source,
+                        "--threads", "1"], cwd=REPO, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "CROWDSTREAM_DATA": str(shared_data)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)["sets"][source]
+    assert got["images"] == fig.images and got["mae"] == pytest.approx(fig.mae, abs=0.005)
+
+
+def test_a_config_without_a_model_counts_with_the_general_model(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from test_pipeline import make_clip, read_jsonl
+
+    clip = make_clip(tmp_path / "a.mp4", 6)
+    cfg = {"run_dir": str(tmp_path / "run"), "jsonl": "counts.jsonl", "redis": {"enabled": False},
+           "metrics": {"port": None}, "runtime": {"torch_threads": 1},
+           "cameras": {"a": {"url": str(clip)}}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(tmp_path / "run.yaml"),
+                        "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts, _ = read_jsonl(tmp_path / "run" / "counts.jsonl")
+    assert len(counts) == 6 and {c["model"] for c in counts} == {"crowdstream-general"}
+    assert "RANDOM" not in r.stderr and "crowdstream-general" in r.stderr
 
 
 def test_engine_files_carry_their_checkpoints_card(tmp_path: Path) -> None:
