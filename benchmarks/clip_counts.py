@@ -38,6 +38,20 @@ def truth(data: Path) -> dict[tuple[str, int], float]:
     return {**got, **HAND}
 
 
+def empty_frames(data: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """The empty frames of scenes.json: those configs/train_general.yaml holds back, and all."""
+    from engines.train.config import load_train_config
+    from engines.train.datasets import parse_ranges
+
+    labels = json.loads((ROOT / "configs" / "data" / "scenes.json").read_text())["frames"]
+    cfg = load_train_config(ROOT / "configs" / "train_general.yaml")
+    (scenes,) = [s for s in cfg.data.train if s.name == "scenes"]
+    held = set(parse_ranges(scenes.val_select, len(labels)))
+    empty = [(Path(f["video"]).name, int(f["frame_index"]), i in held)
+             for i, f in enumerate(labels) if f["count"] == 0]
+    return [(c, k) for c, k, h in empty if h], [(c, k) for c, k, _ in empty]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+", type=Path)
@@ -64,6 +78,18 @@ def main() -> None:
             counts = [predict(m, rgb).count for m in models.values()]
         print(f"| {clip} | {index} | {known[(clip, index)]:g} | "
               + " | ".join(f"{c:.1f}" for c in counts) + " |")
+    held, every = empty_frames(a.data)
+    for name, frames_of in (("held-back", held), ("all", every)):
+        means = []
+        for m in models.values():
+            counts = []
+            for clip, index in frames_of:
+                (got,) = read_frames(str(a.data / "videos" / clip), [index], fmt="rgb24")
+                with torch.no_grad():
+                    counts.append(predict(m, got[1]).count)
+            means.append(sum(counts) / len(counts))
+        print(f"| mean count, {len(frames_of)} {name} empty frames of scenes.json | | 0 | "
+              + " | ".join(f"{c:.2f}" for c in means) + " |")
 
 
 if __name__ == "__main__":
