@@ -135,8 +135,9 @@ def test_counts_over_a_range_are_bucketed(site: Site) -> None:
     assert all(m is None or m >= c for m, c in zip(s["count_max"], s["count"], strict=True)
                if c is not None)
     # the rollup stream: windows of rollup_every_s with the schema's fields
-    rolls = site.client.rollups("mall", time.time() - 120)
-    assert rolls, "no rollup window yet"
+    # (the first window closes rollup_every_s after the first count: wait for it on a slow start)
+    rolls = wait_for(lambda: site.client.rollups("mall", time.time() - 120), timeout=60)
+    assert rolls, "no rollup window within 60 s"
     for _, r in rolls:
         validate(r)
         assert r["end_ts"] - r["start_ts"] == 2 and r["count_min"] <= r["count_mean"] <= r["count_max"]
