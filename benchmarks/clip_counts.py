@@ -66,31 +66,25 @@ def main() -> None:
 
     torch.set_num_threads(1)
     known = truth(a.data)
-    frames = {}
-    for clip, index in FRAMES:
-        (got,) = read_frames(str(a.data / "videos" / clip), [index], fmt="rgb24")
-        frames[(clip, index)] = got[1]
+    held, every = empty_frames(a.data)
+    wanted = sorted(set(FRAMES) | set(every))
+    frames = {}  # each clip decoded once, for every frame asked of it
+    for clip in sorted({c for c, _ in wanted}):
+        indices = [k for c, k in wanted if c == clip]
+        for index, rgb in read_frames(str(a.data / "videos" / clip), indices, fmt="rgb24"):
+            frames[(clip, index)] = rgb
     models = {p.name: load_checkpoint(p)[0].eval() for p in a.checkpoints}
+    with torch.no_grad():
+        counts = {key: [predict(m, frames[key]).count for m in models.values()] for key in wanted}
     print("| clip | frame | hand count | " + " | ".join(models) + " |")
     print("|---|---|---|" + "---|" * len(models))
-    for (clip, index), rgb in frames.items():
-        with torch.no_grad():
-            counts = [predict(m, rgb).count for m in models.values()]
-        print(f"| {clip} | {index} | {known[(clip, index)]:g} | "
-              + " | ".join(f"{c:.1f}" for c in counts) + " |")
-    held, every = empty_frames(a.data)
-    for name, frames_of in (("held-back", held), ("all", every)):
-        means = []
-        for m in models.values():
-            counts = []
-            for clip, index in frames_of:
-                (got,) = read_frames(str(a.data / "videos" / clip), [index], fmt="rgb24")
-                with torch.no_grad():
-                    counts.append(predict(m, got[1]).count)
-            means.append(sum(counts) / len(counts))
-        print(f"| mean count, {len(frames_of)} {name} empty frames of scenes.json | | 0 | "
+    for key in FRAMES:
+        print(f"| {key[0]} | {key[1]} | {known[key]:g} | "
+              + " | ".join(f"{c:.1f}" for c in counts[key]) + " |")
+    for name, keys in (("held-back", held), ("all", every)):
+        means = [sum(counts[k][i] for k in keys) / len(keys) for i in range(len(models))]
+        print(f"| mean count, {len(keys)} {name} empty frames of scenes.json | | 0 | "
               + " | ".join(f"{c:.2f}" for c in means) + " |")
-
 
 if __name__ == "__main__":
     main()
