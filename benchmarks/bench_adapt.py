@@ -152,6 +152,8 @@ def adapt(setting: str, folder: Path, a: argparse.Namespace, video: Path, mall: 
         args += ["--lr", f"{a.lr:g}"]
     if a.threads:
         args += ["--threads", str(a.threads)]
+    if a.adabn:
+        args.append("--adabn")
     labeled = 0
     if setting != "footage":
         labeled = write_labels(folder, mall, video, TRAIN_FRAMES if setting == "all"
@@ -236,6 +238,8 @@ def main() -> int:
     p.add_argument("--with-footage", action="store_true",
                    help="labeled settings use the footage too")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adabn", action="store_true", help="adapt's --adabn (BatchNorm statistics "
+                   "re-estimated on the camera's frames first)")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args()
     a.base = a.base.resolve()

@@ -36,10 +36,11 @@ anchor is off by default (the labels hold the level).
 BatchNorm layers stay in eval mode while training (batches of one or two frames give useless
 batch statistics) and keep the base model's statistics. Re-estimating them on the camera's frames
 first (AdaBN, ``adabn=True``, the cheapest unsupervised domain adaptation for classifiers) is
-opt-in: counts are sums of a density, and new statistics move their level. On the Mall camera
-the no-Mall general model counted 6x more after AdaBN (25-42 -> 168-276 people on frames with
-about 35), footage-only adaptation kept that level (its anchor is the starting model) and the
-pipeline's MAE on frames 701-800 went from 5.88 to 158 (benchmarks/RESULTS.md). Learning rate: cosine from ``lr``
+opt-in: counts are sums of a density, and new statistics move their level. On the Mall camera,
+footage-only adaptation of the general model with AdaBN counted 194 people on average on frames
+with 35.8 (its anchor is the starting model, so it kept the level AdaBN gave): the pipeline's MAE
+on frames 701-800 went from 5.88 to 158 (``benchmarks/bench_adapt.py --adabn``,
+benchmarks/RESULTS.md). Learning rate: cosine from ``lr``
 to 0 over the budget (``steps`` or ``time_limit_s``, whichever ends first), after a linear
 warm-up over the first ``warmup_steps``: Adam moves every weight by about ``lr`` from its first
 step on, and three full-size first steps moved the demo model's counts on Mall by a quarter.
@@ -128,7 +129,7 @@ class AdaptSettings:
     overlap: float = 0.0  # the pipeline's model.overlap
     window: tuple[int, int] | None = None  # the pipeline's model.window (default: the model's)
     hflip: bool = True
-    adabn: bool = False  # opt-in: it moved counts 6x on Mall (module docstring)
+    adabn: bool = False  # opt-in: it moved counts 5x on Mall (module docstring)
     bn_views: int = 64  # frames used to re-estimate BatchNorm statistics
     grad_clip: float = 10.0
     warmup_steps: int = 10  # lr rises linearly over these (Adam's first steps are its biggest)
