@@ -211,7 +211,7 @@ class AlertSink(Sink):
         """A camera going offline or finishing ends its active alerts (reason camera_<state>);
         the run stopping it (``CameraStatus.stopped``) ends them with reason ``shutdown``."""
         eng = self.engines.get(status.camera)
-        if eng is not None and status.state in ("offline", "finished"):
+        if eng is not None and status.ended:
             reason = "shutdown" if status.stopped else f"camera_{status.state}"
             self._emit(eng.end_all(status.ts, reason, self._last_frame.get(status.camera, 0)))
 

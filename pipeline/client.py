@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.events import END_STATES
 from pipeline.heatmaps import Heatmap, decode_heatmap
 from pipeline.redis_keys import RedisKeys
 
@@ -37,8 +38,8 @@ __all__ = ["TERMINAL_STATES", "CrowdClient", "Heatmap", "Picture", "ServerGone",
            "decode_heatmap", "entry_order", "is_cluster", "run_redis_url", "url_from_config",
            "url_from_run_dir"]
 
-# camera states after which a camera publishes nothing more in this run
-TERMINAL_STATES = ("offline", "finished")
+# camera states after which a camera publishes nothing more in this run (one owner: the events)
+TERMINAL_STATES = END_STATES
 
 Entry = tuple[str, dict[str, Any]]
 

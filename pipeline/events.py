@@ -12,6 +12,7 @@ from typing import Literal
 
 CameraState = Literal["starting", "online", "reconnecting", "offline", "finished"]
 CAMERA_STATES: tuple[str, ...] = ("starting", "online", "reconnecting", "offline", "finished")
+END_STATES: tuple[str, ...] = ("finished", "offline")  # no frame of the camera follows them
 # the reason of the last ``offline`` a camera reports when the run stops it (SIGINT / SIGTERM):
 # an operator's stop, not a failure (alerts end with reason "shutdown", the exit status stays 0)
 STOP_REASON = "stopped"
@@ -29,6 +30,12 @@ class CameraStatus:
     def __post_init__(self) -> None:
         if self.state not in CAMERA_STATES:
             raise ValueError(f"camera state must be one of {CAMERA_STATES}, got {self.state!r}")
+
+    @property
+    def ended(self) -> bool:
+        """No frame of the camera follows this state (the post stage delivers it after the
+        camera's last counted frame)."""
+        return self.state in END_STATES
 
     @property
     def stopped(self) -> bool:

@@ -152,6 +152,14 @@ def test_rollups_summarise_windows(server: EmbeddedRedis) -> None:
     assert sink.flush(10)
     rolls = [m for _, m in client.rollups("hall", t0 - 60)]
     assert len(rolls) == 2  # windows 0 and 1 are complete; window 2 is still open
+    # the camera's end closes its open window (no later frame would), once
+    from pipeline.events import CameraStatus
+
+    for state in ("finished", "offline"):
+        sink.write_status(CameraStatus("hall", state, "end of file", time.time()))
+    assert sink.flush(10)
+    rolls = [m for _, m in client.rollups("hall", t0 - 60)]
+    assert len(rolls) == 3
     for w, m in enumerate(rolls):
         validate(m)
         counts = [float(i) for i in range(4 * w, 4 * w + 4)]

@@ -164,3 +164,79 @@ def test_post_smoothing_keeps_raw(tmp_path: Path, shm) -> None:
     # heatmaps decay with their own weight (heatmap_alpha, default 0.3); the raw map is kept
     assert sink.results[1].density.count == pytest.approx(raw[0] * 0.7, rel=1e-5)
     assert sink.results[1].raw_density.count == 0.0
+
+
+class OrderSink(Sink):
+    """Results and state changes in the order the sink got them."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, object]] = []
+
+    def write(self, r: FrameResult) -> None:
+        self.seen.append(("frame", r.frame_index))
+
+    def write_status(self, status: CameraStatus) -> None:
+        self.seen.append(("status", status.state))
+
+
+def _count_through(post: PostProcessor, ring: FrameRing, pool: BatchPool, tiler: Tiler) -> None:
+    """What the tile, inference and post stages do with the next item of camera a's ring."""
+    item = ring.get(timeout=1)
+    if isinstance(item, tuple):
+        slot, meta, frame = item
+        tiler.add(0, slot, ring.counters.next_seq(), meta, frame)
+        ring.mark_posted(slot)
+        tiler.flush()
+    else:
+        ring.counters.set_eos_seen()
+    while (b := pool.take_infer(timeout=0)) is not None:
+        _infer(pool, b)
+        pool.done_infer(b)
+    while (b := pool.take_post(timeout=0)) is not None:
+        post.process_batch(b)
+
+
+@pytest.mark.parametrize(("state", "ends_stream"), [("finished", True), ("offline", True),
+                                                    ("offline", False)])
+def test_an_end_reaches_sinks_after_the_cameras_last_frame(tmp_path: Path, shm, state: str,
+                                                           ends_stream: bool) -> None:
+    # ingest reports the end when it decoded the last frame, before the stages counted it; the
+    # sinks (the alert sink ends alerts on it) must get it after that frame. A crashed ingest
+    # (offline, stream not ended: it is restarted) holds nothing back once its frames are counted
+    rings, pool = shm
+    ring = rings[0]
+    sink = OrderSink()
+    post = PostProcessor(_cfg(tmp_path, None), ["a", "b"], rings, pool, [sink], "e")
+    tiler = Tiler(pool, overlap=0.0, batch_timeout_s=0.0)
+    for i in range(2):
+        ring.put(np.full((100, 150, 3), 50, np.uint8), FrameMeta("a", i, i / 10, 0, 100, 150))
+    if ends_stream:
+        ring.put_end(state)
+    post.status(CameraStatus("a", state, "end", 1.0))
+    post.status(CameraStatus("b", "online", "first frame", 1.0))  # other cameras pass
+    post.release_held()
+    assert sink.seen == [("status", "online")]
+    _count_through(post, ring, pool, tiler)
+    post.release_held()
+    assert sink.seen == [("status", "online"), ("frame", 0)]  # frame 1 still in the ring
+    _count_through(post, ring, pool, tiler)
+    post.release_held()
+    if ends_stream:  # counted, but the tile stage has not seen the end yet
+        assert sink.seen[-1] == ("frame", 1)
+        _count_through(post, ring, pool, tiler)
+        post.release_held()
+    assert sink.seen == [("status", "online"), ("frame", 0), ("frame", 1), ("status", state)]
+    assert not post.held
+
+
+def test_a_stopping_post_stage_delivers_held_ends(tmp_path: Path, shm) -> None:
+    rings, pool = shm
+    sink = OrderSink()
+    post = PostProcessor(_cfg(tmp_path, None), ["a", "b"], rings, pool, [sink], "e")
+    rings[0].put(np.zeros((100, 150, 3), np.uint8), FrameMeta("a", 0, 0.0, 0, 100, 150))
+    post.status(CameraStatus("a", "finished", "end", 1.0))
+    post.status(CameraStatus("a", "starting", "reload", 2.0))  # keeps its place behind the end
+    post.release_held()
+    assert sink.seen == []
+    post.release_held(force=True)  # the frame will never be counted: the stage stops
+    assert sink.seen == [("status", "finished"), ("status", "starting")]

@@ -47,6 +47,7 @@ from pipeline.envelopes import (
     snapshot_ref,
     to_json,
 )
+from pipeline.events import END_STATES
 from pipeline.heatmaps import PNG_BITS, downscale_sum, encode_heatmap
 from pipeline.redis_keys import RedisKeys
 from pipeline.sinks.snapshots import (
@@ -203,6 +204,7 @@ class RedisPublisher:
         # cameras a client asked a full-resolution frame of (read by the sink's write)
         self.full_wanted: set[str] = set()
         self._rollups: dict[str, RollupWindow] = {}
+        self._rollup_run_id: dict[str, str | None] = {}
         self.replicas_ok = True  # the last WAIT (if any) saw redis.wait_replicas replicas
         self._stale_topology = False  # cluster: read the slot map again before the next send
 
@@ -321,11 +323,23 @@ class RedisPublisher:
         if self.cfg.rollup_every_s <= 0:
             return []
         win = self._rollups.setdefault(env["camera"], RollupWindow(self.cfg.rollup_every_s))
-        done = win.add(env)
+        self._rollup_run_id[env["camera"]] = env.get("run_id")
+        return self._rollup_xadd(env["camera"], win.add(env), now)
+
+    def _rollup_end_commands(self, camera: str, now: float) -> list[Command]:
+        """The XADD of the camera's open window when it ends (finished, offline): no later
+        frame would close it, and the last seconds of a file or a stopped run would be lost."""
+        win = self._rollups.pop(camera, None)
+        if win is None:
+            return []
+        return self._rollup_xadd(camera, win.summary(), now)
+
+    def _rollup_xadd(self, camera: str, done: dict[str, Any] | None, now: float) -> list[Command]:
         if done is None:
             return []
-        stream = self.keys.rollup(env["camera"])
-        text = to_json(rollup_envelope(camera=env["camera"], run_id=env.get("run_id"), **done))
+        stream = self.keys.rollup(camera)
+        text = to_json(rollup_envelope(camera=camera, run_id=self._rollup_run_id.get(camera),
+                                       **done))
         return [("xadd", (stream, {"schema": "crowdstream.rollup.v1", "data": text}),
                  {"id": self._next_id(stream, now), "maxlen": self.cfg.rollup_maxlen,
                   "approximate": True})]
@@ -368,6 +382,8 @@ class RedisPublisher:
             text = to_json(env)
             latest.update({"status": env["state"], "status_reason": env["reason"],
                            "status_ts": env["ts"]})
+            if env["state"] in END_STATES:
+                cmds += self._rollup_end_commands(cam, now)
             note["state"] = env["state"]
             maxlen = STATUS_STREAM_MAXLEN
         else:

@@ -1,6 +1,7 @@
 """Post stage: per-tile density maps -> one count-preserving map per frame -> ROI mask ->
 smoothing -> ``FrameResult`` (on ``DensityMap``s) -> every sink's ``write``, in order. Camera state
-changes go to every sink's ``write_status`` (``pipeline.results.Sink``).
+changes go to every sink's ``write_status`` (``pipeline.results.Sink``); an end (``finished``,
+``offline``) waits until the camera's last frame was counted, so sinks see it after that frame.
 
 Batches arrive in submission order per model's pool (also across an inference restart), and a
 camera uses one pool, so a camera's frames complete in order; the pools of several models are
@@ -94,6 +95,7 @@ class PostProcessor:
         self.smoothers = [Smoother(cfg.cameras[c].smoothing) for c in cameras]
         self.masks: dict[tuple[int, tuple[int, int]], np.ndarray | None] = {}
         self.sink_errors: dict[int, int] = {}
+        self.held: dict[int, list[CameraStatus]] = {}  # ends waiting for the camera's last frame
 
     @property
     def pool(self) -> BatchPool:
@@ -248,7 +250,34 @@ class PostProcessor:
                                error=f"{type(e).__name__}: {e}")
 
     def status(self, st: CameraStatus) -> None:
-        """Hand a camera state change to every sink (one failing sink does not stop the rest)."""
+        """Hand a camera state change to every sink, or hold it (see ``release_held``).
+
+        Why hold an end: ingest reports ``finished`` when it decoded the last frame, while that
+        frame and the ones before it are still being tiled and inferred. Delivered at once, the
+        alert sink would end the camera's alerts and its last frames would start them again."""
+        cam = self.cameras.index(st.camera) if st.camera in self.cameras else -1
+        if cam in self.held or (st.ended and cam >= 0 and not self._settled(cam)):
+            self.held.setdefault(cam, []).append(st)  # later changes keep their order
+            return
+        self._deliver(st)
+
+    def _settled(self, cam: int) -> bool:
+        """Every frame of the camera in the ring was tiled, and every tiled one counted or lost;
+        when its stream ended, the tile stage also saw the end (frames before it were tiled). A
+        crashed ingest reports ``offline`` without ending the stream: it is restarted."""
+        r = self.rings[cam].stats()
+        seen = r["eos_seen"] or not r["ended"]
+        return bool(seen and not r["depth"] and r["emitted"] + r["lost"] >= r["tiled"])
+
+    def release_held(self, force: bool = False) -> None:
+        """Deliver the held changes of each camera that settled (all of them when ``force``: the
+        stage is stopping and no more frames will be counted)."""
+        for cam in [c for c in self.held if force or self._settled(c)]:
+            for st in self.held.pop(cam):
+                self._deliver(st)
+
+    def _deliver(self, st: CameraStatus) -> None:
+        """One state change to every sink (one failing sink does not stop the rest)."""
         for sink in self.sinks:
             try:
                 sink.write_status(st)
@@ -305,11 +334,14 @@ def main(args: StageArgs, status_q: Any) -> None:
             got = pools.take_post(timeout=0.1)
             if got is not None:
                 post.process_batch(got[1], got[0])
+            if post.held:
+                post.release_held()
         while True:  # state changes that arrived during the drain still reach the sinks
             try:
                 post.control(status_q.get_nowait())
             except queue.Empty:
                 break
+        post.release_held(force=True)
     finally:
         for s in opened:
             try:
