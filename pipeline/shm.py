@@ -145,6 +145,7 @@ _COUNTERS = np.dtype([
     # the post process's outputs: messages queued for / delivered to Redis, frames not recorded
     ("out_queued", "<i8"), ("out_delivered", "<i8"), ("unrecorded", "<i8"),
     ("tiles", "<i8"), ("tiles_reused", "<i8"),  # tile stage: tiles cut / reused (motion gate)
+    ("ends_out", "<i8"),  # post: end states (finished, offline) handed to the sinks
 ])
 
 _TILE_DESC = np.dtype([
@@ -288,11 +289,12 @@ class FrameCounters:
     latencies with a histogram of all of them (``LATENCY_BUCKETS``), the capture time of the
     first counted frame and the time of the last result (the camera's counting rate), whether
     the tile stage has seen the end of the stream, the tiles cut and those the motion gate
-    reused, and what became of the counted frames' outputs: messages queued for Redis and
+    reused, what became of the counted frames' outputs: messages queued for Redis and
     delivered to it (``queued - delivered`` were never published: evicted from the outage buffer,
-    unsent at close, lost with a killed post process, refused) and frames the recorder skipped.
-    Each field has one writer (tile: seq, tiled, eos_seen, tiles, tiles_reused; post: emitted,
-    last_index, latencies, out_queued, unrecorded; post's publisher thread: out_delivered; lost:
+    unsent at close, lost with a killed post process, refused) and frames the recorder skipped,
+    and how many end states (finished, offline) the post stage handed to the sinks. Each field
+    has one writer (tile: seq, tiled, eos_seen, tiles, tiles_reused; post: emitted, last_index,
+    latencies, out_queued, unrecorded, ends_out; post's publisher thread: out_delivered; lost:
     post, or the supervisor while the readers are stopped), so no lock is needed; a restarted
     process adds to what its predecessor left.
 
@@ -369,6 +371,11 @@ class FrameCounters:
         if unrecorded:
             self._add("unrecorded", unrecorded)
 
+    def record_end_out(self) -> None:
+        """Post stage: an end state of the camera reached the sinks (the supervisor waits for
+        it before the run ends, so every sink has the end before the stages stop)."""
+        self._add("ends_out")
+
     def latency_samples(self) -> np.ndarray:
         n = min(int(self._rec[0]["lat_n"]), LATENCY_SAMPLES)
         return self._lat[:n].copy()
@@ -390,7 +397,7 @@ class FrameCounters:
         r = self._rec[0]
         return {k: int(r[k]) for k in ("tiled", "emitted", "lost", "eos_seen", "last_index",
                                         "out_queued", "out_delivered", "unrecorded", "tiles",
-                                        "tiles_reused")}
+                                        "tiles_reused", "ends_out")}
 
     def close(self) -> None:
         self._rec = self._lat = self._hist = None  # type: ignore[assignment]

@@ -80,6 +80,9 @@ POLL_S = 0.2
 ENGINE_LOAD_TIMEOUT_S = 900.0  # exporting a large checkpoint to ONNX on a CPU takes minutes
 RESUME_TIMEOUT_S = 20.0  # resume must read Redis before counting; longer: fail, be restarted
 RECORDER_STOP_S = 30.0  # the recorder encodes what is queued and closes its segments
+# how long a run whose sources all ended waits for the post stage to hand each camera's end to
+# the sinks; only a post stage that died with ends in its queue needs more (they are lost then)
+ENDS_WAIT_S = 5.0
 CHAIN = ("tile", "inference", "post")
 
 
@@ -152,6 +155,7 @@ class _Camera:
     state: str = "starting"
     reason: str = ""
     published_index: int = -1  # last frame index in Redis at start (runtime.resume)
+    ends_sent: int = 0  # end states (finished, offline) relayed to the post stage
 
 
 @dataclass
@@ -535,6 +539,7 @@ class Supervisor:
     def _watch(self) -> None:
         """Poll until the sources end (files) or a signal's drain is done (``exit_reason``)."""
         drain_from: float | None = None
+        ends_from: float | None = None
         while True:
             time.sleep(POLL_S)
             self._relay_events()
@@ -558,8 +563,23 @@ class Supervisor:
                         k: v.ring["tiled"] - v.ring["emitted"] for k, v in snap.cameras.items()}))
                     break
             elif self.cams and snap.all_ended() and snap.drained():
-                self.exit_reason = "all sources ended"
-                break
+                ends_from = time.monotonic() if ends_from is None else ends_from
+                if self._ends_out(snap, ends_from):
+                    self.exit_reason = "all sources ended"
+                    break
+
+    def _ends_out(self, snap: Snapshot, since: float) -> bool:
+        """Every camera's end reached the sinks (so the alerts it ended show in the metrics and
+        Redis has the final states before the stages stop), or ``ENDS_WAIT_S`` passed."""
+        behind = [c.name for c in self.cams
+                  if snap.cameras[c.name].ring.get("ends_out", 0) < c.ends_sent]
+        if not behind:
+            return True
+        if time.monotonic() < since + ENDS_WAIT_S:
+            return False
+        self.log.warning("the post stage did not hand every end to the outputs",
+                         cameras=",".join(behind), waited_s=ENDS_WAIT_S)
+        return True
 
     def _finish(self) -> int:
         """The run's summary line (after every process stopped, so every output is accounted
@@ -712,6 +732,7 @@ class Supervisor:
             for c in self.cams:
                 if c.name == st.camera:
                     c.state, c.reason = st.state, st.reason
+                    c.ends_sent += bool(st.ended and self.status_q is not None)
             if self.status_q is not None:
                 self.status_q.put(st)
 

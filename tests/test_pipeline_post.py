@@ -227,6 +227,8 @@ def test_an_end_reaches_sinks_after_the_cameras_last_frame(tmp_path: Path, shm, 
         post.release_held()
     assert sink.seen == [("status", "online"), ("frame", 0), ("frame", 1), ("status", state)]
     assert not post.held
+    # the supervisor ends a run once every end it relayed reached the sinks
+    assert [r.stats()["ends_out"] for r in rings] == [1, 0]
 
 
 def test_a_stopping_post_stage_delivers_held_ends(tmp_path: Path, shm) -> None:

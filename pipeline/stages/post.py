@@ -277,13 +277,16 @@ class PostProcessor:
                 self._deliver(st)
 
     def _deliver(self, st: CameraStatus) -> None:
-        """One state change to every sink (one failing sink does not stop the rest)."""
+        """One state change to every sink (one failing sink does not stop the rest); an end is
+        counted in the camera's ring for the supervisor (``FrameCounters.record_end_out``)."""
         for sink in self.sinks:
             try:
                 sink.write_status(st)
             except Exception as e:
                 self.log.error("sink status failed", camera=st.camera, sink=type(sink).__name__,
                                error=f"{type(e).__name__}: {e}")
+        if st.ended and st.camera in self.cameras:
+            self.rings[self.cameras.index(st.camera)].counters.record_end_out()
 
 
 class RingTally:
