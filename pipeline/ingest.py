@@ -166,8 +166,10 @@ class Ingest:
         self.set_state("offline", STOP_REASON)  # the run's stop: not a failure
 
     def _give_up(self, reason: str) -> None:
-        self.set_state("offline", reason)
+        # the stream ends before the state is announced: a consumer that gets an end state finds
+        # the stream ended (and a crash's ``offline``, which does not end it, tells apart)
         self._end(f"offline: {reason}")
+        self.set_state("offline", reason)
 
     def _drop(self, reason: str, attempt: int) -> None:
         if self.state == "reconnecting":
@@ -227,8 +229,8 @@ class Ingest:
             self._pts_offset = (self._last_pts if self._last_pts is not None else 0.0) + fdur
             self.log.info("loop", frames=self.frames_out)
             return "loop"
+        self._end("finished")  # before the state, as in _give_up
         self.set_state("finished", f"end of file after {self.frame_index} frames")
-        self._end("finished")
         return "finished"
 
     @staticmethod

@@ -256,18 +256,19 @@ class PostProcessor:
         frame and the ones before it are still being tiled and inferred. Delivered at once, the
         alert sink would end the camera's alerts and its last frames would start them again."""
         cam = self.cameras.index(st.camera) if st.camera in self.cameras else -1
-        if cam in self.held or (st.ended and cam >= 0 and not self._settled(cam)):
+        # ingest ends the stream before it announces the end; a crashed ingest's ``offline``
+        # leaves the stream open (it is restarted and goes on): that one passes at once
+        ending = st.ended and cam >= 0 and self.rings[cam].ended
+        if cam in self.held or (ending and not self._settled(cam)):
             self.held.setdefault(cam, []).append(st)  # later changes keep their order
             return
         self._deliver(st)
 
     def _settled(self, cam: int) -> bool:
-        """Every frame of the camera in the ring was tiled, and every tiled one counted or lost;
-        when its stream ended, the tile stage also saw the end (frames before it were tiled). A
-        crashed ingest reports ``offline`` without ending the stream: it is restarted."""
+        """The tile stage saw the end of the camera's stream (every frame before it was tiled)
+        and every tiled frame was counted or lost."""
         r = self.rings[cam].stats()
-        seen = r["eos_seen"] or not r["ended"]
-        return bool(seen and not r["depth"] and r["emitted"] + r["lost"] >= r["tiled"])
+        return bool(r["eos_seen"] and not r["depth"] and r["emitted"] + r["lost"] >= r["tiled"])
 
     def release_held(self, force: bool = False) -> None:
         """Deliver the held changes of each camera that settled (all of them when ``force``: the
