@@ -20,13 +20,12 @@ runs in named steps, each logged:
 
 Watching: one ``RestartPolicy`` (exponential backoff, reset after a stable run) for every child.
 An inference crash re-queues the batch each pool had in it (no frame lost, order kept); a tile or
-post crash
-restarts the tile/inference/post chain and gives the frames they held back (counted as lost); an
-ingest killed without ending its stream is restarted; a recorder crash gives its ring slots back
-and restarts it; a dead Redis is restarted on the same port and data. Camera state changes are
-relayed from ingest to post (for sinks' ``write_status``). The status line and metrics are the
-console's and the metrics' (``pipeline.console``, ``pipeline.metrics``); the supervisor only takes
-the ``Snapshot`` each poll.
+post crash restarts the tile/inference/post chain and gives the frames they held back (counted as
+lost); an ingest killed without ending its stream is restarted; a recorder crash gives its ring
+slots back and restarts it; a dead Redis is restarted on the same port and data. Camera state
+changes are relayed from ingest to post (for sinks' ``write_status``). The status line and metrics
+are the console's and the metrics' (``pipeline.console``, ``pipeline.metrics``); the supervisor
+only takes the ``Snapshot`` each poll.
 
 A shard that owns no camera (more workers than cameras) starts only the services and idles until
 a signal, so a StatefulSet's spare pods stay healthy instead of restarting.
@@ -34,9 +33,11 @@ a signal, so a StatefulSet's spare pods stay healthy instead of restarting.
 Signals: SIGINT / SIGTERM stop ingest and let queued frames drain (``runtime.drain_timeout_s``);
 a second signal ends the drain at once. SIGHUP, or a ``reload`` request on the Redis control
 stream (the console's zone editor sends one), re-reads the config file and applies zone and alert
-changes without a restart (``pipeline.reload``); other changes are refused with a log line. With files only, the run ends when every source has ended
-and drained. Shutdown: stages, then the recorder (it finishes its segments), then Redis (last),
-then every segment is unlinked and checked gone.
+changes without a restart (``pipeline.reload``); other changes are refused with a log line. With
+files only, the run ends when every source has ended and drained and the post stage has handed
+every camera's end to the sinks (at most ``ENDS_WAIT_S`` later). Shutdown: stages, then the
+recorder (it finishes its segments), then Redis (last), then every segment is unlinked and checked
+gone.
 
 Example::
 

@@ -204,7 +204,6 @@ class RedisPublisher:
         # cameras a client asked a full-resolution frame of (read by the sink's write)
         self.full_wanted: set[str] = set()
         self._rollups: dict[str, RollupWindow] = {}
-        self._rollup_run_id: dict[str, str | None] = {}
         self.replicas_ok = True  # the last WAIT (if any) saw redis.wait_replicas replicas
         self._stale_topology = False  # cluster: read the slot map again before the next send
 
@@ -323,23 +322,23 @@ class RedisPublisher:
         if self.cfg.rollup_every_s <= 0:
             return []
         win = self._rollups.setdefault(env["camera"], RollupWindow(self.cfg.rollup_every_s))
-        self._rollup_run_id[env["camera"]] = env.get("run_id")
-        return self._rollup_xadd(env["camera"], win.add(env), now)
+        return self._rollup_xadd(env, win.add(env), now)
 
-    def _rollup_end_commands(self, camera: str, now: float) -> list[Command]:
-        """The XADD of the camera's open window when it ends (finished, offline): no later
-        frame would close it, and the last seconds of a file or a stopped run would be lost."""
-        win = self._rollups.pop(camera, None)
-        if win is None:
-            return []
-        return self._rollup_xadd(camera, win.summary(), now)
+    def _rollup_end_commands(self, env: dict[str, Any], now: float) -> list[Command]:
+        """The XADD of the camera's open window when it ends (``env``: the status, finished or
+        offline): no later frame would close it, and the last seconds of a file or a stopped run
+        would be lost."""
+        win = self._rollups.pop(env["camera"], None)
+        return self._rollup_xadd(env, win.summary() if win else None, now)
 
-    def _rollup_xadd(self, camera: str, done: dict[str, Any] | None, now: float) -> list[Command]:
+    def _rollup_xadd(self, env: dict[str, Any], done: dict[str, Any] | None,
+                     now: float) -> list[Command]:
+        """``done`` (a window's summary) as an XADD; ``env``: the message that closed it."""
         if done is None:
             return []
+        camera = env["camera"]
         stream = self.keys.rollup(camera)
-        text = to_json(rollup_envelope(camera=camera, run_id=self._rollup_run_id.get(camera),
-                                       **done))
+        text = to_json(rollup_envelope(camera=camera, run_id=env.get("run_id"), **done))
         return [("xadd", (stream, {"schema": "crowdstream.rollup.v1", "data": text}),
                  {"id": self._next_id(stream, now), "maxlen": self.cfg.rollup_maxlen,
                   "approximate": True})]
@@ -383,7 +382,7 @@ class RedisPublisher:
             latest.update({"status": env["state"], "status_reason": env["reason"],
                            "status_ts": env["ts"]})
             if env["state"] in END_STATES:
-                cmds += self._rollup_end_commands(cam, now)
+                cmds += self._rollup_end_commands(env, now)
             note["state"] = env["state"]
             maxlen = STATUS_STREAM_MAXLEN
         else:
